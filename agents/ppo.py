@@ -1,0 +1,322 @@
+"""Proximal policy optimisation as pure functions.
+
+    agent = ppo.make(config)                       # or make(config, env, env_params, reward_fn, objective)
+    state, metrics = agent.train(key, hparams)     # one whole run: init + scan(step)
+    state, metrics = agent.step(state, hparams)    # one iteration, for outer loops
+
+Hyperparameters (`HParams`) are traced pytree leaves, so a sweep is a vmap;
+sizes in `PPOConfig` are static. Metrics are reduced per iteration.
+"""
+import dataclasses
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+import envs
+from envs.core import episode_limit
+from envs.rewards import Transition, env_reward
+from src import normalize, progress
+from src.config import ConfigError
+from src.evaluate import evaluate as run_evaluation
+from src.gae import gae
+from src.networks import ActorCritic, entropy, log_prob, mode, sample
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    algo: str = "ppo"
+    env: str = "CartPole-v1"
+    env_kwargs: dict = dataclasses.field(default_factory=dict)
+    seed: int = 0
+    seeds: int = 8
+    total_steps: int = 500_000
+    num_envs: int = 4
+    num_steps: int = 128
+    num_epochs: int = 4
+    num_minibatches: int = 4
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    anneal_lr: bool = True
+    normalize_obs: bool = False
+    normalize_reward: bool = False
+    # traced hyperparameters (HParams): the sweepable ones
+    lr: float = 2.5e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_eps: float = 0.2
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    # run bookkeeping
+    eval_episodes: int = 50
+    checkpoint_every: int = 0   # iterations between checkpoints; 0: only at the end
+
+    @property
+    def batch_size(self):
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_iterations(self):
+        return self.total_steps // self.batch_size
+
+    def validate(self):
+        for name in ("total_steps", "num_envs", "num_steps", "num_epochs", "num_minibatches", "seeds"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size % self.num_minibatches:
+            raise ConfigError(
+                f"num_envs*num_steps ({self.num_envs}*{self.num_steps}={self.batch_size}) must be divisible by "
+                f"num_minibatches ({self.num_minibatches})")
+        if self.total_steps < self.batch_size:
+            raise ConfigError(
+                f"total_steps ({self.total_steps}) must be at least num_envs*num_steps ({self.batch_size}), "
+                "one iteration")
+        if self.activation not in ("tanh", "relu"):
+            raise ConfigError(f"activation must be 'tanh' or 'relu', got {self.activation!r}")
+        if not self.hidden or min(self.hidden) < 1:
+            raise ConfigError(f"hidden must list positive layer widths, got {self.hidden}")
+        if not 0.0 < self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
+            raise ConfigError(f"need 0 < gamma <= 1 and 0 <= gae_lambda <= 1, got {self.gamma}, {self.gae_lambda}")
+        if self.lr <= 0 or self.clip_eps <= 0 or self.max_grad_norm <= 0:
+            raise ConfigError("lr, clip_eps and max_grad_norm must be positive")
+        if self.checkpoint_every < 0 or self.eval_episodes < 1:
+            raise ConfigError("checkpoint_every must be >= 0 and eval_episodes >= 1")
+        return self
+
+
+@struct.dataclass
+class HParams:
+    lr: jax.Array
+    gamma: jax.Array
+    gae_lambda: jax.Array
+    clip_eps: jax.Array
+    ent_coef: jax.Array
+    vf_coef: jax.Array
+    max_grad_norm: jax.Array
+
+
+HPARAM_NAMES = tuple(f.name for f in dataclasses.fields(HParams))
+
+
+CONFIG = PPOConfig
+
+
+def hparams_from(config: PPOConfig) -> HParams:
+    return HParams(**{name: jnp.float32(getattr(config, name)) for name in HPARAM_NAMES})
+
+
+@struct.dataclass
+class TrainState:
+    params: dict
+    opt_state: optax.OptState
+    env_state: object
+    obs: jax.Array
+    obs_stats: normalize.RunningStats
+    return_stats: normalize.RunningStats   # for reward scaling
+    discounted_return: jax.Array           # per env, for reward scaling
+    key: jax.Array
+    iteration: jax.Array
+
+
+class Rollout(NamedTuple):
+    obs: jax.Array
+    action: jax.Array
+    log_prob: jax.Array
+    value: jax.Array
+    reward: jax.Array
+    terminated: jax.Array
+    done: jax.Array
+    next_obs: jax.Array
+    episode_done: jax.Array
+    episode_return: jax.Array
+
+
+def ppo_clip(clip_eps, ratio, advantage, progress):
+    """The default objective: per-sample clipped surrogate loss (to minimise)."""
+    clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    return -jnp.minimum(ratio * advantage, clipped * advantage)
+
+
+class Agent(NamedTuple):
+    config: PPOConfig
+    env: object
+    env_params: object
+    network: ActorCritic
+    init: Callable
+    step: Callable
+    run: Callable
+    train: Callable
+    act: Callable
+    evaluate: Callable
+
+
+def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, objective=ppo_clip,
+         show_progress: bool = False) -> Agent:
+    """Build the agent's pure functions. `objective(objective_params, ratio,
+    advantage, progress)` returns per-sample policy losses; when a call passes
+    objective_params=None, PPO-clip's clip_eps hyperparameter is used."""
+    config = config.validate()
+    if env is None:
+        env, env_params = envs.make(config.env, **config.env_kwargs)
+    discrete = envs.is_discrete(env, env_params)
+    network = ActorCritic(envs.action_dim(env, env_params), discrete, tuple(config.hidden), config.activation)
+    obs_dim = envs.obs_size(env, env_params)
+    num_envs, num_steps = config.num_envs, config.num_steps
+    num_iterations = config.num_iterations
+    minibatch_size = config.batch_size // config.num_minibatches
+    step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    rewards_of = jax.vmap(reward_fn, in_axes=(None, 0))
+
+    def optimizer(hparams):
+        # Built per call from traced hparams; its state's structure does not
+        # depend on them, so one compiled program serves a whole sweep.
+        return optax.chain(optax.clip_by_global_norm(hparams.max_grad_norm), optax.scale_by_adam(eps=1e-5))
+
+    def norm_obs(stats, obs):
+        return normalize.normalize(stats, obs) if config.normalize_obs else obs
+
+    def init(key, hparams, env_params=env_params):
+        net_key, env_key, key = jax.random.split(key, 3)
+        params = network.init(net_key, jnp.zeros((obs_dim,), jnp.float32))
+        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(env_key, num_envs), env_params)
+        return TrainState(
+            params=params,
+            opt_state=optimizer(hparams).init(params),
+            env_state=env_state,
+            obs=obs,
+            obs_stats=normalize.init((obs_dim,)),
+            return_stats=normalize.init(()),
+            discounted_return=jnp.zeros((num_envs,), jnp.float32),
+            key=key,
+            iteration=jnp.zeros((), jnp.int32),
+        )
+
+    def collect(ts, hparams, reward_params, env_params):
+        def env_step(carry, _):
+            env_state, obs, obs_stats, key = carry
+            key, act_key, env_key = jax.random.split(key, 3)
+            obs_in = norm_obs(obs_stats, obs)
+            dist, value = network.apply(ts.params, obs_in)
+            action = sample(act_key, dist, discrete)
+            next_obs, env_state, env_rew, terminated, truncated, info = step_envs(
+                jax.random.split(env_key, num_envs), env_state, action, env_params)
+            final_obs = info["final_observation"]
+            reward = rewards_of(reward_params, Transition(obs, action, final_obs, env_rew, terminated, info))
+            step = Rollout(obs_in, action, log_prob(dist, action, discrete), value, reward, terminated,
+                           jnp.logical_or(terminated, truncated), norm_obs(obs_stats, final_obs),
+                           info["episode_done"], info["episode_return"])
+            if config.normalize_obs:
+                obs_stats = normalize.update(obs_stats, next_obs)
+            return (env_state, next_obs, obs_stats, key), step
+
+        (env_state, obs, obs_stats, key), rollout = jax.lax.scan(
+            env_step, (ts.env_state, ts.obs, ts.obs_stats, ts.key), None, num_steps)
+        return ts.replace(env_state=env_state, obs=obs, obs_stats=obs_stats, key=key), rollout
+
+    def scale_rewards(ts, rollout, hparams):
+        def accumulate(discounted, step):
+            reward, done = step
+            discounted = discounted * hparams.gamma + reward
+            return discounted * (1.0 - done), discounted
+
+        discounted, returns = jax.lax.scan(
+            accumulate, ts.discounted_return, (rollout.reward, rollout.done.astype(jnp.float32)))
+        stats = normalize.update(ts.return_stats, returns)
+        return ts.replace(return_stats=stats, discounted_return=discounted), normalize.scale(stats, rollout.reward)
+
+    def loss_fn(params, batch, hparams, objective_params, progress_frac):
+        obs, action, old_log_prob, old_value, advantage, target = batch
+        dist, value = network.apply(params, obs)
+        new_log_prob = log_prob(dist, action, discrete)
+        ratio = jnp.exp(new_log_prob - old_log_prob)
+        advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
+        policy_loss = objective(objective_params, ratio, advantage, progress_frac).mean()
+        value_clipped = old_value + jnp.clip(value - old_value, -hparams.clip_eps, hparams.clip_eps)
+        value_loss = 0.5 * jnp.maximum((value - target) ** 2, (value_clipped - target) ** 2).mean()
+        ent = entropy(dist, discrete).mean()
+        total = policy_loss + hparams.vf_coef * value_loss - hparams.ent_coef * ent
+        aux = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": ent,
+               "approx_kl": ((ratio - 1.0) - jnp.log(ratio)).mean(),
+               "clip_frac": (jnp.abs(ratio - 1.0) > hparams.clip_eps).mean()}
+        return total, aux
+
+    def step(ts, hparams, reward_params=None, objective_params=None, env_params=env_params):
+        """One iteration: collect num_envs*num_steps transitions, then update."""
+        if objective_params is None:
+            objective_params = hparams.clip_eps
+        ts, rollout = collect(ts, hparams, reward_params, env_params)
+        rewards = rollout.reward
+        if config.normalize_reward:
+            ts, rewards = scale_rewards(ts, rollout, hparams)
+        next_values = network.apply(ts.params, rollout.next_obs, method=ActorCritic.value)
+        advantages, targets = gae(rewards, rollout.value, next_values, rollout.terminated, rollout.done,
+                                  hparams.gamma, hparams.gae_lambda)
+        progress_frac = ts.iteration.astype(jnp.float32) / num_iterations
+        lr = hparams.lr * (1.0 - progress_frac) if config.anneal_lr else hparams.lr
+        tx = optimizer(hparams)
+        flat = jax.tree.map(lambda x: x.reshape(num_steps * num_envs, *x.shape[2:]),
+                            (rollout.obs, rollout.action, rollout.log_prob, rollout.value, advantages, targets))
+
+        def minibatch_update(carry, batch):
+            params, opt_state = carry
+            grads, aux = jax.grad(loss_fn, has_aux=True)(params, batch, hparams, objective_params, progress_frac)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = optax.apply_updates(params, jax.tree.map(lambda u: -lr * u, updates))
+            return (params, opt_state), aux
+
+        def epoch(carry, key):
+            order = jax.random.permutation(key, num_steps * num_envs)
+            batches = jax.tree.map(
+                lambda x: x[order].reshape(config.num_minibatches, minibatch_size, *x.shape[1:]), flat)
+            return jax.lax.scan(minibatch_update, carry, batches)
+
+        key, epoch_key = jax.random.split(ts.key)
+        (params, opt_state), aux = jax.lax.scan(
+            epoch, (ts.params, ts.opt_state), jax.random.split(epoch_key, config.num_epochs))
+        ts = ts.replace(params=params, opt_state=opt_state, key=key, iteration=ts.iteration + 1)
+
+        finished = rollout.episode_done.sum()
+        metrics = {k: v.mean() for k, v in aux.items()}
+        metrics.update(
+            # return of the last finished episode per env, averaged over envs
+            # that have finished one (NaN until the first episode ends)
+            episode_return=jnp.nanmean(ts.env_state.last_return),
+            episodes_finished=finished,
+            finished_return=jnp.where(
+                finished > 0, (rollout.episode_return * rollout.episode_done).sum() / jnp.maximum(finished, 1),
+                jnp.nan),
+            env_steps=ts.iteration * config.batch_size,
+        )
+        return ts, metrics
+
+    def run(ts, hparams, reward_params=None, objective_params=None, env_params=env_params,
+            num_iterations=num_iterations):
+        """`num_iterations` (static) iterations of `step` from `ts`."""
+        def body(ts, i):
+            ts, metrics = step(ts, hparams, reward_params, objective_params, env_params)
+            if show_progress:
+                progress.report(i)
+            return ts, metrics
+
+        return jax.lax.scan(body, ts, jnp.arange(num_iterations))
+
+    def train(key, hparams, reward_params=None, objective_params=None, env_params=env_params):
+        """One whole training run."""
+        ts = init(key, hparams, env_params)
+        return run(ts, hparams, reward_params, objective_params, env_params)
+
+    def act(params, obs, key, deterministic=False, obs_stats=None):
+        if config.normalize_obs:
+            obs = normalize.normalize(obs_stats, obs)
+        dist = network.apply(params, obs, method=ActorCritic.policy)
+        return mode(dist, discrete) if deterministic else sample(key, dist, discrete)
+
+    def evaluate_fn(ts, key, num_episodes=config.eval_episodes, env_params=env_params, deterministic=True):
+        """Returns (returns, lengths) of `num_episodes` whole episodes."""
+        policy = lambda obs, k: act(ts.params, obs, k, deterministic, ts.obs_stats)  # noqa: E731
+        return run_evaluation(env, env_params, policy, key, num_episodes, episode_limit(env, env_params))
+
+    return Agent(config, env, env_params, network, init, step, run, train, act, evaluate_fn)

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Create the two isolated virtual environments used by benchmarks/ppo_vs_peers.py:
+#
+#   benchmarks/peers/.venv-rejax  <- requirements-rejax.txt  (rejax 0.1.3, gymnax 0.0.9, jax 0.10.2)
+#   benchmarks/peers/.venv-sb3    <- requirements-sb3.txt    (stable-baselines3 2.9.2, torch 2.13.0 CPU)
+#
+# Each requirements file pins the complete dependency closure and is installed
+# with --no-deps, so what lands in the venv is exactly what the file says.
+# Idempotent: a venv whose stamp matches the sha256 of its requirements file is
+# left alone; otherwise it is rebuilt from scratch.
+#
+# Usage: bash benchmarks/peers/setup.sh [rejax] [sb3]      (default: both)
+# Env:   PYTHON=python3.11 to choose the base interpreter (default: python3).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PY="${PYTHON:-python3}"
+
+want=("$@")
+if [ ${#want[@]} -eq 0 ]; then
+    want=(rejax sb3)
+fi
+
+build_venv() {
+    local name="$1"
+    local venv="$HERE/.venv-$name"
+    local req="$HERE/requirements-$name.txt"
+    local stamp="$venv/.peers-stamp"
+    local digest
+    digest="$(sha256sum "$req" | cut -d' ' -f1)"
+
+    if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ]; then
+        echo "[setup] $name: up to date ($venv)"
+        return 0
+    fi
+
+    echo "[setup] $name: building $venv"
+    rm -rf "$venv"
+    "$PY" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r "$req"
+    "$venv/bin/python" -m pip check --disable-pip-version-check
+    verify "$name"
+    echo "$digest" > "$stamp"
+}
+
+verify() {
+    local name="$1"
+    local venv="$HERE/.venv-$name"
+    case "$name" in
+        rejax)
+            "$venv/bin/python" - <<'EOF'
+import jax, gymnax, rejax  # noqa: F401
+from importlib.metadata import version
+print("[setup] rejax venv:", {p: version(p) for p in ("rejax", "gymnax", "jax", "jaxlib", "flax", "optax", "distrax")})
+EOF
+            ;;
+        sb3)
+            "$venv/bin/python" - <<'EOF'
+import sys
+import torch, gymnasium, stable_baselines3
+if torch.version.cuda is not None:
+    sys.exit(f"[setup] sb3 venv got a CUDA torch build ({torch.__version__}); expected the CPU wheel")
+print("[setup] sb3 venv:", {"stable_baselines3": stable_baselines3.__version__,
+                            "torch": torch.__version__, "gymnasium": gymnasium.__version__})
+EOF
+            ;;
+    esac
+}
+
+for name in "${want[@]}"; do
+    case "$name" in
+        rejax|sb3) build_venv "$name" ;;
+        *) echo "[setup] unknown venv '$name' (expected rejax or sb3)" >&2; exit 2 ;;
+    esac
+done

@@ -1,0 +1,1 @@
+"""Makes the repository root importable for tests (imports are absolute from it)."""

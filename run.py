@@ -1,0 +1,358 @@
+"""Command line: train, evaluate and plot vectorised runs.
+
+    python run.py                                   # PPO on CartPole-v1, 8 seeds, published defaults
+    python run.py train --env Acrobot-v1 --seeds 4 --sweep lr=1e-4,3e-4
+    python run.py eval RUN_DIR --episodes 50
+    python run.py plot RUN_DIR
+    python run.py envs
+
+Parses, builds, runs and writes the run directory; no algorithm logic here.
+"""
+import argparse
+import dataclasses
+import datetime
+import itertools
+import json
+import os
+import sys
+import time
+
+COMMANDS = ("train", "eval", "plot", "envs")
+
+
+def algorithms():
+    from agents import ppo
+    return {"ppo": ppo}
+
+
+def parse_args(argv):
+    if not argv or argv[0] not in COMMANDS + ("-h", "--help"):
+        argv = ["train", *argv]
+    parser = argparse.ArgumentParser(prog="run.py", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a population of runs (seeds x sweep) in one compiled program")
+    train.add_argument("--algo", default=None, help="ppo (default)")
+    train.add_argument("--env", default=None, help="environment name (see `run.py envs`)")
+    train.add_argument("--seeds", type=int, default=None, help="seeds per sweep setting")
+    train.add_argument("--total-steps", type=float, default=None, help="environment steps per run")
+    train.add_argument("--config", default=None, help="YAML preset (see configs/)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key (repeatable)")
+    train.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                       help="sweep a hyperparameter; several --sweep flags form a grid")
+    train.add_argument("--out", default=None, help="run directory (default runs/<env>-<algo>-<time>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument("--stop-at", type=int, default=None, metavar="ITERATION",
+                       help="stop (checkpointed) after this iteration; continue later with --resume")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--logger", choices=("csv", "tensorboard"), default="csv",
+                       help="tensorboard also writes TensorBoard events")
+
+    evaluate = sub.add_parser("eval", help="deterministic evaluation of a run's final policies")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--episodes", type=int, default=50)
+    evaluate.add_argument("--seed", type=int, default=12345)
+
+    plot = sub.add_parser("plot", help="redraw a run's learning curves")
+    plot.add_argument("run_dir")
+
+    sub.add_parser("envs", help="list the environments")
+    return parser.parse_args(argv)
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+# ----------------------------------------------------------------------------- config
+
+def build_config(args):
+    from src import config as cfg
+
+    algos = algorithms()
+    preset = cfg.load_yaml(args.config) if args.config else {}
+    algo = args.algo or preset.get("algo", "ppo")
+    if algo not in algos:
+        raise cfg.ConfigError(f"unknown algorithm {algo!r}; choose one of {', '.join(algos)}")
+    module = algos[algo]
+    config = cfg.from_dict(module.CONFIG, {**preset, "algo": algo})
+    flags = {"env": args.env, "seeds": args.seeds,
+             "total_steps": int(args.total_steps) if args.total_steps is not None else None}
+    config = dataclasses.replace(config, **{k: v for k, v in flags.items() if v is not None})
+    config = cfg.override(config, args.overrides)
+    import envs
+    envs.check_name(config.env)
+    return module, config.validate()
+
+
+def parse_sweep(module, config, sweeps):
+    from src.config import ConfigError
+
+    grid = {}
+    for item in sweeps:
+        if "=" not in item:
+            raise ConfigError(f"--sweep expects key=v1,v2,..., got {item!r}")
+        key, values = item.split("=", 1)
+        if key not in module.HPARAM_NAMES:
+            raise ConfigError(f"cannot sweep {key!r}: only traced hyperparameters can be vmapped over. "
+                              f"Sweepable: {', '.join(module.HPARAM_NAMES)} (sizes are static: run them separately)")
+        try:
+            grid[key] = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"--sweep {key}: values must be numbers, got {values!r}") from None
+        if not grid[key]:
+            raise ConfigError(f"--sweep {key}: no values given")
+        dataclasses.replace(config, **{key: v for v in grid[key][:1]}).validate()
+        for v in grid[key]:
+            dataclasses.replace(config, **{key: v}).validate()
+    return grid
+
+
+def make_members(config, grid):
+    combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
+    return [{"seed": config.seed + s, "hparams": combo} for combo in combos for s in range(config.seeds)]
+
+
+def stacked_hparams(module, config, members):
+    import jax.numpy as jnp
+
+    base = module.hparams_from(config)
+    columns = {name: jnp.array([m["hparams"].get(name, float(getattr(config, name))) for m in members],
+                               jnp.float32) for name in module.HPARAM_NAMES}
+    return base.replace(**columns)
+
+
+def member_keys(members):
+    import jax
+    import jax.numpy as jnp
+    return jax.vmap(jax.random.PRNGKey)(jnp.array([m["seed"] for m in members], jnp.uint32))
+
+
+# ----------------------------------------------------------------------------- train
+
+def default_out(config):
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{config.env.replace('/', '_')}-{config.algo}-{stamp}")
+
+
+def prepare_run_dir(args, module, config, grid):
+    from src import config as cfg
+    from src import rundir
+
+    if args.resume:
+        if not args.out:
+            raise cfg.ConfigError("--resume needs --out RUN_DIR")
+        if not os.path.exists(os.path.join(args.out, "config.yaml")):
+            raise cfg.ConfigError(f"--resume: no run to resume in {args.out} (no config.yaml)")
+        stored = cfg.from_dict(module.CONFIG, cfg.load_yaml(os.path.join(args.out, "config.yaml")))
+        given = any([args.config, args.env, args.seeds, args.total_steps, args.overrides, args.sweep, args.algo])
+        if given and stored != config:
+            changed = [k for k in cfg.field_names(module.CONFIG) if getattr(stored, k) != getattr(config, k)]
+            raise cfg.ConfigError(f"--resume: the run in {args.out} has a different config ({', '.join(changed)}); "
+                                  "a resumed run keeps its own config, so pass only --out and --resume")
+        return args.out, stored, rundir.read_members(args.out)
+    out = args.out or default_out(config)
+    if os.path.exists(out) and os.listdir(out):
+        raise cfg.ConfigError(f"run directory {out} is not empty: pass --resume to continue it or another --out")
+    os.makedirs(out, exist_ok=True)
+    members = make_members(config, grid)
+    cfg.save_yaml(config, os.path.join(out, "config.yaml"))
+    rundir.write_members(out, members)
+    return out, config, members
+
+
+def chunk_length(config, stop_at):
+    from src.config import ConfigError
+
+    total = config.num_iterations
+    chunk = config.checkpoint_every or total
+    if total % chunk:
+        raise ConfigError(f"checkpoint_every ({chunk}) must divide the number of iterations ({total} = "
+                          f"total_steps // (num_envs*num_steps)), so one compiled program runs every chunk")
+    if stop_at is not None and (stop_at % chunk or not 0 < stop_at <= total):
+        raise ConfigError(f"--stop-at must be a multiple of checkpoint_every ({chunk}) in 1..{total}")
+    return chunk
+
+
+def summarise(rows_final, members, grid, config):
+    import numpy as np
+
+    finals = np.array([r["episode_return"] for r in rows_final], dtype=float)
+    summary = {
+        "algo": config.algo, "env": config.env, "members": len(members),
+        "final_return_mean": float(np.nanmean(finals)) if np.isfinite(finals).any() else None,
+        "final_return_std": float(np.nanstd(finals)) if np.isfinite(finals).any() else None,
+        "final_returns": finals.tolist(),
+    }
+    if grid:
+        settings = {}
+        for row in rows_final:
+            label = ",".join(f"{k}={row[k]:g}" for k in grid)
+            settings.setdefault(label, []).append(row["episode_return"])
+        summary["by_setting"] = {k: {"mean": float(np.nanmean(v)), "std": float(np.nanstd(v))}
+                                 for k, v in settings.items()}
+    return summary
+
+
+def train(args):
+    import jax
+    import numpy as np
+
+    from src import checkpoint, plots, progress, rundir
+    from src.config import ConfigError
+
+    module, config = build_config(args)
+    grid = parse_sweep(module, config, args.sweep)
+    if args.stop_at is not None:
+        chunk_length(config, args.stop_at)
+    out, config, members = prepare_run_dir(args, module, config, grid)
+    chunk = chunk_length(config, args.stop_at)
+    total_iterations = config.num_iterations
+    stop_at = args.stop_at or total_iterations
+
+    agent = module.make(config, show_progress=not args.no_progress)
+    keys = member_keys(members)
+    hparams = stacked_hparams(module, config, members)
+    init = jax.jit(jax.vmap(agent.init, in_axes=(0, 0)))
+    run_chunk = jax.jit(jax.vmap(lambda ts, hp: agent.run(ts, hp, num_iterations=chunk)))
+
+    print(f"{config.algo} on {config.env}: {len(members)} runs ({config.seeds} seeds"
+          f"{' x ' + ' x '.join(f'{len(v)} {k}' for k, v in grid.items()) if grid else ''}), "
+          f"{config.total_steps:,} steps each, {total_iterations} iterations -> {out}")
+    t0 = time.perf_counter()
+    state = init(keys, hparams)
+    compiled = run_chunk.lower(state, hparams).compile()
+    compile_s = time.perf_counter() - t0
+
+    ckpt_dir = os.path.join(out, "checkpoint")
+    done = 0
+    if args.resume:
+        if os.path.isdir(ckpt_dir):
+            with open(os.path.join(out, "checkpoint.json")) as f:
+                done = json.load(f)["iteration"]
+            state = checkpoint.restore(ckpt_dir, state)
+        rundir.truncate_metrics(out, done)
+        if done >= total_iterations:
+            raise ConfigError(f"the run in {out} is already complete ({done} iterations)")
+        print(f"resuming from iteration {done}")
+    first = done
+    tensorboard = rundir.TensorBoard(out, len(members)) if args.logger == "tensorboard" else None
+
+    run_s = 0.0
+    last_rows = []
+    with progress.bar(total_iterations, desc=f"{config.algo} {config.env}", enabled=not args.no_progress,
+                      initial=done) as bar:
+        while done < stop_at:
+            if bar is not None:
+                bar._offset = done
+            t = time.perf_counter()
+            state, metrics = compiled(state, hparams)
+            jax.block_until_ready(metrics)
+            run_s += time.perf_counter() - t
+            rows = rundir.metric_rows(jax.device_get(metrics), members, done)
+            rundir.append_metrics(out, rows)
+            if tensorboard:
+                tensorboard.write(rows)
+            done += chunk
+            checkpoint.save(ckpt_dir, state)
+            rundir.write_json(out, "checkpoint.json", {"iteration": done})
+            last_rows = rows[-len(members):]
+    if tensorboard:
+        tensorboard.close()
+
+    all_rows = rundir.read_metrics(out)
+    final_rows = [r for r in all_rows if r["iteration"] == done]
+    summary = summarise(final_rows or last_rows, members, grid, config)
+    summary.update(env_steps=done * config.batch_size, iterations=done, complete=done >= total_iterations,
+                   compile_s=compile_s, run_s=run_s,
+                   env_steps_per_s=len(members) * (done - first) * config.batch_size / run_s if run_s else None,
+                   device=str(jax.devices()[0].device_kind), jax=jax.__version__)
+    rundir.write_json(out, "summary.json", summary)
+    plots.plot_run(out, all_rows, list(grid), f"{config.algo} on {config.env}")
+
+    mean, std = summary["final_return_mean"], summary["final_return_std"]
+    print(f"final return {mean:.1f} ± {std:.1f} over {len(members)} runs" if mean is not None
+          else "no episode finished")
+    for label, stats in summary.get("by_setting", {}).items():
+        print(f"  {label}: {stats['mean']:.1f} ± {stats['std']:.1f}")
+    print(f"compile {compile_s:.1f} s, run {run_s:.1f} s, {np.round(summary['env_steps_per_s'] or 0):,.0f} env steps/s"
+          f" -> {out}")
+    return summary
+
+
+# ----------------------------------------------------------------------------- eval / plot / envs
+
+def load_run(run_dir):
+    from src import config as cfg
+    from src import rundir
+
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.exists(path):
+        raise cfg.ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    data = cfg.load_yaml(path)
+    module = algorithms().get(data.get("algo", "ppo"))
+    if module is None:
+        raise cfg.ConfigError(f"{run_dir}: unknown algorithm {data.get('algo')!r}")
+    return module, cfg.from_dict(module.CONFIG, data).validate(), rundir.read_members(run_dir)
+
+
+def evaluate(args):
+    import jax
+    import numpy as np
+
+    from src import checkpoint, rundir
+    from src.config import ConfigError
+
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
+    module, config, members = load_run(args.run_dir)
+    agent = module.make(config)
+    hparams = stacked_hparams(module, config, members)
+    like = jax.jit(jax.vmap(agent.init))(member_keys(members), hparams)
+    state = checkpoint.restore(os.path.join(args.run_dir, "checkpoint"), like)
+    keys = jax.random.split(jax.random.PRNGKey(args.seed), len(members))
+    returns, lengths = jax.jit(jax.vmap(lambda ts, k: agent.evaluate(ts, k, args.episodes)))(state, keys)
+    returns = np.asarray(returns)
+    per_member = [{"member": m, "seed": members[m]["seed"], **members[m]["hparams"],
+                   "return_mean": float(returns[m].mean()), "return_std": float(returns[m].std())}
+                  for m in range(len(members))]
+    result = {"episodes": args.episodes, "deterministic": True,
+              "return_mean": float(returns.mean()), "return_std_over_members": float(returns.mean(1).std()),
+              "members": per_member}
+    rundir.write_json(args.run_dir, "eval.json", result)
+    for row in per_member:
+        print(f"member {row['member']} (seed {row['seed']}): {row['return_mean']:.1f} ± {row['return_std']:.1f}")
+    print(f"deterministic return over {args.episodes} episodes: {result['return_mean']:.1f} "
+          f"(± {result['return_std_over_members']:.1f} across members)")
+    return result
+
+
+def plot(args):
+    from src import plots, rundir
+
+    module, config, members = load_run(args.run_dir)
+    keys = sorted({k for m in members for k in m["hparams"]})
+    for path in plots.plot_run(args.run_dir, rundir.read_metrics(args.run_dir), keys,
+                               f"{config.algo} on {config.env}"):
+        print(path)
+
+
+def list_envs(args):
+    import envs
+    for name in envs.names():
+        print(name)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from src.config import ConfigError
+    try:
+        return {"train": train, "eval": evaluate, "plot": plot, "envs": list_envs}[args.command](args)
+    except (ConfigError, FileNotFoundError) as error:
+        fail(str(error))
+
+
+if __name__ == "__main__":
+    main()

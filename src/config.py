@@ -1,0 +1,100 @@
+"""Configs as dataclasses: YAML presets (safe_load only) plus `key=value` overrides.
+
+Every problem (unknown key, wrong type) is reported before anything compiles,
+naming the valid choices.
+"""
+import dataclasses
+import difflib
+import typing
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _unknown_key(key, cls) -> ConfigError:
+    valid = field_names(cls)
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown config key {key!r} for {cls.__name__}.{hint} Valid keys: {', '.join(valid)}")
+
+
+def _field_type(cls, key):
+    hints = typing.get_type_hints(cls)
+    return hints[key]
+
+
+def coerce(cls, key, value):
+    """Convert a YAML or command-line value to the type of field `key`."""
+    if key not in field_names(cls):
+        raise _unknown_key(key, cls)
+    kind = _field_type(cls, key)
+    origin = typing.get_origin(kind)
+    try:
+        if isinstance(value, str) and kind is not str:
+            value = yaml.safe_load(value)
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if kind is str:
+            return str(value)
+        if origin in (tuple, list):
+            (item,) = set(typing.get_args(kind)) - {Ellipsis}
+            if not isinstance(value, (list, tuple)):
+                value = [value]
+            return tuple(item(v) for v in value)
+        if origin is dict or kind is dict:
+            if not isinstance(value, dict):
+                raise TypeError
+            return dict(value)
+    except (TypeError, ValueError, yaml.YAMLError):
+        raise ConfigError(f"config key {key!r} expects {getattr(kind, '__name__', kind)}, got {value!r}") from None
+    return value
+
+
+def from_dict(cls, values: dict):
+    return cls(**{k: coerce(cls, k, v) for k, v in values.items()})
+
+
+def override(config, assignments):
+    """Apply ["key=value", ...] to a config dataclass."""
+    changes = {}
+    for item in assignments or ():
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        changes[key.strip()] = coerce(type(config), key.strip(), raw)
+    return dataclasses.replace(config, **changes)
+
+
+def load_yaml(path) -> dict:
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def to_dict(config) -> dict:
+    out = dataclasses.asdict(config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def save_yaml(config, path):
+    with open(path, "w") as f:
+        yaml.safe_dump(to_dict(config), f, sort_keys=False)
