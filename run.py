@@ -212,6 +212,8 @@ def train(args):
     total_iterations = config.num_iterations
     stop_at = args.stop_at or total_iterations
 
+    if hasattr(module, "preflight"):   # e.g. a replay buffer's memory, checked before compiling
+        print(module.preflight(config, len(members)))
     agent = module.make(config, show_progress=not args.no_progress)
     keys = member_keys(members)
     hparams = stacked_hparams(module, config, members)
