@@ -207,13 +207,13 @@ def train(args):
     grid = parse_sweep(module, config, args.sweep)
     if args.stop_at is not None:
         chunk_length(config, args.stop_at)
+    if hasattr(module, "preflight"):   # e.g. a replay buffer's memory, checked before compiling
+        print(module.preflight(config, len(make_members(config, grid))))
     out, config, members = prepare_run_dir(args, module, config, grid)
     chunk = chunk_length(config, args.stop_at)
     total_iterations = config.num_iterations
     stop_at = args.stop_at or total_iterations
 
-    if hasattr(module, "preflight"):   # e.g. a replay buffer's memory, checked before compiling
-        print(module.preflight(config, len(members)))
     agent = module.make(config, show_progress=not args.no_progress)
     keys = member_keys(members)
     hparams = stacked_hparams(module, config, members)
