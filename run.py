@@ -21,8 +21,8 @@ COMMANDS = ("train", "eval", "plot", "envs")
 
 
 def algorithms():
-    from agents import ppo
-    return {"ppo": ppo}
+    from agents import ppo, sac
+    return {"ppo": ppo, "sac": sac}
 
 
 def parse_args(argv):

@@ -62,8 +62,11 @@ class FlattenObservation(Wrapper):
         size = 1
         for d in space.shape:
             size *= int(d)
-        low = jnp.broadcast_to(jnp.asarray(space.low, jnp.float32), space.shape).reshape(-1)
-        high = jnp.broadcast_to(jnp.asarray(space.high, jnp.float32), space.shape).reshape(-1)
+        # a Discrete observation space (FrozenLake's state index) becomes a 1-vector box
+        low = getattr(space, "low", 0.0)
+        high = getattr(space, "high", getattr(space, "n", 1) - 1)
+        low = jnp.broadcast_to(jnp.asarray(low, jnp.float32), space.shape).reshape(-1)
+        high = jnp.broadcast_to(jnp.asarray(high, jnp.float32), space.shape).reshape(-1)
         return Box(low, high, (size,), jnp.float32)
 
 

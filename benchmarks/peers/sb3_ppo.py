@@ -66,7 +66,13 @@ def main() -> None:
                     help="episodes per seed for the final (stochastic) evaluation")
     ap.add_argument("--no-vf-clip", action="store_true",
                     help="disable value clipping (SB3's default; PureJaxRL clips with clip_eps)")
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="torch intra-op threads (0: torch's default). With 2 threads on a 2-core "
+                         "machine that has any other load, SB3 slows down 10-20x; 1 is robust and "
+                         "about as fast on these tiny MLPs")
     args = ap.parse_args()
+    if args.torch_threads > 0:
+        torch.set_num_threads(args.torch_threads)
 
     batch = NUM_ENVS * NUM_STEPS
     num_updates = args.total_steps // batch
