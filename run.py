@@ -205,7 +205,7 @@ def train(args):
 
     module, config = build_config(args)
     grid = parse_sweep(module, config, args.sweep)
-    if args.stop_at is not None:
+    if not args.resume:   # a resumed run is checked against its stored config below
         chunk_length(config, args.stop_at)
     if hasattr(module, "preflight"):   # e.g. a replay buffer's memory, checked before compiling
         print(module.preflight(config, len(make_members(config, grid))))
