@@ -1,4 +1,5 @@
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ from src import checkpoint
 from src.config import ConfigError, override
 from tests.helpers import TraceCounter, tree_equal
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ppo.PPOConfig(total_steps=4 * 32 * 6, num_envs=4, num_steps=32, hidden=(32, 32))
 
 
@@ -166,3 +168,33 @@ def test_cartpole_published_defaults_reach_475_over_8_seeds():
     _, metrics = jax.jit(jax.vmap(agent.train, in_axes=(0, None)))(keys, ppo.hparams_from(config))
     final = np.asarray(metrics["episode_return"][:, -1])
     assert final.mean() >= 475, final
+
+
+def test_acrobot_learns():
+    config = ppo.PPOConfig(env="Acrobot-v1", total_steps=200_000)
+    agent = ppo.make(config)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(4, dtype=jnp.uint32))
+    _, metrics = jax.jit(jax.vmap(agent.train, in_axes=(0, None)))(keys, ppo.hparams_from(config))
+    final = np.asarray(metrics["episode_return"][:, -1])
+    assert final.mean() >= -110, final     # random play scores about -500
+
+
+def pendulum_final_returns(total_steps, seeds):
+    from src.config import from_dict, load_yaml
+    config = dataclasses.replace(from_dict(ppo.PPOConfig, load_yaml(os.path.join(ROOT, "configs", "ppo_pendulum.yaml"))),
+                                 total_steps=total_steps)
+    agent = ppo.make(config)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(seeds, dtype=jnp.uint32))
+    _, metrics = jax.jit(jax.vmap(agent.train, in_axes=(0, None)))(keys, ppo.hparams_from(config))
+    return np.asarray(metrics["episode_return"][:, -1])
+
+
+def test_pendulum_continuous_learns_quickly():
+    final = pendulum_final_returns(200_000, 2)
+    assert final.mean() >= -600, final      # random play scores about -1200
+
+
+@pytest.mark.slow
+def test_pendulum_preset_reaches_minus_300():
+    final = pendulum_final_returns(1_000_000, 4)
+    assert final.mean() >= -300, final
