@@ -198,3 +198,14 @@ def test_pendulum_continuous_learns_quickly():
 def test_pendulum_preset_reaches_minus_300():
     final = pendulum_final_returns(1_000_000, 4)
     assert final.mean() >= -300, final
+
+
+@pytest.mark.slow
+def test_brax_inverted_pendulum_preset_reaches_900():
+    from src.config import from_dict, load_yaml
+    config = from_dict(ppo.PPOConfig, load_yaml(os.path.join(ROOT, "configs", "ppo_brax_inverted_pendulum.yaml")))
+    agent = ppo.make(config)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(4, dtype=jnp.uint32))
+    _, metrics = jax.jit(jax.vmap(agent.train, in_axes=(0, None)))(keys, ppo.hparams_from(config))
+    final = np.asarray(metrics["episode_return"][:, -1])
+    assert final.mean() >= 900, final
