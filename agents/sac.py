@@ -39,7 +39,6 @@ from envs.rewards import Transition, env_reward
 from src import normalize, progress, replay
 from src.config import ConfigError
 from src.evaluate import evaluate as run_evaluation
-from src.networks import MLP
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 MEMORY_FRACTION = 0.5   # preflight refuses replay buffers above this share of memory
@@ -154,6 +153,24 @@ def hparams_from(config: SACConfig) -> HParams:
 
 # ----------------------------------------------------------------------------- networks
 
+_ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
+
+
+class MLP(nn.Module):
+    """MLP with flax's default (LeCun normal) initialisation, as SAC usually
+    has; it also needs no QR at init (jaxlib's batched LAPACK QR can deadlock
+    XLA:CPU's thread pool when a population is initialised under vmap)."""
+    hidden: tuple
+    out: int
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, x):
+        for width in self.hidden:
+            x = _ACTIVATIONS[self.activation](nn.Dense(width)(x))
+        return nn.Dense(self.out)(x)
+
+
 class Actor(nn.Module):
     """Discrete: logits. Continuous: (mean, log_std) of the pre-tanh Gaussian."""
 
@@ -165,8 +182,8 @@ class Actor(nn.Module):
     @nn.compact
     def __call__(self, obs):
         if self.discrete:
-            return MLP(self.hidden, self.action_dim, self.activation, out_scale=0.01)(obs)
-        out = MLP(self.hidden, 2 * self.action_dim, self.activation, out_scale=0.01)(obs)
+            return MLP(self.hidden, self.action_dim, self.activation)(obs)
+        out = MLP(self.hidden, 2 * self.action_dim, self.activation)(obs)
         mean, raw = jnp.split(out, 2, axis=-1)
         # squash log_std smoothly into [LOG_STD_MIN, LOG_STD_MAX]
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (jnp.tanh(raw) + 1.0)

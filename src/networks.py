@@ -13,8 +13,33 @@ import numpy as np
 _ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
 
 
+@jax.custom_batching.sequential_vmap
+def _qr(matrix):
+    return jnp.linalg.qr(matrix)
+
+
+def orthogonal(scale: float = 1.0):
+    """Orthogonal initialiser whose QR runs one matrix at a time under vmap.
+
+    jaxlib's batched LAPACK QR spreads the batch over XLA's intra-op thread
+    pool from inside that pool; on a 2-core machine this deadlocks at random
+    (reproduced with jax 0.10.2: vmap of QR over 8 keys hangs within 200
+    calls). Initialising a vmapped population of networks hits exactly that,
+    so the batch is looped instead (a one-off cost at init).
+    """
+    def init(key, shape, dtype=jnp.float32):
+        rows, cols = int(np.prod(shape[:-1])), shape[-1]
+        tall = (max(rows, cols), min(rows, cols))
+        q, r = _qr(jax.random.normal(key, tall, jnp.float32))
+        q = q * jnp.sign(jnp.diagonal(r))       # a uniformly random orthogonal matrix
+        if rows < cols:
+            q = q.T
+        return (scale * q).reshape(shape).astype(dtype)
+    return init
+
+
 def _dense(features, scale):
-    return nn.Dense(features, kernel_init=nn.initializers.orthogonal(scale), bias_init=nn.initializers.zeros)
+    return nn.Dense(features, kernel_init=orthogonal(scale), bias_init=nn.initializers.zeros)
 
 
 class MLP(nn.Module):

@@ -1,0 +1,295 @@
+"""SAC: its pure pieces, the agent contract (traces, seeds, sweeps), bad
+input, and (marked slow) learning on Pendulum-v1 and CartPole-v1."""
+import dataclasses
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs
+from agents import sac
+from envs.rewards import scaled_reward
+from src import config as cfg
+from src.config import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# 2 envs x 4 steps per iteration, 2 gradient steps per iteration, 8 iterations
+TINY = sac.SACConfig(env="Pendulum-v1", total_steps=64, num_envs=2, num_steps=4, updates_per_step=0.25,
+                     buffer_size=64, sgd_batch_size=16, learning_starts=16, hidden=(16, 16), eval_episodes=2)
+SHORT_EPISODE = 10   # Pendulum truncated after 10 steps, so episodes finish within the tiny run
+
+
+def tiny_agent(config=TINY, **kwargs):
+    env, params = envs.make(config.env)
+    if config.env == "Pendulum-v1":
+        params = params.replace(max_steps_in_episode=SHORT_EPISODE)
+    return sac.make(config, env, params, **kwargs)
+
+
+def leaves_close(a, b, rtol=1e-4, atol=1e-5):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def leaves_equal(a, b):
+    return all(np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True)
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+# ----------------------------------------------------------------------------- pure pieces
+
+def test_polyak_update_matches_hand_computation():
+    target = {"w": jnp.array([1.0, 2.0]), "b": jnp.array(-4.0)}
+    online = {"w": jnp.array([3.0, -2.0]), "b": jnp.array(6.0)}
+    out = sac.polyak_update(target, online, jnp.float32(0.1))
+    np.testing.assert_allclose(out["w"], [0.9 * 1 + 0.1 * 3, 0.9 * 2 + 0.1 * -2], rtol=1e-6)
+    np.testing.assert_allclose(out["b"], 0.9 * -4 + 0.1 * 6, rtol=1e-6)
+    leaves_close(sac.polyak_update(target, online, 1.0), online, rtol=0, atol=0)
+
+
+def test_temperature_loss_sign_and_fixed_point():
+    grad = jax.grad(sac.temperature_loss)
+    log_alpha = jnp.float32(0.3)
+    # entropy below the target: the gradient is negative, so descent raises alpha
+    assert grad(log_alpha, jnp.float32(-2.0), jnp.float32(-1.0)) < 0
+    # entropy above the target: alpha falls
+    assert grad(log_alpha, jnp.float32(0.5), jnp.float32(-1.0)) > 0
+    # at the target: no gradient at all
+    assert grad(log_alpha, jnp.float32(-1.0), jnp.float32(-1.0)) == 0
+    # the entropy is a fixed input: no gradient flows into the policy through it
+    assert jax.grad(sac.temperature_loss, argnums=1)(log_alpha, jnp.float32(-2.0), jnp.float32(-1.0)) == 0
+
+
+def test_squashed_log_prob_is_the_change_of_variables():
+    mean = jnp.array([[0.3, -1.0], [2.0, 0.0]])
+    log_std = jnp.array([[-0.5, 0.2], [0.0, -1.0]])
+    key = jax.random.PRNGKey(3)
+    action, logp = sac.squashed_sample(key, mean, log_std)
+    assert action.shape == (2, 2) and bool(jnp.all(jnp.abs(action) < 1))
+    u = jnp.arctanh(action)
+    expected = jnp.sum(jax.scipy.stats.norm.logpdf(u, mean, jnp.exp(log_std)) - jnp.log(1 - action**2), axis=-1)
+    np.testing.assert_allclose(logp, expected, rtol=1e-4, atol=1e-4)
+    # far into the tails tanh saturates; the stable form stays finite
+    _, logp = sac.squashed_sample(key, jnp.full((1, 2), 30.0), jnp.zeros((1, 2)))
+    assert bool(jnp.isfinite(logp).all())
+
+
+def test_squashed_density_integrates_to_one():
+    # 1-D: average of exp(logp(a)) over a uniform grid on (-1, 1) times its width
+    a = jnp.linspace(-0.999, 0.999, 20001)
+    u = jnp.arctanh(a)
+    density = jnp.exp(jax.scipy.stats.norm.logpdf(u, 0.4, 0.7) - jnp.log(1 - a**2))
+    assert abs(float(jnp.trapezoid(density, a)) - 1.0) < 1e-2
+
+
+# ----------------------------------------------------------------------------- config
+
+BAD = {
+    "buffer smaller than batch": (dict(buffer_size=100, sgd_batch_size=256), "sgd_batch_size"),
+    "zero envs": (dict(num_envs=0), "num_envs"),
+    "fewer steps than one iteration": (dict(total_steps=10, num_envs=4, num_steps=4), "one iteration"),
+    "fractional updates per iteration": (dict(num_envs=1, num_steps=2, updates_per_step=0.3), "whole number"),
+    "learning never starts": (dict(total_steps=1000, learning_starts=1000), "learning_starts"),
+    "tau zero": (dict(tau=0.0), "tau"),
+    "negative lr": (dict(lr=-1.0), "lr"),
+    "entropy scale above one": (dict(target_entropy_scale=1.5), "target_entropy_scale"),
+    "target entropy not a number": (dict(target_entropy="high"), "target_entropy"),
+    "buffer smaller than one step": (dict(num_envs=512, buffer_size=256, sgd_batch_size=8), "num_envs"),
+}
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_bad_config_is_refused(name):
+    changes, words = BAD[name]
+    with pytest.raises(ConfigError, match=words):
+        dataclasses.replace(sac.SACConfig(), **changes).validate()
+
+
+def test_fractional_update_ratio_is_allowed_when_whole_per_iteration():
+    config = dataclasses.replace(sac.SACConfig(), num_envs=1, num_steps=4, updates_per_step=0.25).validate()
+    assert config.num_updates == 1 and config.batch_size == 4
+
+
+def test_target_entropy_is_refused_for_discrete_actions():
+    with pytest.raises(ConfigError, match="target_entropy_scale"):
+        sac.make(dataclasses.replace(TINY, env="CartPole-v1", target_entropy=-1.0))
+
+
+def test_preflight_counts_replay_memory_and_refuses_too_much():
+    message = sac.preflight(TINY, 8)
+    per = sac.transition_bytes(3, 1)   # Pendulum: obs 3, action 1
+    assert f"{per} B" in message and "8 runs" in message
+    with pytest.raises(ConfigError, match="buffer_size"):
+        sac.preflight(dataclasses.replace(TINY, buffer_size=10**12), 1)
+
+
+@pytest.mark.parametrize("preset", ["sac_pendulum.yaml", "sac_cartpole.yaml", "sac_inverted_pendulum.yaml"])
+def test_presets_build_through_run_py(preset):
+    import run
+    args = run.parse_args(["train", "--config", os.path.join(ROOT, "configs", preset)])
+    module, config = run.build_config(args)
+    assert module is sac and config.algo == "sac"
+    assert config.num_iterations * config.batch_size == config.total_steps
+    assert run.chunk_length(config, None) >= 1
+
+
+# ----------------------------------------------------------------------------- the agent contract
+
+@pytest.fixture(scope="module")
+def counted():
+    """The tiny agent's train, jitted, counting Python-side traces."""
+    agent = tiny_agent()
+    traces = []
+
+    def train(key, hparams):
+        traces.append(1)
+        return agent.train(key, hparams)
+
+    return agent, jax.jit(train), traces
+
+
+def test_train_is_traced_once(counted):
+    agent, train, traces = counted
+    hp = sac.hparams_from(TINY)
+    first = train(jax.random.PRNGKey(0), hp)
+    second = train(jax.random.PRNGKey(1), hp.replace(lr=jnp.float32(1e-3), gamma=jnp.float32(0.9),
+                                                      init_alpha=jnp.float32(0.2)))
+    jax.block_until_ready(second)
+    assert len(traces) == 1
+    assert not leaves_equal(first[1], second[1])
+
+
+def test_same_seed_same_numbers(counted):
+    agent, train, traces = counted
+    hp = sac.hparams_from(TINY)
+    a = train(jax.random.PRNGKey(5), hp)
+    b = train(jax.random.PRNGKey(5), hp)
+    c = train(jax.random.PRNGKey(6), hp)
+    assert leaves_equal(a, b)
+    assert not leaves_equal(a[0].params, c[0].params)
+    assert len(traces) == 1
+
+
+def test_metrics_are_per_iteration_scalars(counted):
+    agent, train, _ = counted
+    state, metrics = train(jax.random.PRNGKey(0), sac.hparams_from(TINY))
+    n = TINY.num_iterations
+    for name in ("episode_return", "env_steps", "q_loss", "actor_loss", "alpha", "entropy", "q_mean"):
+        assert metrics[name].shape == (n,), name
+    np.testing.assert_array_equal(metrics["env_steps"], np.arange(1, n + 1) * TINY.batch_size)
+    learning = np.arange(1, n + 1) * TINY.batch_size >= TINY.learning_starts
+    assert np.isnan(np.asarray(metrics["q_loss"])[~learning]).all()
+    assert np.isfinite(np.asarray(metrics["q_loss"])[learning]).all()
+    assert np.isfinite(np.asarray(metrics["episode_return"])[-1])   # episodes of 10 steps finished
+    assert int(state.iteration) == n and int(state.buffer.size) == TINY.total_steps
+
+
+def test_truncation_stores_the_final_observation_without_termination(counted):
+    agent, train, _ = counted
+    state, _ = train(jax.random.PRNGKey(0), sac.hparams_from(TINY))
+    data = jax.tree.map(np.asarray, state.buffer.data)
+    # Pendulum never terminates: every transition bootstraps
+    assert (data.terminated == 0).all()
+    # slot = step * num_envs + env; step 9 of each env ends an episode (truncation):
+    # next_obs is the real last observation, the next slot's obs a fresh reset
+    envs_ = TINY.num_envs
+    for env in range(envs_):
+        end, after = (SHORT_EPISODE - 1) * envs_ + env, SHORT_EPISODE * envs_ + env
+        assert not np.allclose(data.next_obs[end], data.obs[after])
+        mid, mid_after = 3 * envs_ + env, 4 * envs_ + env
+        np.testing.assert_array_equal(data.next_obs[mid], data.obs[mid_after])
+
+
+def test_vmapped_sweep_equals_separate_runs(counted):
+    agent, train, traces = counted
+    base = sac.hparams_from(TINY)
+    lrs, seeds = [3e-4, 3e-3], [0, 1]
+    hps = jax.tree.map(lambda x: jnp.stack([x, x]), base).replace(
+        lr=jnp.array(lrs, jnp.float32), tau=jnp.array([0.005, 0.05], jnp.float32))
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.array(seeds))
+    together = jax.jit(jax.vmap(agent.train))(keys, hps)
+    for i in range(2):
+        alone = train(keys[i], base.replace(lr=hps.lr[i], tau=hps.tau[i]))
+        leaves_close(jax.tree.map(lambda x: x[i], together[1]), alone[1])
+        leaves_close(jax.tree.map(lambda x: x[i], together[0].params), alone[0].params)
+    assert len(traces) == 1
+
+
+def test_actions_stay_in_the_box_and_evaluate_runs(counted):
+    agent, train, _ = counted
+    state, _ = train(jax.random.PRNGKey(0), sac.hparams_from(TINY))
+    obs = jax.random.normal(jax.random.PRNGKey(1), (256, 3)) * 5
+    for deterministic in (True, False):
+        action = agent.act(state.params, obs, jax.random.PRNGKey(2), deterministic, state.obs_stats)
+        assert action.shape == (256, 1)
+        assert float(jnp.abs(action).max()) <= 2.0 and float(jnp.abs(action).max()) > 0
+    returns, lengths = jax.jit(lambda ts, k: agent.evaluate(ts, k, 3))(state, jax.random.PRNGKey(0))
+    assert returns.shape == (3,) and (np.asarray(lengths) == SHORT_EPISODE).all()
+
+
+def test_discrete_step_with_a_reward_function():
+    """CartPole through `step` (as outer loops drive it), with a parametrised
+    reward: terminations cut the bootstrap and store the real last observation."""
+    config = dataclasses.replace(TINY, env="CartPole-v1", num_envs=4, num_steps=48, updates_per_step=1 / 48,
+                                 total_steps=192, buffer_size=192, learning_starts=0)
+    agent = sac.make(config, reward_fn=scaled_reward)
+    hp = sac.hparams_from(config)
+    reward_params = {"scale": jnp.float32(0.0), "shift": jnp.float32(0.5)}
+    state = jax.jit(agent.init)(jax.random.PRNGKey(0), hp)
+    step = jax.jit(agent.step)
+    for _ in range(2):
+        state, metrics = step(state, hp, reward_params)
+    assert set(metrics) >= {"episode_return", "env_steps", "q_loss", "alpha", "entropy"}
+    assert int(metrics["env_steps"]) == 2 * config.batch_size
+    assert np.isfinite(float(metrics["q_loss"])) and 0 < float(metrics["entropy"]) <= math.log(2) + 1e-6
+    data = jax.tree.map(np.asarray, state.buffer.data)
+    n = int(state.buffer.size)
+    np.testing.assert_array_equal(data.reward[:n], 0.5)
+    assert set(np.unique(data.action[:n])) <= {0, 1}
+    ends = np.flatnonzero(data.terminated[:n - 4] == 1)
+    assert len(ends) > 0, "random CartPole play should fail within 96 steps"
+    for i in ends:   # the stored next_obs is past the failure bounds, the next obs a reset
+        x, theta = data.next_obs[i, 0], data.next_obs[i, 2]
+        assert abs(x) > 2.4 or abs(theta) > 12 * 2 * math.pi / 360
+        assert not np.allclose(data.next_obs[i], data.obs[i + config.num_envs])
+
+
+# ----------------------------------------------------------------------------- learning (slow)
+
+def load_preset(name, **changes):
+    values = cfg.load_yaml(os.path.join(ROOT, "configs", name))
+    return dataclasses.replace(cfg.from_dict(sac.SACConfig, values), **changes).validate()
+
+
+def final_returns(config, seeds, tail=0.05):
+    """Per seed, the mean return of the episodes finished in the last `tail` of training."""
+    agent = sac.make(config)
+    hp = jax.tree.map(lambda x: jnp.broadcast_to(x, (seeds,)), sac.hparams_from(config))
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(seeds) + config.seed)
+    state, metrics = jax.jit(jax.vmap(agent.train))(keys, hp)
+    done = np.asarray(metrics["episodes_finished"])
+    total = np.nan_to_num(np.asarray(metrics["finished_return"])) * done
+    start = int(config.num_iterations * (1 - tail))
+    return total[:, start:].sum(1) / np.maximum(done[:, start:].sum(1), 1), agent, state, keys
+
+
+@pytest.mark.slow
+def test_pendulum_learns_within_2e4_steps():
+    config = load_preset("sac_pendulum.yaml")
+    assert config.total_steps <= 20_000
+    returns, agent, state, keys = final_returns(config, 4)
+    print("pendulum final returns per seed", returns)
+    assert returns.mean() >= -200, returns
+
+
+@pytest.mark.slow
+def test_discrete_sac_solves_cartpole_within_1e5_steps():
+    config = load_preset("sac_cartpole.yaml")
+    assert config.total_steps <= 100_000
+    returns, agent, state, keys = final_returns(config, config.seeds)
+    print("cartpole final returns per seed", returns)
+    assert returns.mean() >= 400, returns
