@@ -171,11 +171,13 @@ def test_cartpole_published_defaults_reach_475_over_8_seeds():
 
 
 def test_acrobot_learns():
-    config = ppo.PPOConfig(env="Acrobot-v1", total_steps=200_000)
+    config = ppo.PPOConfig(env="Acrobot-v1", total_steps=250_000)
     agent = ppo.make(config)
     keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(4, dtype=jnp.uint32))
-    _, metrics = jax.jit(jax.vmap(agent.train, in_axes=(0, None)))(keys, ppo.hparams_from(config))
-    final = np.asarray(metrics["episode_return"][:, -1])
+    states, _ = jax.jit(jax.vmap(agent.train, in_axes=(0, None)))(keys, ppo.hparams_from(config))
+    # deterministic evaluation: the last episode of 4 envs is too noisy a score on Acrobot
+    returns, _ = jax.jit(jax.vmap(lambda ts, k: agent.evaluate(ts, k, 16)))(states, keys)
+    final = np.asarray(returns).mean(axis=1)
     assert final.mean() >= -110, final     # random play scores about -500
 
 
