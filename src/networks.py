@@ -13,25 +13,34 @@ import numpy as np
 _ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
 
 
-@jax.custom_batching.sequential_vmap
-def _qr(matrix):
-    return jnp.linalg.qr(matrix)
+def _orthonormal_columns(matrix):
+    """Gram-Schmidt (each projection done twice for float32 accuracy): the Q of
+    a QR decomposition with a positive diagonal R."""
+    rows, cols = matrix.shape
+
+    def add_column(j, q):
+        v = jax.lax.dynamic_index_in_dim(matrix, j, axis=1, keepdims=False)
+        earlier = (jnp.arange(cols) < j).astype(matrix.dtype)
+        for _ in range(2):
+            v = v - q @ ((q.T @ v) * earlier)
+        return q.at[:, j].set(v / jnp.linalg.norm(v))
+
+    return jax.lax.fori_loop(0, cols, add_column, jnp.zeros_like(matrix))
 
 
 def orthogonal(scale: float = 1.0):
-    """Orthogonal initialiser whose QR runs one matrix at a time under vmap.
+    """Orthogonal initialiser (uniformly random, like flax's) in plain JAX ops.
 
-    jaxlib's batched LAPACK QR spreads the batch over XLA's intra-op thread
-    pool from inside that pool; on a 2-core machine this deadlocks at random
-    (reproduced with jax 0.10.2: vmap of QR over 8 keys hangs within 200
-    calls). Initialising a vmapped population of networks hits exactly that,
-    so the batch is looped instead (a one-off cost at init).
+    flax's version calls LAPACK's QR. Under vmap (a population of networks)
+    jaxlib spreads that batched QR over XLA's CPU thread pool from inside the
+    pool, which deadlocks at random on 2 cores (reproduced with jax 0.10.2:
+    vmap of QR over 8 keys hangs within 200 calls); it also costs ~2 s of
+    compilation. Gram-Schmidt on a Gaussian matrix gives the same distribution.
     """
     def init(key, shape, dtype=jnp.float32):
         rows, cols = int(np.prod(shape[:-1])), shape[-1]
         tall = (max(rows, cols), min(rows, cols))
-        q, r = _qr(jax.random.normal(key, tall, jnp.float32))
-        q = q * jnp.sign(jnp.diagonal(r))       # a uniformly random orthogonal matrix
+        q = _orthonormal_columns(jax.random.normal(key, tall, jnp.float32))
         if rows < cols:
             q = q.T
         return (scale * q).reshape(shape).astype(dtype)
