@@ -17,6 +17,10 @@ import os
 import sys
 import time
 
+from src.population import use_all_cpu_cores
+
+use_all_cpu_cores()   # before JAX starts: populations are sharded over the cores
+
 COMMANDS = ("train", "eval", "plot", "envs")
 
 
@@ -200,7 +204,7 @@ def train(args):
     import jax
     import numpy as np
 
-    from src import checkpoint, plots, progress, rundir
+    from src import checkpoint, plots, population, progress, rundir
     from src.config import ConfigError
 
     module, config = build_config(args)
@@ -215,14 +219,15 @@ def train(args):
     stop_at = args.stop_at or total_iterations
 
     agent = module.make(config, show_progress=not args.no_progress)
-    keys = member_keys(members)
-    hparams = stacked_hparams(module, config, members)
+    keys, hparams = population.distribute(
+        (member_keys(members), stacked_hparams(module, config, members)), len(members))
     init = jax.jit(jax.vmap(agent.init, in_axes=(0, 0)))
     run_chunk = jax.jit(jax.vmap(lambda ts, hp: agent.run(ts, hp, num_iterations=chunk)))
 
+    devices = len(population.member_sharding(len(members)).mesh.devices.flat)
     print(f"{config.algo} on {config.env}: {len(members)} runs ({config.seeds} seeds"
           f"{' x ' + ' x '.join(f'{len(v)} {k}' for k, v in grid.items()) if grid else ''}), "
-          f"{config.total_steps:,} steps each, {total_iterations} iterations -> {out}")
+          f"{config.total_steps:,} steps each, {total_iterations} iterations, {devices} device(s) -> {out}")
     t0 = time.perf_counter()
     state = init(keys, hparams)
     compiled = run_chunk.lower(state, hparams).compile()
@@ -304,15 +309,16 @@ def evaluate(args):
     import jax
     import numpy as np
 
-    from src import checkpoint, rundir
+    from src import checkpoint, population, rundir
     from src.config import ConfigError
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
     module, config, members = load_run(args.run_dir)
     agent = module.make(config)
-    hparams = stacked_hparams(module, config, members)
-    like = jax.jit(jax.vmap(agent.init))(member_keys(members), hparams)
+    keys, hparams = population.distribute((member_keys(members), stacked_hparams(module, config, members)),
+                                          len(members))
+    like = jax.jit(jax.vmap(agent.init))(keys, hparams)
     state = checkpoint.restore(os.path.join(args.run_dir, "checkpoint"), like)
     keys = jax.random.split(jax.random.PRNGKey(args.seed), len(members))
     returns, lengths = jax.jit(jax.vmap(lambda ts, k: agent.evaluate(ts, k, args.episodes)))(state, keys)

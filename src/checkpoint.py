@@ -32,7 +32,7 @@ def restore(path, like):
     path = os.path.abspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None)),
                           _to_storable(like))
     with ocp.StandardCheckpointer() as checkpointer:
         try:
