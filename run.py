@@ -221,8 +221,12 @@ def train(args):
     agent = module.make(config, show_progress=not args.no_progress)
     keys, hparams = population.distribute(
         (member_keys(members), stacked_hparams(module, config, members)), len(members))
-    init = jax.jit(jax.vmap(agent.init, in_axes=(0, 0)))
-    run_chunk = jax.jit(jax.vmap(lambda ts, hp: agent.run(ts, hp, num_iterations=chunk)))
+    # every leaf of the state and metrics has the member axis first: pin it to
+    # the devices so each chunk's output has the sharding the program expects
+    sharding = population.member_sharding(len(members))
+    init = jax.jit(jax.vmap(agent.init, in_axes=(0, 0)), out_shardings=sharding)
+    run_chunk = jax.jit(jax.vmap(lambda ts, hp: agent.run(ts, hp, num_iterations=chunk)),
+                        out_shardings=sharding)
 
     devices = len(population.member_sharding(len(members)).mesh.devices.flat)
     print(f"{config.algo} on {config.env}: {len(members)} runs ({config.seeds} seeds"
@@ -318,7 +322,7 @@ def evaluate(args):
     agent = module.make(config)
     keys, hparams = population.distribute((member_keys(members), stacked_hparams(module, config, members)),
                                           len(members))
-    like = jax.jit(jax.vmap(agent.init))(keys, hparams)
+    like = jax.jit(jax.vmap(agent.init), out_shardings=population.member_sharding(len(members)))(keys, hparams)
     state = checkpoint.restore(os.path.join(args.run_dir, "checkpoint"), like)
     keys = jax.random.split(jax.random.PRNGKey(args.seed), len(members))
     returns, lengths = jax.jit(jax.vmap(lambda ts, k: agent.evaluate(ts, k, args.episodes)))(state, keys)
