@@ -119,3 +119,19 @@ def test_yaml_is_loaded_safely(tmp_path):
     evil.write_text("!!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(Exception, match="could not determine a constructor"):
         cfg.load_yaml(evil)
+
+
+def test_sharded_population_equals_plain_vmap(tmp_path):
+    """run.py shards members over the CPU cores; the numbers must not change."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from agents import ppo
+
+    summary = run.main(["train", *SMALL, "--out", str(tmp_path / "s")])
+    config = cfg.override(ppo.PPOConfig(total_steps=2048, seeds=2), ["num_steps=64", "hidden=[16]"])
+    agent = ppo.make(config)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(2, dtype=jnp.uint32))
+    _, metrics = jax.jit(jax.vmap(agent.train, in_axes=(0, None)))(keys, ppo.hparams_from(config))
+    np.testing.assert_allclose(summary["final_returns"], np.asarray(metrics["episode_return"][:, -1]), rtol=1e-6)
