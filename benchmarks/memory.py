@@ -5,7 +5,8 @@ per environment step).
     python benchmarks/memory.py [--steps 1e6 1e7 1e8]
 
 Each length runs `run.py train` in its own process (CartPole-v1, 1 seed,
-64 envs x 128 steps so that 1e8 steps take minutes, not hours) and reads the
+256 envs x 32 steps, one epoch of one minibatch, so that 1e8 steps take
+minutes, not hours: this measures memory, not learning) and reads the
 child's peak resident memory from the kernel (wait4's ru_maxrss).
 """
 import argparse
@@ -37,7 +38,8 @@ def main():
     for steps in args.steps:
         with tempfile.TemporaryDirectory() as out:
             cmd = [sys.executable, "run.py", "train", "--seeds", "1", "--total-steps", str(int(steps)),
-                   "--set", "num_envs=64", "--no-progress", "--out", os.path.join(out, "run")]
+                   "--set", "num_envs=256", "--set", "num_steps=32", "--set", "num_epochs=1",
+                   "--set", "num_minibatches=1", "--no-progress", "--out", os.path.join(out, "run")]
             peak, wall = peak_rss_mb(cmd)
             with open(os.path.join(out, "run", "summary.json")) as f:
                 summary = json.load(f)

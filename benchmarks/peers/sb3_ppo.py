@@ -39,8 +39,9 @@ HIDDEN = [64, 64]
 
 # Differences from PureJaxRL's PPO that remain.
 MISMATCHES = [
-    "SB3 bootstraps the value of time-limit truncations (step 500); PureJaxRL/"
-    "gymnax treat truncation as termination",
+    "SB3 bootstraps the value of time-limit truncations (step 500), as ours does "
+    "(gymnax 1.0 reports them apart); rejax on gymnax 0.0.9 sees one done flag and "
+    "treats them as terminations",
 ]
 
 
