@@ -228,25 +228,26 @@ def train(args):
     run_chunk = jax.jit(jax.vmap(lambda ts, hp: agent.run(ts, hp, num_iterations=chunk)),
                         out_shardings=sharding)
 
-    devices = len(population.member_sharding(len(members)).mesh.devices.flat)
+    devices = sharding.mesh.devices.size
     print(f"{config.algo} on {config.env}: {len(members)} runs ({config.seeds} seeds"
           f"{' x ' + ' x '.join(f'{len(v)} {k}' for k, v in grid.items()) if grid else ''}), "
           f"{config.total_steps:,} steps each, {total_iterations} iterations, {devices} device(s) -> {out}")
+    ckpt_dir = os.path.join(out, "checkpoint")
+    done = 0
+    if args.resume and os.path.isdir(ckpt_dir):
+        with open(os.path.join(out, "checkpoint.json")) as f:
+            done = json.load(f)["iteration"]
+        if done >= total_iterations:
+            raise ConfigError(f"the run in {out} is already complete ({done} iterations)")
+
     t0 = time.perf_counter()
     state = init(keys, hparams)
     compiled = run_chunk.lower(state, hparams).compile()
     compile_s = time.perf_counter() - t0
-
-    ckpt_dir = os.path.join(out, "checkpoint")
-    done = 0
     if args.resume:
-        if os.path.isdir(ckpt_dir):
-            with open(os.path.join(out, "checkpoint.json")) as f:
-                done = json.load(f)["iteration"]
+        if done:
             state = checkpoint.restore(ckpt_dir, state)
         rundir.truncate_metrics(out, done)
-        if done >= total_iterations:
-            raise ConfigError(f"the run in {out} is already complete ({done} iterations)")
         print(f"resuming from iteration {done}")
     first = done
     tensorboard = rundir.TensorBoard(out, len(members)) if args.logger == "tensorboard" else None
@@ -257,7 +258,7 @@ def train(args):
                       initial=done) as bar:
         while done < stop_at:
             if bar is not None:
-                bar._offset = done
+                bar.set_offset(done)   # the program counts iterations from 0 in each chunk
             t = time.perf_counter()
             state, metrics = compiled(state, hparams)
             jax.block_until_ready(metrics)

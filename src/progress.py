@@ -29,6 +29,9 @@ class _Bar:
         self._bar = tqdm(total=total, desc=desc, initial=initial, unit="it", dynamic_ncols=True)
         self._offset = 0
 
+    def set_offset(self, offset):
+        self._offset = offset
+
     def update_to(self, n):
         n = n + self._offset
         if n > self._bar.n:
@@ -48,7 +51,7 @@ def bar(total: int, desc: str = "train", enabled: bool = True, initial: int = 0,
         return
     previous = _active
     _active = _Bar(total, desc, initial)
-    _active._offset = offset
+    _active.set_offset(offset)
     try:
         yield _active
     finally:
