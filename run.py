@@ -36,7 +36,7 @@ def parse_args(argv):
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a population of runs (seeds x sweep) in one compiled program")
-    train.add_argument("--algo", default=None, help="ppo (default)")
+    train.add_argument("--algo", default=None, help="ppo (default) or sac")
     train.add_argument("--env", default=None, help="environment name (see `run.py envs`)")
     train.add_argument("--seeds", type=int, default=None, help="seeds per sweep setting")
     train.add_argument("--total-steps", type=float, default=None, help="environment steps per run")
