@@ -304,13 +304,8 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
     def run(ts, hparams, reward_params=None, objective_params=None, env_params=env_params,
             num_iterations=num_iterations):
         """`num_iterations` (static) iterations of `step` from `ts`."""
-        def body(ts, i):
-            ts, metrics = step(ts, hparams, reward_params, objective_params, env_params)
-            if show_progress:
-                progress.report(i)
-            return ts, metrics
-
-        return jax.lax.scan(body, ts, jnp.arange(num_iterations))
+        return progress.scan_iterations(lambda t: step(t, hparams, reward_params, objective_params, env_params),
+                                        ts, num_iterations, show_progress)
 
     def train(key, hparams, reward_params=None, objective_params=None, env_params=env_params):
         """One whole training run."""

@@ -10,6 +10,7 @@ iteration, not 2048 times.
 import contextlib
 
 import jax
+import jax.numpy as jnp
 
 _active = None
 
@@ -21,6 +22,18 @@ def _on_iteration(iteration):
 
 def report(iteration):
     jax.debug.callback(_on_iteration, iteration)
+
+
+def scan_iterations(iteration, state, num_iterations: int, show_progress: bool):
+    """`lax.scan` of `iteration(state) -> (state, metrics)`, `num_iterations`
+    (static) times, reporting each finished iteration when asked to."""
+    def body(state, i):
+        state, metrics = iteration(state)
+        if show_progress:
+            report(i)
+        return state, metrics
+
+    return jax.lax.scan(body, state, jnp.arange(num_iterations))
 
 
 class _Bar:
