@@ -5,6 +5,8 @@
     python run.py eval RUN_DIR --episodes 50
     python run.py plot RUN_DIR
     python run.py envs
+    python run.py meta reward-alignment|lpo|ued ...  # meta-learning loops (see commands/)
+    python run.py robust RUN_DIR ...                 # attacks and certificates on a trained run
 
 Parses, builds, runs and writes the run directory; no algorithm logic here.
 """
@@ -21,7 +23,17 @@ from src.population import use_all_cpu_cores
 
 use_all_cpu_cores()   # before JAX starts: populations are sharded over the cores
 
-COMMANDS = ("train", "eval", "plot", "envs")
+COMMANDS = ("train", "eval", "plot", "envs", "meta", "robust")
+
+# `meta NAME` and `robust` hand their remaining arguments to one module each
+# (a fixed table: nothing the user types is imported or evaluated). Each
+# module has `main(argv)` with its own argparse parser and imports JAX lazily.
+META_LOOPS = {
+    "reward-alignment": ("commands.reward_alignment", "bi-level reward alignment (BARFI) and its baselines"),
+    "lpo": ("commands.lpo", "ES-discovered policy objectives (learned policy optimisation)"),
+    "ued": ("commands.ued", "adversarial environment design: DR, PLR, robust PLR, ACCEL, PAIRED"),
+}
+ROBUST_MODULE = "commands.robust"
 
 
 def algorithms():
@@ -62,7 +74,19 @@ def parse_args(argv):
     plot.add_argument("run_dir")
 
     sub.add_parser("envs", help="list the environments")
+
+    meta = sub.add_parser("meta", help="meta-learning loops: " + ", ".join(META_LOOPS))
+    meta.add_argument("loop", choices=list(META_LOOPS), help="; ".join(f"{k}: {v[1]}" for k, v in META_LOOPS.items()))
+    meta.add_argument("rest", nargs=argparse.REMAINDER, help="the loop's own arguments (run.py meta LOOP -h)")
+
+    robust = sub.add_parser("robust", help="attack or certify a trained run (run.py robust -h)", add_help=False)
+    robust.add_argument("rest", nargs=argparse.REMAINDER)
     return parser.parse_args(argv)
+
+
+def run_module(module_name, argv):
+    import importlib
+    return importlib.import_module(module_name).main(argv)
 
 
 def fail(message):
@@ -362,6 +386,10 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from src.config import ConfigError
     try:
+        if args.command == "meta":
+            return run_module(META_LOOPS[args.loop][0], args.rest)
+        if args.command == "robust":
+            return run_module(ROBUST_MODULE, args.rest)
         return {"train": train, "eval": evaluate, "plot": plot, "envs": list_envs}[args.command](args)
     except (ConfigError, FileNotFoundError) as error:
         fail(str(error))
