@@ -5,6 +5,7 @@ import gymnax
 
 from envs.brax_env import BRAX_ENVS, BraxEnv
 from envs.core import Box
+from envs.gridworld import GRIDWORLDS, GridWorld
 from envs.gymnax_env import GymnaxEnv
 from envs.probes import PROBES, ProbeEnv
 from src.config import ConfigError
@@ -15,7 +16,8 @@ GYMNAX_ENVS = tuple(gymnax.registered_envs)
 
 def names() -> list[str]:
     """Every environment `make` accepts."""
-    return [*GYMNAX_ENVS, *(f"brax/{n}" for n in BRAX_ENVS), *(f"probe/{p}" for p in PROBES)]
+    return [*GYMNAX_ENVS, *(f"brax/{n}" for n in BRAX_ENVS), *(f"probe/{p}" for p in PROBES),
+            *(f"gridworld/{g}" for g in GRIDWORLDS)]
 
 
 class UnknownEnvironment(ConfigError):
@@ -44,6 +46,8 @@ def make_raw(name: str, **kwargs):
         if kwargs:
             raise ConfigError(f"probe environments take no options, got {sorted(kwargs)}")
         env = ProbeEnv(name[6:])
+    elif name.startswith("gridworld/") and name[10:] in GRIDWORLDS:
+        env = GridWorld(**kwargs)
     else:
         raise _unknown(name)
     return env, env.default_params
