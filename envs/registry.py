@@ -48,6 +48,9 @@ def make_raw(name: str, **kwargs):
         env = ProbeEnv(name[6:])
     elif name.startswith("gridworld/") and name[10:] in GRIDWORLDS:
         env = GridWorld(**kwargs)
+    elif name == "maze":   # level = env_params (envs/maze.py); kwargs height, width, view, max_steps
+        from envs.maze import Maze
+        env = Maze(**kwargs)
     else:
         raise _unknown(name)
     return env, env.default_params
