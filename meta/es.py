@@ -1,0 +1,229 @@
+"""Evolution strategies: a thin adapter over evosax 0.3 (OpenES, SNES, CMA-ES)
+and the generation loop every ES-driven meta-learner shares.
+
+Our convention is that fitness is a return to MAXIMISE. evosax minimises; the
+one place that converts is `tell` below (`-returns`). Nothing else in the
+project negates a fitness.
+
+    es = make(ESConfig(strategy="openes", pop=32, sigma=0.05, lr=0.01), template)
+    state = es.init(key, mean)
+    population, state = es.ask(key, state)          # pytree, leading axis pop
+    state, metrics = es.tell(key, population, returns, state)
+
+Sampling and shaping:
+- OpenES samples antithetic pairs (member i and member i + pop/2 are mean +- sigma z)
+  and shapes fitness by centred ranks in [-0.5, 0.5].
+- SNES and CMA-ES keep their own rank-based utility weights (also invariant to
+  any monotone change of the returns); centred ranks fed to them as-is would
+  reverse their update, since they treat larger shaped values as better.
+- `member_keys` gives both members of an antithetic pair the same evaluation
+  keys (same task, same seeds), so their difference measures the
+  perturbation, not the luck of the draw.
+"""
+import csv
+import dataclasses
+import os
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from src.config import ConfigError
+
+STRATEGIES = ("openes", "snes", "cma_es")
+
+
+@dataclasses.dataclass(frozen=True)
+class ESConfig:
+    strategy: str = "openes"
+    pop: int = 32
+    sigma: float = 0.05        # initial (OpenES: constant) search std
+    lr: float = 0.01           # OpenES: Adam step size; SNES: SGD step on its natural gradient (1.0 is standard)
+    antithetic: bool = True    # OpenES only
+
+    def validate(self):
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown ES strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if self.pop < 2:
+            raise ConfigError(f"population must be at least 2, got {self.pop}")
+        if self.antithetic and self.strategy != "openes":
+            raise ConfigError(f"antithetic sampling is only available with openes, not {self.strategy!r} "
+                              "(set antithetic=false)")
+        if self.strategy == "openes" and self.pop % 2:
+            raise ConfigError(f"OpenES needs an even population (antithetic pairs, and evosax's Open_ES requires "
+                              f"it), got {self.pop}")
+        if self.sigma <= 0 or self.lr <= 0:
+            raise ConfigError(f"sigma and lr must be positive, got sigma={self.sigma}, lr={self.lr}")
+        return self
+
+
+class ES(NamedTuple):
+    config: ESConfig
+    strategy: object
+    params: object
+    init: Callable
+    ask: Callable
+    tell: Callable
+    mean: Callable
+    member_keys: Callable
+
+
+def _build(config: ESConfig, template):
+    from evosax.algorithms import CMA_ES, SNES, Open_ES
+
+    if config.strategy == "openes":
+        strategy = Open_ES(config.pop, solution=template, use_antithetic_sampling=config.antithetic,
+                           optimizer=optax.adam(config.lr), std_schedule=optax.constant_schedule(config.sigma))
+        return strategy, strategy.default_params
+    if config.strategy == "snes":
+        strategy = SNES(config.pop, solution=template, optimizer=optax.sgd(config.lr))
+        return strategy, strategy.default_params.replace(std_init=jnp.float32(config.sigma))
+    strategy = CMA_ES(config.pop, solution=template)
+    return strategy, strategy.default_params.replace(std_init=jnp.float32(config.sigma))
+
+
+def make(config: ESConfig, template) -> ES:
+    """`template` is a pytree shaped like one member (the solution)."""
+    config = config.validate()
+    strategy, params = _build(config, template)
+    pop = config.pop
+
+    def init(key, mean):
+        return strategy.init(key, mean, params)
+
+    def ask(key, state):
+        return strategy.ask(key, state, params)
+
+    def tell(key, population, returns, state):
+        """`returns`: [pop] values to maximise."""
+        return strategy.tell(key, population, -jnp.asarray(returns, jnp.float32), state, params)
+
+    def mean(state):
+        return strategy.get_mean(state)
+
+    def member_keys(key, seeds: int):
+        """Raw evaluation keys [pop, seeds, 2]; antithetic partners share theirs."""
+        if config.antithetic:
+            half = jax.random.split(key, pop // 2 * seeds).reshape(pop // 2, seeds, -1)
+            return jnp.concatenate([half, half])
+        return jax.random.split(key, pop * seeds).reshape(pop, seeds, -1)
+
+    return ES(config, strategy, params, init, ask, tell, mean, member_keys)
+
+
+# ----------------------------------------------------------------------------- the generation loop
+
+FITNESS_COLUMNS = ("generation", "mean", "std", "max", "min", "best_so_far", "seconds")
+
+
+def _truncate_csv(path, generation):
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["generation"]) <= generation]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FITNESS_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_fitness(out):
+    with open(os.path.join(out, "fitness.csv"), newline="") as f:
+        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def plot_fitness(out, title="", baseline=None):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_fitness(out)
+    g = np.array([r["generation"] for r in rows])
+    mean, std = np.array([r["mean"] for r in rows]), np.array([r["std"] for r in rows])
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(g, mean, label="population mean")
+    ax.fill_between(g, mean - std, mean + std, alpha=0.2)
+    ax.plot(g, [r["max"] for r in rows], ":", label="population best")
+    if baseline is not None:
+        ax.axhline(baseline, color="k", ls="--", lw=1, label="PPO-clip initialisation")
+    ax.set_xlabel("generation")
+    ax.set_ylabel("fitness")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(out, "fitness.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def evolve(es: ES, evaluate: Callable, mean, key, generations: int, out: str, seeds: int = 1,
+           checkpoint_every: int = 1, resume: bool = False, stop_at: int | None = None,
+           show_progress: bool = True, desc: str = "ES"):
+    """The outer loop: a Python loop over jitted generations.
+
+    `evaluate(population, keys[pop, seeds, 2]) -> returns [pop, seeds]` (numpy,
+    to maximise). Generation g draws everything from fold_in(key, g), so a run
+    resumed from the checkpoint of generation g continues exactly as the
+    uninterrupted run would (the checkpoint holds the whole ES state).
+    Writes OUT/fitness.csv (one row per generation), OUT/checkpoint/ (orbax)
+    and OUT/checkpoint.json ({"generation": g}) every `checkpoint_every`
+    generations and at the end. Returns the final ES state.
+    """
+    from src import checkpoint, progress, rundir
+
+    if checkpoint_every < 1:
+        raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    stop_at = generations if stop_at is None else stop_at
+    if not 0 < stop_at <= generations:
+        raise ConfigError(f"stop_at must be in 1..{generations}, got {stop_at}")
+    os.makedirs(out, exist_ok=True)
+    ckpt_dir, csv_path = os.path.join(out, "checkpoint"), os.path.join(out, "fitness.csv")
+    init_key, loop_key = jax.random.split(key)
+    state = es.init(init_key, mean)
+    done = 0
+    if resume and os.path.exists(os.path.join(out, "checkpoint.json")):
+        import json
+        with open(os.path.join(out, "checkpoint.json")) as f:
+            done = json.load(f)["generation"]
+        state = checkpoint.restore(ckpt_dir, state)
+    if done >= stop_at:
+        raise ConfigError(f"the run in {out} has already reached generation {done}")
+    _truncate_csv(csv_path, done)
+    if not os.path.exists(csv_path):
+        with open(csv_path, "w", newline="") as f:
+            csv.DictWriter(f, fieldnames=FITNESS_COLUMNS).writeheader()
+
+    best = -np.inf
+    if done:
+        best = max([r["max"] for r in read_fitness(out)] or [-np.inf])
+
+    with progress.bar(generations, desc=desc, enabled=show_progress, initial=done) as bar:
+        for generation in range(done, stop_at):
+            t0 = time.perf_counter()
+            ask_key, eval_key, tell_key = jax.random.split(jax.random.fold_in(loop_key, generation), 3)
+            population, state = es.ask(ask_key, state)
+            returns = np.asarray(evaluate(population, es.member_keys(eval_key, seeds)), np.float32)
+            fitness = returns.reshape(es.config.pop, -1).mean(axis=1)
+            # a failed (NaN) inner run ranks last instead of poisoning the update
+            fitness = np.where(np.isfinite(fitness), fitness, np.nanmin(fitness) if np.isfinite(fitness).any()
+                               else 0.0).astype(np.float32)
+            state, _ = es.tell(tell_key, population, fitness, state)
+            jax.block_until_ready(state)
+            best = max(best, float(fitness.max()))
+            row = {"generation": generation + 1, "mean": float(fitness.mean()), "std": float(fitness.std()),
+                   "max": float(fitness.max()), "min": float(fitness.min()), "best_so_far": best,
+                   "seconds": time.perf_counter() - t0}
+            with open(csv_path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=FITNESS_COLUMNS).writerow(row)
+            if (generation + 1) % checkpoint_every == 0 or generation + 1 == stop_at:
+                checkpoint.save(ckpt_dir, state)
+                rundir.write_json(out, "checkpoint.json", {"generation": generation + 1})
+            if bar is not None:
+                bar.update_to(generation + 1)
+                bar._bar.set_postfix(mean=f"{row['mean']:.3g}", max=f"{row['max']:.3g}")
+    return state
