@@ -26,8 +26,34 @@ import numpy as np
 
 from envs import maze as maze_lib
 from envs.registry import make as make_env
+from envs.core import Wrapper
 from envs.wrappers import EpisodeStats, FlattenObservation
 from src.config import ConfigError
+
+
+class LevelInState(Wrapper):
+    """Carries each environment's level in its state.
+
+    `reset(key, level)` stores the level; `step` uses the stored one and
+    ignores the params it is given. So a learner that vmaps one shared
+    env_params over its environments (our PPO) trains on a different level per
+    environment once its env states are reset with a batch of levels, with no
+    change to the learner.
+    """
+
+    def reset(self, key, params):
+        obs, state = self._env.reset(key, params)
+        return obs, (params, state)
+
+    def step(self, key, state, action, params):
+        level, inner = state
+        obs, inner, reward, terminated, truncated, info = self._env.step(key, inner, action, level)
+        return obs, (level, inner), reward, terminated, truncated, info
+
+
+def wrap(env):
+    """The standard wrappers of envs.make with the level kept in the state."""
+    return EpisodeStats(LevelInState(env))
 
 
 class LevelSpace(NamedTuple):
@@ -40,6 +66,7 @@ class LevelSpace(NamedTuple):
     held_out_names: tuple
     held_out: object                 # levels stacked on a leading axis
     solved: Callable                 # returns -> bool (per episode)
+    solvable: Callable               # level -> bool (maze: goal reachable; physics: True)
     max_steps: int                   # episode limit (static)
     adversary_init: Callable         # key -> adversary params (PAIRED)
     adversary_sample: Callable       # (params, key) -> (level, log_prob, entropy)
@@ -77,7 +104,7 @@ def maze_space(height: int = 9, width: int = 9, max_walls: int = 25, view: int =
         raise ConfigError(f"max_walls must be in [0, {height * width - 2}] for a {height}x{width} maze, got {max_walls}")
     if num_edits < 1:
         raise ConfigError(f"num_edits must be >= 1, got {num_edits}")
-    env = EpisodeStats(FlattenObservation(maze_lib.Maze(height, width, view, max_steps)))
+    env = wrap(FlattenObservation(maze_lib.Maze(height, width, view, max_steps)))
     names, held_out = maze_lib.load_held_out(height, width, data_dir)
     n = height * width
 
@@ -114,7 +141,7 @@ def maze_space(height: int = 9, width: int = 9, max_walls: int = 25, view: int =
         sample=lambda key: maze_lib.generate(key, height, width, max_walls),
         mutate=lambda key, level: maze_lib.mutate(key, level, num_edits),
         is_valid=maze_lib.is_valid, held_out_names=tuple(names), held_out=held_out,
-        solved=lambda returns: returns > 0.0, max_steps=max_steps,
+        solved=lambda returns: returns > 0.0, solvable=maze_lib.solvable, max_steps=max_steps,
         adversary_init=adversary_init, adversary_sample=adversary_sample,
         describe=describe, quantities=("walls", "shortest path"), kind="maze")
 
@@ -151,6 +178,7 @@ PENDULUM = Physics(
 
 def physics_space(spec: Physics, mutation_scale: float = 0.1) -> LevelSpace:
     env, default = make_env(spec.env)
+    env = wrap(env._env)   # envs.make's wrappers, with LevelInState under EpisodeStats
     # leaves as float32 arrays so levels stack and vmap (gymnax defaults are Python floats)
     template = jax.tree.map(lambda x: jnp.asarray(x, jnp.int32 if isinstance(x, int) else jnp.float32), default)
     low, high = jnp.array(spec.low, jnp.float32), jnp.array(spec.high, jnp.float32)
@@ -189,5 +217,6 @@ def physics_space(spec: Physics, mutation_scale: float = 0.1) -> LevelSpace:
     return LevelSpace(
         name=spec.env, env=env, template=template, sample=sample, mutate=mutate, is_valid=is_valid,
         held_out_names=names, held_out=held_out, solved=lambda returns: returns >= spec.solved_at,
+        solvable=lambda level: jnp.bool_(True),
         max_steps=max_steps, adversary_init=adversary_init, adversary_sample=adversary_sample,
         describe=lambda level: np.asarray(values_of(level)), quantities=spec.fields, kind="physics")
