@@ -19,7 +19,7 @@ from jax.flatten_util import ravel_pytree
 import envs
 from envs.core import episode_limit
 from envs.rewards import Transition, env_reward
-from src import normalize, progress
+from src import attacks, normalize, progress
 from src.config import ConfigError
 from src.evaluate import evaluate as run_evaluation
 from src.gae import gae
@@ -51,6 +51,14 @@ class PPOConfig:
     ent_coef: float = 0.01
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
+    # SA-PPO (state-adversarial regulariser; 0 keeps plain PPO's program):
+    # sa_kappa * max over the sa_eps L-inf ball (network input units) of
+    # KL(pi(.|s) || pi(.|s+nu)), the max by sa_pgd_steps of PGD; sa_eps ramps
+    # linearly from 0 over the first sa_ramp fraction of training
+    sa_kappa: float = 0.0
+    sa_eps: float = 0.1
+    sa_pgd_steps: int = 10
+    sa_ramp: float = 0.5
     # run bookkeeping
     eval_episodes: int = 50
     checkpoint_every: int = 0   # iterations between checkpoints; 0: only at the end
@@ -83,6 +91,9 @@ class PPOConfig:
             raise ConfigError(f"need 0 < gamma <= 1 and 0 <= gae_lambda <= 1, got {self.gamma}, {self.gae_lambda}")
         if self.lr <= 0 or self.clip_eps <= 0 or self.max_grad_norm <= 0:
             raise ConfigError("lr, clip_eps and max_grad_norm must be positive")
+        if self.sa_kappa < 0 or self.sa_eps < 0 or self.sa_pgd_steps < 1 or not 0 <= self.sa_ramp <= 1:
+            raise ConfigError("SA-PPO needs sa_kappa >= 0, sa_eps >= 0, sa_pgd_steps >= 1 and 0 <= sa_ramp <= 1, "
+                              f"got {self.sa_kappa}, {self.sa_eps}, {self.sa_pgd_steps}, {self.sa_ramp}")
         if self.checkpoint_every < 0 or self.eval_episodes < 1:
             raise ConfigError("checkpoint_every must be >= 0 and eval_episodes >= 1")
         return self
@@ -231,8 +242,20 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
         stats = normalize.update(ts.return_stats, returns)
         return ts.replace(return_stats=stats, discounted_return=discounted), normalize.scale(stats, rollout.reward)
 
+    def sa_regulariser(params, obs, key, progress_frac):
+        # SA-PPO: the worst KL in the ball, found by PGD on frozen parameters,
+        # then differentiated at that point
+        ramp = jnp.minimum(1.0, progress_frac / config.sa_ramp) if config.sa_ramp > 0 else 1.0
+        eps = config.sa_eps * ramp
+        policy = lambda p, x: network.apply(p, x, method=ActorCritic.policy)  # noqa: E731
+        clean = jax.lax.stop_gradient(policy(params, obs))
+        frozen = jax.lax.stop_gradient(params)
+        delta = attacks.pgd_maximise(lambda x: attacks.kl(clean, policy(frozen, x), discrete),
+                                     key, obs, eps, "linf", config.sa_pgd_steps)
+        return attacks.kl(clean, policy(params, obs + delta), discrete).mean()
+
     def loss_fn(flat_params, unravel, batch, hparams, objective_params, progress_frac):
-        obs, action, old_log_prob, old_value, advantage, target = batch
+        obs, action, old_log_prob, old_value, advantage, target = batch[:6]
         dist, value = network.apply(unravel(flat_params), obs)
         new_log_prob = log_prob(dist, action, discrete)
         ratio = jnp.exp(new_log_prob - old_log_prob)
@@ -245,6 +268,10 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
         aux = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": ent,
                "approx_kl": ((ratio - 1.0) - jnp.log(ratio)).mean(),
                "clip_frac": (jnp.abs(ratio - 1.0) > hparams.clip_eps).mean()}
+        if config.sa_kappa > 0:   # static: plain PPO compiles the same program as without SA-PPO
+            reg = sa_regulariser(unravel(flat_params), obs, batch[6], progress_frac)
+            total = total + config.sa_kappa * reg
+            aux["sa_kl"] = reg
         return total, aux
 
     def step(ts, hparams, reward_params=None, objective_params=None, env_params=env_params):
@@ -280,6 +307,8 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
             order = jax.random.permutation(key, num_steps * num_envs)
             batches = jax.tree.map(
                 lambda x: x[order].reshape(config.num_minibatches, minibatch_size, *x.shape[1:]), flat)
+            if config.sa_kappa > 0:   # PGD random starts, one key per minibatch
+                batches = (*batches, jax.random.split(jax.random.fold_in(key, 1), config.num_minibatches))
             return jax.lax.scan(minibatch_update, carry, batches)
 
         key, epoch_key = jax.random.split(ts.key)
