@@ -251,7 +251,7 @@ class UEDConfig:
     num_iterations: int = 100         # student updates (each num_envs * num_steps env steps)
     eval_every: int = 20
     eval_episodes: int = 10           # per held-out level
-    buffer_iterations: tuple = ()     # iterations at which to picture the buffer (empty: start, middle, end)
+    buffer_iterations: tuple[int, ...] = ()     # iterations at which to picture the buffer (empty: start, middle, end)
     # level space (maze: height, width, max_walls, max_steps, num_edits; physics: mutation_scale)
     space_kwargs: dict = dataclasses.field(default_factory=dict)
     # buffer
@@ -265,7 +265,7 @@ class UEDConfig:
     num_steps: int = 128
     num_epochs: int = 4
     num_minibatches: int = 4
-    hidden: tuple = (64, 64)
+    hidden: tuple[int, ...] = (64, 64)
     lr: float = 3e-4
     gamma: float = 0.995
     gae_lambda: float = 0.95

@@ -1,0 +1,247 @@
+"""python run.py meta ued --env maze|cartpole-levels|pendulum-levels --method dr|plr|robust_plr|accel|paired
+
+Unsupervised environment design (meta/env_design.py): trains a PPO student on
+levels chosen by the method, all seeds vmapped in one program, and writes a
+run directory:
+
+    config.yaml        the resolved UEDConfig
+    metrics.csv        one row per iteration and seed (training return, buffer statistics, ...)
+    held_out.csv       one row per evaluation, seed and held-out level: solve rate and mean return
+    held_out.png       held-out solve rate and return over training (mean and spread over seeds)
+    buffer_<it>.png    the levels the buffer holds at chosen iterations (seed 0, highest scores first)
+    summary.json       final held-out solve rate and return, env steps, timings
+"""
+import argparse
+import csv
+import dataclasses
+import datetime
+import json
+import os
+import time
+
+from src import config as cfg
+from src.config import ConfigError
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="run.py meta ued", description=__doc__.split("\n\n")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML preset (configs/ued_*.yaml)")
+    p.add_argument("--env", help="level space: maze, cartpole-levels, pendulum-levels")
+    p.add_argument("--method", help="dr, plr, robust_plr, accel, paired")
+    p.add_argument("--score", help="level score for the buffer: pvl, maxmc, regret (algorithmic regret)")
+    p.add_argument("--seeds", type=int, help="seeds, vmapped")
+    p.add_argument("--iterations", type=int, help="student updates (num_iterations)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="any UEDConfig field, e.g. --set capacity=512 --set space_kwargs={height: 13, width: 13}")
+    p.add_argument("--out", help="run directory (default runs/ued-<env>-<method>-<time>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def build_config(args):
+    from meta.env_design import UEDConfig
+    values = cfg.load_yaml(args.config) if args.config else {}
+    for flag, key in (("env", "env"), ("method", "method"), ("score", "score"), ("seeds", "seeds"),
+                      ("iterations", "num_iterations")):
+        if getattr(args, flag) is not None:
+            values[key] = getattr(args, flag)
+    config = cfg.override(cfg.from_dict(UEDConfig, values), args.overrides)
+    if not config.buffer_iterations:
+        every, n = config.eval_every, config.num_iterations
+        config = dataclasses.replace(config, buffer_iterations=tuple(sorted({0, (n // 2) // every * every, n})))
+    return config.validate()
+
+
+def main(argv=None):
+    args = parse(argv or [])
+    if args.config and not os.path.exists(args.config):
+        raise ConfigError(f"no such config file: {args.config}")
+    config = build_config(args)
+    out = args.out or os.path.join(
+        "runs", f"ued-{config.env}-{config.method}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    if os.path.exists(out) and os.listdir(out):
+        raise ConfigError(f"run directory {out} is not empty: pass another --out")
+
+    import jax
+    import numpy as np
+
+    from meta import env_design
+    from src import progress
+
+    ued = env_design.make(config)   # loads the held-out levels: a bad level file stops here
+    space = ued.space
+    os.makedirs(out, exist_ok=True)
+    cfg.save_yaml(config, os.path.join(out, "config.yaml"))
+
+    seeds = config.seed + np.arange(config.seeds)
+    keys = jax.vmap(jax.random.PRNGKey)(seeds.astype(np.uint32))
+    coin_keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), 7919), config.num_iterations)
+    every = config.eval_every
+    show = not args.no_progress
+
+    def chunk_fn(state, coins):
+        def body(state, xs):
+            i, coin = xs
+            state, metrics = jax.vmap(ued.iteration, in_axes=(0, None))(state, coin)
+            if show:
+                progress.report(i)
+            return state, metrics
+        return jax.lax.scan(body, state, (jax.numpy.arange(every), coins))
+
+    init = jax.jit(jax.vmap(ued.init))
+    chunk = jax.jit(chunk_fn)
+    evaluate = jax.jit(jax.vmap(ued.evaluate))
+    steps = config.env_steps_per_iteration(space.max_steps)
+
+    t0 = time.time()
+    state = init(keys)
+    eval_rows, metric_rows, timeline = [], [], []
+
+    def record_eval(it, state):
+        res = jax.device_get(evaluate(state, jax.vmap(lambda k: jax.random.fold_in(k, 1000 + it))(keys)))
+        solved = res["solved"].mean(-1)    # [seed, level]
+        ret = res["returns"].mean(-1)
+        for s in range(config.seeds):
+            for li, name in enumerate(space.held_out_names):
+                eval_rows.append({"iteration": it, "env_steps": it * steps["trained"], "seed": int(seeds[s]),
+                                  "level": name, "solve_rate": float(solved[s, li]), "return": float(ret[s, li])})
+        timeline.append((it, solved.mean(1), ret.mean(1), solved))
+        return solved
+
+    def picture(it, state):
+        path = os.path.join(out, f"buffer_{it:05d}.png")
+        seed0 = jax.tree.map(lambda x: x[0], state)
+        if seed0.buffer is not None:
+            buf = jax.device_get(seed0.buffer)
+            order = [i for i in np.argsort(-buf.scores) if buf.filled[i]]
+            lv = jax.tree.map(lambda x: x[np.array(order, int)], buf.levels)
+            scores = buf.scores[order]
+            title = f"{config.method} buffer at iteration {it} (seed {int(seeds[0])}, {len(order)} levels)"
+        else:   # DR and PAIRED hold no buffer: show what their generator proposes now
+            gen_keys = jax.random.split(jax.random.PRNGKey(it), 16)
+            if seed0.adversary is not None:
+                lv = jax.vmap(space.adversary_sample, in_axes=(None, 0))(seed0.adversary, gen_keys)[0]
+            else:
+                lv = jax.vmap(space.sample)(gen_keys)
+            lv, scores = jax.device_get(lv), None
+            title = f"{config.method}: levels proposed at iteration {it} (seed {int(seeds[0])})"
+        plot_levels(space, lv, scores, title, path)
+
+    solved = record_eval(0, state)
+    if 0 in config.buffer_iterations:
+        picture(0, state)
+    compile_s = None
+    with progress.bar(config.num_iterations, desc=f"ued {config.method}", enabled=show) as bar:
+        for c in range(config.num_iterations // every):
+            if bar is not None:
+                bar.set_offset(c * every)
+            start = time.time()
+            state, metrics = chunk(state, coin_keys[c * every:(c + 1) * every])
+            metrics = jax.device_get(metrics)
+            if compile_s is None:
+                compile_s = time.time() - start
+            for i in range(every):
+                it = c * every + i + 1
+                for s in range(config.seeds):
+                    row = {"iteration": it, "env_steps": it * steps["trained"],
+                           "env_steps_total": it * steps["total"], "seed": int(seeds[s])}
+                    row.update({k: float(v[i, s]) for k, v in sorted(metrics.items())})
+                    metric_rows.append(row)
+            it = (c + 1) * every
+            solved = record_eval(it, state)
+            if it in config.buffer_iterations:
+                picture(it, state)
+    wall = time.time() - t0
+
+    write_csv(os.path.join(out, "metrics.csv"), metric_rows)
+    write_csv(os.path.join(out, "held_out.csv"), eval_rows)
+    plot_timeline(timeline, steps["trained"], space.held_out_names, config, os.path.join(out, "held_out.png"))
+    per_seed = solved.mean(1)
+    final_ret = timeline[-1][2]
+    summary = {
+        "env": config.env, "method": config.method, "score": config.score, "seeds": [int(s) for s in seeds],
+        "iterations": config.num_iterations, "env_steps_trained": config.num_iterations * steps["trained"],
+        "env_steps_total": config.num_iterations * steps["total"],
+        "held_out_solve_rate_mean": float(per_seed.mean()), "held_out_solve_rate_std": float(per_seed.std()),
+        "held_out_return_mean": float(final_ret.mean()), "held_out_return_std": float(final_ret.std()),
+        "held_out_solve_rate_per_level": {n: float(solved[:, i].mean()) for i, n in enumerate(space.held_out_names)},
+        "held_out_solve_rate_per_seed": [float(x) for x in per_seed],
+        "wall_s": wall, "first_chunk_s_incl_compile": compile_s,
+    }
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(f"{config.method} on {config.env}: held-out solve rate {per_seed.mean():.3f} ± {per_seed.std():.3f} "
+          f"(return {final_ret.mean():.3f} ± {final_ret.std():.3f}) over {config.seeds} seeds after "
+          f"{summary['env_steps_trained']} trained env steps ({summary['env_steps_total']} in all); "
+          f"{wall:.0f} s. Run directory: {out}")
+    return summary
+
+
+def write_csv(path, rows):
+    if not rows:
+        return
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_levels(space, levels, scores, title, path, max_levels=16):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import jax
+
+    num = int(jax.tree.leaves(levels)[0].shape[0])
+    if space.kind == "maze":
+        from envs.maze import to_rgb
+        shown = min(num, max_levels)
+        cols = min(shown, 4) or 1
+        rows = max(1, -(-shown // cols))
+        fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows + 0.4), squeeze=False)
+        for ax in axes.ravel():
+            ax.axis("off")
+        for i in range(shown):
+            lv = jax.tree.map(lambda x: x[i], levels)
+            ax = axes.ravel()[i]
+            ax.imshow(to_rgb(lv), interpolation="nearest")
+            ax.set_title(f"score {scores[i]:.3f}" if scores is not None else f"level {i}", fontsize=8)
+    else:
+        values = np.stack([np.asarray(space.describe(jax.tree.map(lambda x: x[i], levels))) for i in range(num)])
+        fig, ax = plt.subplots(figsize=(5, 4))
+        sc = ax.scatter(values[:, 0], values[:, 1], c=scores if scores is not None else None, s=12, cmap="viridis")
+        if scores is not None:
+            fig.colorbar(sc, label="score")
+        held = np.stack([np.asarray(space.describe(jax.tree.map(lambda x: x[i], space.held_out)))
+                         for i in range(len(space.held_out_names))])
+        ax.scatter(held[:, 0], held[:, 1], marker="x", c="red", label="held-out")
+        ax.set_xlabel(space.quantities[0])
+        ax.set_ylabel(space.quantities[1])
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_timeline(timeline, steps_per_it, names, config, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = np.array([t[0] * steps_per_it for t in timeline])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, k, label in ((axes[0], 1, "held-out solve rate"), (axes[1], 2, "held-out return")):
+        y = np.stack([t[k] for t in timeline])   # [evals, seeds]
+        ax.plot(x, y.mean(1), label=f"{config.method} (mean of {y.shape[1]} seeds)")
+        ax.fill_between(x, y.min(1), y.max(1), alpha=0.25, label="min-max over seeds")
+        ax.set_xlabel("student env steps")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{config.method} on {config.env}: held-out levels {', '.join(names)}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

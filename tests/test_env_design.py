@@ -1,0 +1,244 @@
+"""Level buffer, level scores and the environment-design methods (meta/env_design.py)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from meta import env_design as ed
+from src.config import ConfigError
+from tests.helpers import tree_equal
+
+
+def scalar_levels(values):
+    """Levels that are just a number: enough to test the buffer."""
+    return {"x": jnp.asarray(values, jnp.float32)}
+
+
+TEMPLATE = {"x": jnp.float32(0)}
+
+
+def filled_buffer(scores, capacity=None):
+    n = len(scores)
+    buf = ed.buffer_init(TEMPLATE, capacity or n)
+    return ed.insert(buf, scalar_levels(np.arange(n) * 10.0), jnp.asarray(scores, jnp.float32))
+
+
+# ---------------------------------------------------------------- buffer invariants
+
+def test_capacity_is_never_exceeded_and_the_lowest_score_is_replaced():
+    buf = filled_buffer([0.5, 0.1, 0.9, 0.3])
+    assert int(ed.size(buf)) == 4
+    # higher than the lowest (0.1 at slot 1): replaces it
+    buf = ed.insert(buf, scalar_levels([77.0]), jnp.array([0.2]))
+    assert int(ed.size(buf)) == 4
+    np.testing.assert_allclose(buf.scores, [0.5, 0.2, 0.9, 0.3])
+    assert float(buf.levels["x"][1]) == 77.0
+    # lower than every entry: dropped
+    before = buf
+    buf = ed.insert(buf, scalar_levels([88.0]), jnp.array([0.05]))
+    assert tree_equal(before, buf)
+    # a batch larger than the buffer: the best ones stay
+    buf = ed.insert(buf, scalar_levels(np.arange(100, 110.0)), jnp.linspace(0.0, 2.0, 10))
+    assert int(ed.size(buf)) == 4 and buf.scores.shape == (4,)
+    np.testing.assert_allclose(np.sort(np.asarray(buf.scores)), np.linspace(0.0, 2.0, 10)[-4:], rtol=1e-6)
+
+
+def test_empty_slots_fill_first_and_duplicates_only_refresh_their_score():
+    buf = ed.buffer_init(TEMPLATE, 5)
+    buf = ed.insert(buf, scalar_levels([1.0, 2.0]), jnp.array([0.3, 0.4]))
+    assert int(ed.size(buf)) == 2 and buf.filled.tolist() == [True, True, False, False, False]
+    buf = ed.insert(buf, scalar_levels([2.0]), jnp.array([0.9]))
+    assert int(ed.size(buf)) == 2 and float(buf.scores[1]) == pytest.approx(0.9)
+    no_dedupe = ed.insert(buf, scalar_levels([2.0]), jnp.array([0.9]), dedupe=False)
+    assert int(ed.size(no_dedupe)) == 3
+
+
+def test_staleness_grows_for_levels_not_sampled():
+    buf = filled_buffer([0.5, 0.1, 0.9, 0.3])
+    stale = []
+    for i in range(5):
+        buf = ed.tick(buf)
+        buf = buf.replace(last_seen=buf.last_seen.at[2].set(buf.clock))   # level 2 replayed every time
+        stale.append(np.asarray(buf.clock - buf.last_seen))
+    stale = np.array(stale)
+    assert (np.diff(stale[:, [0, 1, 3]], axis=0) == 1).all() and (stale[:, 2] == 0).all()
+    # sampling marks the drawn levels as just seen
+    buf, idx, _ = ed.sample(buf, jax.random.key(0), 3, 0.3, 0.3)
+    assert (np.asarray(buf.clock - buf.last_seen)[np.asarray(idx)] == 0).all()
+
+
+def test_rank_and_staleness_probabilities_match_the_formula():
+    scores = np.array([0.5, 0.1, 0.9, 0.3, 0.7])
+    buf = ed.buffer_init(TEMPLATE, 7)   # two empty slots must get probability 0
+    buf = ed.insert(buf, scalar_levels(np.arange(5.0)), jnp.asarray(scores, jnp.float32))
+    buf = buf.replace(last_seen=jnp.array([0, 3, 1, 4, 2, 0, 0]), clock=jnp.int32(6))
+    temperature, rho = 0.3, 0.25
+    rank = np.empty(5)
+    rank[np.argsort(-scores)] = np.arange(1, 6)
+    h = (1 / rank) ** (1 / temperature)
+    p_score = h / h.sum()
+    stale = 6 - np.array([0, 3, 1, 4, 2])
+    p_stale = stale / stale.sum()
+    expected = np.concatenate([(1 - rho) * p_score + rho * p_stale, [0, 0]])
+    np.testing.assert_allclose(ed.replay_probs(buf, temperature, rho), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_sampling_follows_the_replay_distribution():
+    """Chi-square goodness of fit on 20000 draws; the same test rejects the
+    draws as a sample of a slightly different distribution (so it can fail)."""
+    buf = filled_buffer([0.5, 0.1, 0.9, 0.3, 0.7, 0.2])
+    buf = buf.replace(last_seen=jnp.array([0, 3, 1, 4, 2, 5]), clock=jnp.int32(6))
+    probs = np.asarray(ed.replay_probs(buf, 1.0, 0.3), np.float64)
+    _, idx, levels = ed.sample(buf, jax.random.key(42), 20000, 1.0, 0.3)
+    counts = np.bincount(np.asarray(idx), minlength=6)
+    np.testing.assert_array_equal(np.asarray(levels["x"]), np.asarray(idx) * 10.0)
+    assert stats.chisquare(counts, 20000 * probs).pvalue > 1e-3
+    wrong = probs.copy()
+    wrong[0] += 0.03
+    wrong[1] -= 0.03
+    assert stats.chisquare(counts, 20000 * wrong / wrong.sum()).pvalue < 1e-3
+
+
+def test_update_rescored_levels_keeps_the_best_return():
+    buf = filled_buffer([0.5, 0.1, 0.9])
+    buf = buf.replace(max_returns=jnp.array([0.2, 0.4, 0.6]))
+    buf = ed.update(buf, jnp.array([0, 2]), jnp.array([0.05, 0.07]), jnp.array([0.3, 0.1]))
+    np.testing.assert_allclose(buf.scores, [0.05, 0.1, 0.07])
+    np.testing.assert_allclose(buf.max_returns, [0.3, 0.4, 0.6])
+
+
+# ---------------------------------------------------------------- scores on a fixed trajectory
+
+# one level, T = 6: an episode ends (terminated) at t = 2, the second runs on
+REWARDS = np.array([0.0, 0.0, 1.0, 0.0, 0.0, 0.5], np.float32)
+VALUES = np.array([0.5, 0.6, 0.8, 0.3, 0.2, 0.4], np.float32)
+NEXT_VALUES = np.array([0.6, 0.8, 0.0, 0.2, 0.4, 0.45], np.float32)
+TERMINATED = np.array([0, 0, 1, 0, 0, 0], bool)
+GAMMA, LAM = 0.9, 0.8
+
+
+def test_positive_value_loss_against_a_hand_computation():
+    adv, running = np.zeros(6), 0.0
+    for t in reversed(range(6)):
+        delta = REWARDS[t] + GAMMA * NEXT_VALUES[t] * (1 - TERMINATED[t]) - VALUES[t]
+        running = delta + GAMMA * LAM * (1 - TERMINATED[t]) * running
+        adv[t] = running
+    expected = np.maximum(adv, 0).mean()
+    # two of the deltas by hand, as a check on the loop above
+    assert REWARDS[2] - VALUES[2] == pytest.approx(0.2)
+    assert GAMMA * NEXT_VALUES[5] - VALUES[5] == pytest.approx(0.005)
+    got = ed.positive_value_loss(REWARDS[:, None], VALUES[:, None], NEXT_VALUES[:, None], TERMINATED[:, None],
+                                 TERMINATED[:, None], GAMMA, LAM)
+    np.testing.assert_allclose(got, [expected], rtol=1e-5)
+    assert expected > 0
+
+
+def test_max_mc_and_rollout_returns_against_a_hand_computation():
+    done = TERMINATED[:, None]
+    episode_return = np.array([0.0, 0.0, 1.0, 0.0, 0.0, 0.5], np.float32)[:, None]
+    roll = ed.LevelRollout(REWARDS[:, None], VALUES[:, None], NEXT_VALUES[:, None], done, done, done,
+                           episode_return)
+    mean, best = ed.rollout_returns(roll)
+    assert float(mean[0]) == pytest.approx(1.0) and float(best[0]) == pytest.approx(1.0)
+    # R_max = max(previous best 1.2, this rollout's 1.0) = 1.2
+    expected = np.mean(1.2 - VALUES)
+    got = ed.max_mc(VALUES[:, None], jnp.maximum(best, 1.2))
+    np.testing.assert_allclose(got, [expected], rtol=1e-6)
+    # a level with no finished episode counts its running return
+    none = roll._replace(episode_done=np.zeros_like(done))
+    mean, best = ed.rollout_returns(none)
+    assert float(mean[0]) == pytest.approx(1.5) and float(best[0]) == pytest.approx(1.5)
+
+
+def test_algorithmic_and_paired_regret_signs():
+    assert float(ed.algorithmic_regret(jnp.float32(0.9), jnp.float32(0.25))) == pytest.approx(0.65)
+    ant = jnp.array([[0.9, 0.5, 0.7], [0.0, 0.1, 0.0]])
+    pro = jnp.array([[0.2, 0.4, 0.0], [0.6, 0.8, 0.7]])
+    regret = ed.paired_regret(ant, pro)
+    np.testing.assert_allclose(regret, [0.9 - 0.2, 0.1 - 0.7], rtol=1e-6)
+    # positive where the antagonist does better, negative where the protagonist does
+    assert float(regret[0]) > 0 > float(regret[1])
+
+
+# ---------------------------------------------------------------- config errors
+
+@pytest.mark.parametrize("changes, message", [
+    ({"method": "plr++"}, "unknown method 'plr\\+\\+'; valid methods: dr, plr, robust_plr, accel, paired"),
+    ({"score": "td"}, "unknown score"),
+    ({"env": "minigrid"}, "unknown level space"),
+    ({"num_iterations": 10, "eval_every": 3}, "multiple of eval_every"),
+    ({"capacity": 4, "num_envs": 8}, "capacity"),
+])
+def test_bad_configs_fail_before_compiling(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        ed.UEDConfig(**changes).validate()
+
+
+# ---------------------------------------------------------------- one small run
+
+TINY = dict(env="maze", method="robust_plr", num_envs=4, num_steps=16, num_epochs=1, num_minibatches=1,
+            hidden=(16,), capacity=8, num_iterations=2, eval_every=2, eval_episodes=2, seeds=2,
+            space_kwargs={"height": 9, "width": 9, "max_walls": 10, "max_steps": 32})
+
+
+@pytest.fixture(scope="module")
+def tiny_run():
+    ued = ed.make(ed.UEDConfig(**TINY))
+    init = jax.jit(jax.vmap(ued.init))
+    chunk = jax.jit(lambda s, coins: jax.lax.scan(
+        lambda s, c: jax.vmap(ued.iteration, in_axes=(0, None))(s, c), s, coins))
+
+    def run(seed):
+        state = init(jax.random.split(jax.random.key(seed), 2))
+        coins = jax.random.split(jax.random.key(seed + 1), 2)
+        return chunk(state, coins)
+
+    return ued, run, chunk
+
+
+def test_same_seed_same_numbers_and_one_compile(tiny_run):
+    ued, run, chunk = tiny_run
+    state_a, metrics_a = run(0)
+    state_b, metrics_b = run(0)
+    state_c, _ = run(1)
+    assert tree_equal(metrics_a, metrics_b) and tree_equal(state_a.buffer, state_b.buffer)
+    assert tree_equal(state_a.student.params, state_b.student.params)
+    assert not tree_equal(state_a.student.params, state_c.student.params)
+    assert chunk._cache_size() == 1
+    # the buffer holds valid levels, no more than its capacity, scores finite where filled
+    buf = jax.tree.map(lambda x: x[0], state_a.buffer)
+    assert 0 < int(ed.size(buf)) <= 8
+    assert bool(jax.vmap(ued.space.is_valid)(buf.levels)[buf.filled].all())
+    assert np.isfinite(np.asarray(buf.scores)[np.asarray(buf.filled)]).all()
+    assert int(buf.clock) == 2
+    metrics = jax.tree.map(np.asarray, metrics_a)
+    assert metrics["buffer_size"].shape == (2, 2)
+
+
+def test_held_out_evaluation_shapes(tiny_run):
+    ued, run, _ = tiny_run
+    state, _ = run(0)
+    out = jax.jit(jax.vmap(ued.evaluate))(state, jax.random.split(jax.random.key(3), 2))
+    assert out["returns"].shape == (2, len(ued.space.held_out_names), 2)
+    assert out["solved"].dtype == bool
+    assert bool(((out["returns"] > 0) == out["solved"]).all())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, score", [("dr", "pvl"), ("plr", "maxmc"), ("accel", "pvl"), ("paired", "pvl"),
+                                           ("robust_plr", "regret")])
+def test_every_method_runs(method, score):
+    config = ed.UEDConfig(**{**TINY, "method": method, "score": score, "ref_iterations": 2, "ref_num_envs": 2})
+    ued = ed.make(config)
+    state = jax.jit(jax.vmap(ued.init))(jax.random.split(jax.random.key(0), 2))
+    step = jax.jit(jax.vmap(ued.iteration, in_axes=(0, None)))
+    for i in range(3):
+        state, metrics = step(state, jax.random.key(i))
+    assert np.isfinite(np.asarray(metrics["entropy"])).all()
+    if method == "paired":
+        np.testing.assert_allclose(metrics["regret"],
+                                   metrics["antagonist_return"] * 0 + metrics["regret"])   # finite
+        assert np.isfinite(np.asarray(metrics["regret"])).all()
+    if method in ("plr", "accel", "robust_plr"):
+        assert np.isfinite(np.asarray(state.buffer.scores)[np.asarray(state.buffer.filled)]).all()
