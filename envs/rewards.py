@@ -90,7 +90,7 @@ def learned_gamma(reward_params):
     return jax.nn.sigmoid(reward_params["psi"])
 
 
-def _linear(head, x):
+def linear_head(head, x):
     return jnp.dot(x, head["w"]) + head["b"]
 
 
@@ -98,8 +98,8 @@ def learned_reward(aux):
     """r_phi = phi1(s) + r_p + phi2(s) * r_aux; reward_params from init_learned_reward."""
     def reward_fn(reward_params, transition: Transition):
         obs = transition.obs.astype(jnp.float32)
-        return (_linear(reward_params["phi1"], obs) + transition.reward
-                + _linear(reward_params["phi2"], obs) * aux(transition))
+        return (linear_head(reward_params["phi1"], obs) + transition.reward
+                + linear_head(reward_params["phi2"], obs) * aux(transition))
     return reward_fn
 
 
