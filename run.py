@@ -64,6 +64,8 @@ def parse_args(argv):
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--logger", choices=("csv", "tensorboard"), default="csv",
                        help="tensorboard also writes TensorBoard events")
+    train.add_argument("--objective", default="ppo", metavar="ppo|dpo|learned:RUN_DIR",
+                       help="PPO's policy objective: PPO-clip, the DPO closed form, or one learned by `meta lpo`")
 
     evaluate = sub.add_parser("eval", help="deterministic evaluation of a run's final policies")
     evaluate.add_argument("run_dir")
@@ -237,19 +239,29 @@ def train(args):
         chunk_length(config, args.stop_at)
     if hasattr(module, "preflight"):   # e.g. a replay buffer's memory, checked before compiling
         print(module.preflight(config, len(make_members(config, grid))))
+    if args.objective != "ppo":   # a bad --objective fails before the run directory exists
+        if config.algo != "ppo":
+            raise ConfigError(f"--objective applies to ppo only, not {config.algo}")
+        from meta import learned_objective
+        learned_objective.from_spec(args.objective, config.num_iterations)
     out, config, members = prepare_run_dir(args, module, config, grid)
     chunk = chunk_length(config, args.stop_at)
     total_iterations = config.num_iterations
     stop_at = args.stop_at or total_iterations
 
-    agent = module.make(config, show_progress=not args.no_progress)
+    objective = {}
+    if args.objective != "ppo":
+        chosen = learned_objective.from_spec(args.objective, config.num_iterations)
+        objective = {"objective": chosen.fn}
+    agent = module.make(config, show_progress=not args.no_progress, **objective)
+    objective_params = chosen.params if objective else None
     keys, hparams = population.distribute(
         (member_keys(members), stacked_hparams(module, config, members)), len(members))
     # every leaf of the state and metrics has the member axis first: pin it to
     # the devices so each chunk's output has the sharding the program expects
     sharding = population.member_sharding(len(members))
     init = jax.jit(jax.vmap(agent.init, in_axes=(0, 0)), out_shardings=sharding)
-    run_chunk = jax.jit(jax.vmap(lambda ts, hp: agent.run(ts, hp, num_iterations=chunk)),
+    run_chunk = jax.jit(jax.vmap(lambda ts, hp: agent.run(ts, hp, None, objective_params, num_iterations=chunk)),
                         out_shardings=sharding)
 
     devices = sharding.mesh.devices.size
@@ -265,8 +277,15 @@ def train(args):
             raise ConfigError(f"the run in {out} is already complete ({done} iterations)")
 
     t0 = time.perf_counter()
-    state = init(keys, hparams)
-    compiled = run_chunk.lower(state, hparams).compile()
+    if not args.resume and chunk == total_iterations:
+        # a fresh run in one chunk is one program, init included: a separate
+        # init program costs a compile and a dispatch (about a second on CPU)
+        whole = jax.jit(jax.vmap(lambda key, hp: agent.train(key, hp, None, objective_params)),
+                        out_shardings=sharding)
+        compiled, state = whole.lower(keys, hparams).compile(), keys
+    else:
+        state = init(keys, hparams)
+        compiled = run_chunk.lower(state, hparams).compile()
     compile_s = time.perf_counter() - t0
     if args.resume:
         if done:
@@ -301,7 +320,8 @@ def train(args):
     all_rows = rundir.read_metrics(out)
     final_rows = [r for r in all_rows if r["iteration"] == done]
     summary = summarise(final_rows or last_rows, members, grid, config)
-    summary.update(env_steps=done * config.batch_size, iterations=done, complete=done >= total_iterations,
+    summary.update(objective=args.objective, env_steps=done * config.batch_size, iterations=done,
+                   complete=done >= total_iterations,
                    compile_s=compile_s, run_s=run_s,
                    env_steps_per_s=len(members) * (done - first) * config.batch_size / run_s if run_s else None,
                    device=str(jax.devices()[0].device_kind), jax=jax.__version__)

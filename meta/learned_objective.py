@@ -167,3 +167,75 @@ def make(kind: str, num_iterations: int | None = None, params=None) -> Objective
             raise ConfigError("the temporally-aware objective needs the run's number of iterations")
         return Objective(kind, learned(num_iterations), params)
     raise ConfigError(f"unknown objective {kind!r}; choose one of {', '.join(KINDS)}")
+
+
+# ----------------------------------------------------------------------------- meta-training pieces
+
+def final_return(metrics, window: int):
+    """Mean of the per-iteration `episode_return` over the last `window`
+    iterations: the LPO fitness (final return), smoothed a little because a
+    few envs' last episodes are a noisy estimate."""
+    return jnp.nanmean(metrics["episode_return"][-window:])
+
+
+def final_window(num_iterations: int) -> int:
+    return max(1, num_iterations // 10)
+
+
+def inner_fitness(agent, hparams, window: int):
+    """fitness(objective_params, key) -> final return of one whole PPO run."""
+    def fitness(objective_params, key):
+        _, metrics = agent.train(key, hparams, None, objective_params)
+        return final_return(metrics, window)
+    return fitness
+
+
+def multi_env_fitness(fitnesses, baselines):
+    """Several envs: each return divided by PPO-clip's return there, then averaged.
+    One env: the raw return (no baseline needed)."""
+    if len(fitnesses) == 1:
+        return fitnesses[0]
+
+    def fitness(objective_params, key):
+        keys = jax.random.split(key, len(fitnesses))
+        return sum(f(objective_params, k) / b for f, k, b in zip(fitnesses, keys, baselines)) / len(fitnesses)
+    return fitness
+
+
+def save(out, kind: str, params, hidden: int = DRIFT_HIDDEN):
+    """A learned objective in OUT/objective/ (orbax) + OUT/objective.json."""
+    import json
+    import os
+
+    from src import checkpoint
+    checkpoint.save(os.path.join(out, "objective"), params)
+    with open(os.path.join(out, "objective.json"), "w") as f:
+        json.dump({"kind": kind, "hidden": hidden}, f)
+
+
+def load(run_dir):
+    """(kind, params) of the learned objective saved in `run_dir`."""
+    import json
+    import os
+
+    from src import checkpoint
+    path = os.path.join(run_dir, "objective.json")
+    if not os.path.exists(path):
+        raise ConfigError(f"{run_dir} holds no learned objective (no objective.json); "
+                          "make one with `run.py meta lpo`")
+    with open(path) as f:
+        spec = json.load(f)
+    if spec.get("kind") not in ("learned", "temporal"):
+        raise ConfigError(f"{path}: unknown objective kind {spec.get('kind')!r}")
+    like = init_drift(jax.random.PRNGKey(0), spec["kind"] == "temporal", int(spec["hidden"]))
+    return spec["kind"], checkpoint.restore(os.path.join(run_dir, "objective"), like)
+
+
+def from_spec(spec: str, num_iterations: int) -> Objective:
+    """`ppo`, `dpo` or `learned:RUN_DIR` (the `run.py train --objective` flag)."""
+    if spec in ("ppo", "dpo"):
+        return make(spec)
+    if spec.startswith("learned:") and len(spec) > len("learned:"):
+        kind, params = load(spec[len("learned:"):])
+        return make(kind, num_iterations, params)
+    raise ConfigError(f"unknown objective {spec!r}; choose ppo, dpo or learned:RUN_DIR")

@@ -69,8 +69,8 @@ def make_evaluator(fitness, num_members: int, batch_size: int | None = None, mes
     axis; `keys` are raw uint32 keys of shape [num_members, seeds, 2] (or typed
     keys [num_members, seeds]): antithetic pairs get the same keys from the
     caller. Each device vmaps over seeds and runs its share of members
-    `batch_size` at a time (`lax.map`), so memory scales with the batch, not
-    the population. The result does not depend on the number of devices: a
+    `batch_size` at a time (`lax.map`; None: all at once), so memory scales
+    with the batch, not the population. The result does not depend on the number of devices: a
     device's members go through the same batch-shaped program either way.
     """
     from src.config import ConfigError
@@ -90,6 +90,9 @@ def make_evaluator(fitness, num_members: int, batch_size: int | None = None, mes
         return jax.vmap(fitness, in_axes=(None, 0))(params, keys)
 
     def local(params, keys):
+        if batch_size is None or batch_size >= per_device:
+            return jax.vmap(one_member)((params, keys))
+        # (lax.map without a batch size would run members one at a time)
         return jax.lax.map(one_member, (params, keys), batch_size=batch_size)
 
     # check_vma off: fitness functions (whole PPO runs) are written for plain

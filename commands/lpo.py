@@ -1,0 +1,258 @@
+"""`run.py meta lpo`: evolve PPO's drift function (learned policy optimisation).
+
+    python run.py meta lpo --env CartPole-v1 --pop 32 --generations 50
+    python run.py meta lpo --config configs/lpo_cartpole.yaml --out runs/lpo
+    python run.py meta lpo --out runs/lpo --resume          # continue, bit-identical
+    python run.py train --env Acrobot-v1 --objective learned:runs/lpo
+
+Each ES member is a drift network; its fitness is the final return of whole
+inner PPO runs (`seeds` per member, vmapped, chunked, sharded over devices).
+Writes config.yaml, fitness.csv, fitness.png, checkpoint/, objective/ (the
+final ES mean) and summary.json with the PPO-clip baseline and held-out envs.
+"""
+import argparse
+import dataclasses
+import os
+
+from src.config import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class LPOConfig:
+    envs: tuple[str, ...] = ("CartPole-v1",)
+    held_out: tuple[str, ...] = ()
+    objective: str = "learned"         # learned | temporal (also sees n/N and log lifetime)
+    init: str = "ppo_clip"             # ppo_clip (fitted drift) | random
+    strategy: str = "openes"
+    pop: int = 32
+    sigma: float = 0.03
+    lr: float = 0.01
+    antithetic: bool = True
+    seeds: int = 2                     # inner runs per member and generation
+    generations: int = 50
+    checkpoint_every: int = 5
+    batch_size: int = 0                # members per device evaluated at once (0: all)
+    seed: int = 0
+    eval_seeds: int = 8                # final comparison against PPO-clip
+    inner: dict = dataclasses.field(default_factory=dict)    # PPOConfig keys for every inner run
+    inner_by_env: dict = dataclasses.field(default_factory=dict)  # {env: {PPOConfig keys}}
+
+    def validate(self):
+        if not self.envs:
+            raise ConfigError("envs must name at least one environment")
+        if self.objective not in ("learned", "temporal"):
+            raise ConfigError(f"objective must be 'learned' or 'temporal', got {self.objective!r}")
+        if self.init not in ("ppo_clip", "random"):
+            raise ConfigError(f"init must be 'ppo_clip' or 'random', got {self.init!r}")
+        for name in ("seeds", "generations", "checkpoint_every", "eval_seeds"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size < 0:
+            raise ConfigError(f"batch_size must be >= 0, got {self.batch_size}")
+        self.es_config().validate()
+        return self
+
+    def es_config(self):
+        from meta.es import ESConfig
+        return ESConfig(self.strategy, self.pop, self.sigma, self.lr, self.antithetic)
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="run.py meta lpo", description=__doc__.split("\n")[0])
+    p.add_argument("--config", help="YAML preset (configs/lpo_*.yaml)")
+    p.add_argument("--env", action="append", default=None, help="meta-training env (repeatable)")
+    p.add_argument("--held-out", action="append", default=None, help="env to evaluate the result on (repeatable)")
+    p.add_argument("--pop", type=int, help="ES population")
+    p.add_argument("--generations", type=int)
+    p.add_argument("--seeds", type=int, help="inner runs per member")
+    p.add_argument("--strategy", help="openes, snes or cma_es")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key; inner PPO keys as inner.KEY=VALUE")
+    p.add_argument("--out", help="run directory (default runs/lpo-<env>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--stop-at", type=int, metavar="GENERATION", help="stop after this generation (checkpointed)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def build_config(args) -> LPOConfig:
+    from src import config as cfg
+
+    values = cfg.load_yaml(args.config) if args.config else {}
+    for name in ("pop", "generations", "seeds", "strategy"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    if args.env:
+        values["envs"] = args.env
+    if args.held_out:
+        values["held_out"] = args.held_out
+    inner = dict(values.get("inner", {}))
+    plain = []
+    for item in args.overrides:
+        if item.startswith("inner."):
+            if "=" not in item:
+                raise ConfigError(f"--set expects key=value, got {item!r}")
+            key, raw = item[len("inner."):].split("=", 1)
+            inner[key] = raw
+        else:
+            plain.append(item)
+    values["inner"] = inner
+    config = cfg.override(cfg.from_dict(LPOConfig, values), plain)
+    return config.validate()
+
+
+def inner_config(config: LPOConfig, env: str):
+    """The PPOConfig of one inner run on `env` (checked before compiling)."""
+    import envs
+    from agents import ppo
+    from src import config as cfg
+
+    envs.check_name(env)
+    values = {**config.inner, **config.inner_by_env.get(env, {}), "env": env}
+    return cfg.from_dict(ppo.PPOConfig, {k: v for k, v in values.items()}).validate()
+
+
+def main(argv):
+    args = parser().parse_args(argv)
+    from src import config as cfg
+
+    config = build_config(args)
+    inner = {env: inner_config(config, env) for env in config.envs + config.held_out}
+    out = args.out
+    if args.resume:
+        if not out or not os.path.exists(os.path.join(out, "config.yaml")):
+            raise ConfigError("--resume needs --out RUN_DIR of an earlier `meta lpo` run (with config.yaml)")
+        stored = cfg.from_dict(LPOConfig, cfg.load_yaml(os.path.join(out, "config.yaml"))).validate()
+        given = any([args.config, args.env, args.held_out, args.pop, args.generations, args.seeds,
+                     args.strategy, args.overrides])
+        if given and stored != config:
+            changed = [k for k in cfg.field_names(LPOConfig) if getattr(stored, k) != getattr(config, k)]
+            raise ConfigError(f"--resume: the run in {out} has a different config ({', '.join(changed)}); "
+                              "a resumed run keeps its own config, so pass only --out and --resume")
+        config = stored
+        inner = {env: inner_config(config, env) for env in config.envs + config.held_out}
+    else:
+        import datetime
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = out or os.path.join("runs", f"lpo-{config.envs[0].replace('/', '_')}-{stamp}")
+        if os.path.exists(out) and os.listdir(out):
+            raise ConfigError(f"run directory {out} is not empty: pass --resume to continue it or another --out")
+        os.makedirs(out, exist_ok=True)
+        cfg.save_yaml(config, os.path.join(out, "config.yaml"))
+    if args.stop_at is not None and not 0 < args.stop_at <= config.generations:
+        raise ConfigError(f"--stop-at must be in 1..{config.generations}")
+    return meta_train(config, inner, out, resume=args.resume, stop_at=args.stop_at,
+                      show_progress=not args.no_progress)
+
+
+def compare(config, ppo_config, objective, objective_params, key, population):
+    """Final returns of PPO-clip and of `objective` on `eval_seeds` seeds each
+    (the same seeds for both), evaluated through the population engine."""
+    import jax
+    import numpy as np
+
+    from agents import ppo
+    from meta import learned_objective as lo
+
+    window = lo.final_window(ppo_config.num_iterations)
+    n = config.eval_seeds
+    keys = jax.random.split(key, n).reshape(n, 1, -1)
+    hp = ppo.hparams_from(ppo_config)
+    results = {}
+    for name, obj, params in (("ppo_clip", lo.ppo_clip, jax.numpy.float32(ppo_config.clip_eps)),
+                              ("learned", objective, objective_params)):
+        agent = ppo.make(ppo_config, objective=obj)
+        stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), params)
+        returns = population.evaluate(lo.inner_fitness(agent, hp, window), stacked, keys)[:, 0]
+        results[name] = {"mean": float(np.nanmean(returns)), "std": float(np.nanstd(returns)),
+                         "returns": returns.tolist()}
+    results["ratio"] = results["learned"]["mean"] / results["ppo_clip"]["mean"]
+    return results
+
+
+def meta_train(config: LPOConfig, inner, out, resume=False, stop_at=None, show_progress=True):
+    import time
+
+    import jax
+    import numpy as np
+
+    from agents import ppo
+    from meta import es as es_lib
+    from meta import learned_objective as lo
+    from src import population, rundir
+
+    key = jax.random.PRNGKey(config.seed)
+    init_key, es_key, base_key, eval_key = jax.random.split(key, 4)
+    temporal = config.objective == "temporal"
+    if config.init == "ppo_clip":
+        clip = inner[config.envs[0]].clip_eps
+        mean, _ = lo.fit_to_ppo_clip(init_key, temporal, clip_eps=clip)
+    else:
+        mean = lo.init_drift(init_key, temporal)
+    es = es_lib.make(config.es_config(), mean)
+
+    fitnesses = []
+    for env in config.envs:
+        pc = inner[env]
+        obj = lo.make(config.objective, pc.num_iterations)
+        agent = ppo.make(pc, objective=obj.fn)
+        fitnesses.append(lo.inner_fitness(agent, ppo.hparams_from(pc), lo.final_window(pc.num_iterations)))
+    baselines = [1.0] * len(config.envs)
+    if len(config.envs) > 1:
+        # PPO-clip's return per env, to normalise each env's share of the fitness
+        baselines = []
+        for env in config.envs:
+            pc = inner[env]
+            r = compare(dataclasses.replace(config, eval_seeds=config.eval_seeds), pc, lo.ppo_clip,
+                        np.float32(pc.clip_eps), base_key, population)["ppo_clip"]["mean"]
+            baselines.append(r)
+        print("PPO-clip baselines: " + ", ".join(f"{e} {b:.1f}" for e, b in zip(config.envs, baselines)))
+    fitness = lo.multi_env_fitness(fitnesses, baselines)
+    evaluator = population.make_evaluator(fitness, config.pop, config.batch_size or None)
+    print(f"LPO ({config.objective} drift, {config.strategy}) on {', '.join(config.envs)}: pop {config.pop} x "
+          f"{config.seeds} seeds, {config.generations} generations, {evaluator.mesh.devices.size} device(s) -> {out}")
+
+    def evaluate(members, keys):
+        return population.gather(evaluator(members, keys))
+
+    t0 = time.perf_counter()
+    state = es_lib.evolve(es, evaluate, mean, es_key, config.generations, out, seeds=config.seeds,
+                          checkpoint_every=config.checkpoint_every, resume=resume, stop_at=stop_at,
+                          show_progress=show_progress, desc="LPO generations")
+    elapsed = time.perf_counter() - t0
+    final = es.mean(state)
+    lo.save(out, config.objective, final)
+    rows = es_lib.read_fitness(out)
+    generation = int(rows[-1]["generation"]) if rows else 0
+    summary = {"envs": list(config.envs), "generation": generation,
+               "complete": generation >= config.generations, "seconds_this_session": elapsed,
+               "fitness_first_generation_mean": rows[0]["mean"] if rows else None,
+               "fitness_last_generation_mean": rows[-1]["mean"] if rows else None,
+               "device": str(jax.devices()[0].device_kind), "devices": evaluator.mesh.devices.size}
+    if generation >= config.generations:
+        # the initial mean (fitted PPO-clip drift) and the final mean, against
+        # PPO-clip itself, on seeds the ES never saw
+        summary["train_envs"] = {}
+        for env in config.envs:
+            pc = inner[env]
+            obj = lo.make(config.objective, pc.num_iterations)
+            summary["train_envs"][env] = {
+                "final": compare(config, pc, obj.fn, final, eval_key, population),
+                "initial": compare(config, pc, obj.fn, mean, eval_key, population)["learned"]}
+        summary["held_out"] = {}
+        for env in config.held_out:
+            pc = inner[env]
+            obj = lo.make(config.objective, pc.num_iterations)
+            summary["held_out"][env] = compare(config, pc, obj.fn, final, eval_key, population)
+        for group in ("train_envs", "held_out"):
+            for env, res in summary[group].items():
+                r = res["final"] if group == "train_envs" else res
+                print(f"{group} {env}: learned {r['learned']['mean']:.1f} ± {r['learned']['std']:.1f}, "
+                      f"PPO-clip {r['ppo_clip']['mean']:.1f} ± {r['ppo_clip']['std']:.1f} "
+                      f"(ratio {r['ratio']:.3f}, {config.eval_seeds} seeds)")
+    rundir.write_json(out, "summary.json", summary)
+    es_lib.plot_fitness(out, f"LPO on {', '.join(config.envs)}",
+                        baseline=rows[0]["mean"] if rows else None)
+    print(f"fitness: generation 1 mean {summary['fitness_first_generation_mean']:.2f}, "
+          f"generation {generation} mean {summary['fitness_last_generation_mean']:.2f} -> {out}")
+    return summary

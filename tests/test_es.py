@@ -1,0 +1,123 @@
+import csv
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from meta import es as es_lib
+from meta.es import ESConfig
+from src.config import ConfigError
+from tests.helpers import tree_equal
+
+TARGET = {"a": jnp.array([0.5, -1.0, 1.5, 0.0], jnp.float32), "b": jnp.array([[-0.5, 1.0]], jnp.float32)}
+TEMPLATE = jax.tree.map(jnp.zeros_like, TARGET)
+
+
+def sphere_return(member):
+    """A return to maximise: minus the squared distance to TARGET."""
+    return -sum(jnp.sum((x - t) ** 2) for x, t in zip(jax.tree.leaves(member), jax.tree.leaves(TARGET)))
+
+
+def solve(config, generations):
+    es = es_lib.make(config, TEMPLATE)
+
+    def generation(state, key):
+        ask_key, tell_key = jax.random.split(key)
+        population, state = es.ask(ask_key, state)
+        state, _ = es.tell(tell_key, population, jax.vmap(sphere_return)(population), state)
+        return state, None
+
+    state = es.init(jax.random.PRNGKey(0), TEMPLATE)
+    state, _ = jax.jit(lambda s: jax.lax.scan(generation, s, jax.random.split(jax.random.PRNGKey(1), generations)))(
+        state)
+    return es, state
+
+
+@pytest.mark.parametrize("config", [ESConfig("openes", 16, sigma=0.1, lr=0.05),
+                                    ESConfig("snes", 16, sigma=0.5, lr=1.0, antithetic=False)],
+                         ids=["openes", "snes"])
+def test_strategy_solves_a_sphere_through_the_adapter(config):
+    es, state = solve(config, 200)
+    start = float(sphere_return(TEMPLATE))
+    final = float(sphere_return(es.mean(state)))
+    assert start < -4.0
+    assert final > -1e-2, final
+    assert es.mean(state)["b"].shape == (1, 2)   # the member's pytree shape comes back
+
+
+@pytest.mark.parametrize("strategy", ["openes", "snes", "cma_es"])
+def test_population_moves_toward_its_highest_return_member(strategy):
+    config = ESConfig(strategy, 8, sigma=0.5, lr=0.1, antithetic=strategy == "openes")
+    es = es_lib.make(config, TEMPLATE)
+    state = es.init(jax.random.PRNGKey(0), TEMPLATE)
+    population, state = es.ask(jax.random.PRNGKey(1), state)
+    flat = jax.vmap(lambda m: jax.flatten_util.ravel_pytree(m)[0])(population)
+    best = 3
+    # return falls off with the distance to member `best`, so it has the highest return
+    returns = -jnp.sum((flat - flat[best]) ** 2, axis=1)
+    mean_before = jax.flatten_util.ravel_pytree(es.mean(state))[0]
+    state, _ = es.tell(jax.random.PRNGKey(2), population, returns, state)
+    mean_after = jax.flatten_util.ravel_pytree(es.mean(state))[0]
+    assert jnp.linalg.norm(mean_after - flat[best]) < jnp.linalg.norm(mean_before - flat[best])
+
+
+def test_antithetic_pairs_are_mirrored_and_share_their_seeds():
+    es = es_lib.make(ESConfig("openes", 6, sigma=0.1), TEMPLATE)
+    mean = jax.tree.map(lambda t: t + 0.25, TEMPLATE)
+    state = es.init(jax.random.PRNGKey(0), mean)
+    population, _ = es.ask(jax.random.PRNGKey(1), state)
+    for m, x in zip(jax.tree.leaves(mean), jax.tree.leaves(population)):
+        np.testing.assert_allclose(x[:3] + x[3:], 2 * np.broadcast_to(m, x[:3].shape), atol=1e-6)
+        assert not np.allclose(x[:3], x[3:])
+    keys = es.member_keys(jax.random.PRNGKey(2), seeds=4)
+    assert keys.shape == (6, 4, 2)
+    np.testing.assert_array_equal(keys[:3], keys[3:])                 # partners share every seed
+    assert len({tuple(k) for k in np.asarray(keys[:3]).reshape(-1, 2)}) == 12   # all else differ
+    plain = es_lib.make(ESConfig("snes", 6, antithetic=False), TEMPLATE).member_keys(jax.random.PRNGKey(2), 4)
+    assert len({tuple(k) for k in np.asarray(plain).reshape(-1, 2)}) == 24
+
+
+def test_bad_configs_fail_clearly():
+    with pytest.raises(ConfigError, match="even population"):
+        es_lib.make(ESConfig("openes", 7), TEMPLATE)
+    with pytest.raises(ConfigError, match="unknown ES strategy 'adam'.*openes, snes, cma_es"):
+        es_lib.make(ESConfig("adam", 8), TEMPLATE)
+    with pytest.raises(ConfigError, match="only available with openes"):
+        es_lib.make(ESConfig("snes", 8, antithetic=True), TEMPLATE)
+
+
+def noisy_evaluate(population, keys):
+    """Return with noise drawn from each member's keys, so a resumed run that
+    drew other keys would show."""
+    noise = jax.vmap(jax.vmap(lambda k: jax.random.normal(k)))(keys)
+    return np.asarray(jax.vmap(sphere_return)(population)[:, None] + 0.1 * noise)
+
+
+def fitness_rows(out):
+    with open(os.path.join(out, "fitness.csv")) as f:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+
+def test_resume_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
+    es = es_lib.make(ESConfig("openes", 8, sigma=0.1, lr=0.05), TEMPLATE)
+    key = jax.random.PRNGKey(42)
+    common = dict(seeds=2, checkpoint_every=3, show_progress=False)
+    whole = es_lib.evolve(es, noisy_evaluate, TEMPLATE, key, 6, str(tmp_path / "a"), **common)
+    es_lib.evolve(es, noisy_evaluate, TEMPLATE, key, 6, str(tmp_path / "b"), stop_at=3, **common)
+    assert len(fitness_rows(tmp_path / "b")) == 3
+    resumed = es_lib.evolve(es, noisy_evaluate, TEMPLATE, key, 6, str(tmp_path / "b"), resume=True, **common)
+    assert tree_equal(whole, resumed)
+    assert fitness_rows(tmp_path / "a") == fitness_rows(tmp_path / "b")
+    assert len(fitness_rows(tmp_path / "a")) == 6
+    # a different key gives a different run (the test can fail)
+    other = es_lib.evolve(es, noisy_evaluate, TEMPLATE, jax.random.PRNGKey(7), 6, str(tmp_path / "c"), **common)
+    assert not tree_equal(whole.mean, other.mean)
+    with pytest.raises(ConfigError, match="already reached generation 6"):
+        es_lib.evolve(es, noisy_evaluate, TEMPLATE, key, 6, str(tmp_path / "b"), resume=True, **common)
+    # a checkpoint of another population size does not load into this one
+    bigger = es_lib.make(ESConfig("snes", 10, sigma=0.1, lr=1.0, antithetic=False), {"a": jnp.zeros(3)})
+    with pytest.raises(ConfigError, match="does not match"):
+        es_lib.evolve(bigger, noisy_evaluate, {"a": jnp.zeros(3)}, key, 8, str(tmp_path / "b"), resume=True,
+                      **common)
