@@ -134,19 +134,33 @@ def action_deviation(clean, perturbed, discrete):
 # ----------------------------------------------------------------------------- optimisers
 
 def pgd_maximise(objective, key, x, eps, norm, steps, random_start=True, step_scale=2.5):
-    """max over ||delta|| <= eps of objective(x + delta) (summed over a batch),
-    by `steps` projected steepest-ascent steps of step_scale*eps/steps from a
-    uniform random start. Returns delta (no gradient flows through it)."""
+    """max over ||delta|| <= eps of objective(x + delta) (per sample: the
+    objective returns one value per leading index of x), by `steps` projected
+    steepest-ascent steps of step_scale*eps/steps from a uniform random start.
+    Returns the best iterate seen (no gradient flows through it): fixed-size
+    projected steps can circle the optimum on an L2 sphere."""
     x = jax.lax.stop_gradient(x)
     delta = uniform_in_ball(key, x.shape, eps, norm) if random_start else jnp.zeros_like(x)
-    grad_fn = jax.grad(lambda d: jnp.sum(objective(x + d)))
     alpha = step_scale * eps / steps
 
-    def body(_, delta):
-        return project(delta + alpha * steepest(grad_fn(delta), norm), eps, norm)
+    def value_and_grad(delta):
+        value, pullback = jax.vjp(lambda d: objective(x + d), delta)
+        return value, pullback(jnp.ones_like(value))[0]
 
-    delta = jax.lax.fori_loop(0, steps, body, delta)
-    return jax.lax.stop_gradient(delta)
+    def keep_better(best, best_value, delta, value):
+        better = value > best_value
+        return jnp.where(better[..., None], delta, best), jnp.where(better, value, best_value)
+
+    def body(_, carry):
+        delta, best, best_value = carry
+        value, grad = value_and_grad(delta)
+        best, best_value = keep_better(best, best_value, delta, value)
+        return project(delta + alpha * steepest(grad, norm), eps, norm), best, best_value
+
+    first = objective(x + delta)
+    delta, best, best_value = jax.lax.fori_loop(0, steps, body, (delta, delta, jnp.full_like(first, -jnp.inf)))
+    best, _ = keep_better(best, best_value, delta, objective(x + delta))
+    return jax.lax.stop_gradient(best)
 
 
 def fgsm(objective, key, x, eps, norm, start_scale=1e-3):
@@ -240,8 +254,9 @@ def attacked_action(attack, threat, victim, vparams, key, obs, eps, adv_params=N
 
 
 def evaluate(env, env_params, victim, vparams, attack, threat, key, eps, num_episodes: int, max_steps: int,
-             adv_params=None, noise_sigma=0.0, deterministic=True):
-    """Returns (returns, lengths) of num_episodes attacked episodes, vmapped over episodes.
+             adv_params=None, noise_sigma=0.0, deterministic=True, with_spent=False):
+    """Returns (returns, lengths) of num_episodes attacked episodes, vmapped
+    over episodes (and, with_spent, each episode's sum_t ||delta_t||^2).
 
     Per-step budget: every step's delta lies in the eps-ball. Per-episode
     budget: eps is the episode's total L2 budget; each step may spend what is
@@ -277,5 +292,5 @@ def evaluate(env, env_params, victim, vparams, attack, threat, key, eps, num_epi
 
     zeros = jnp.zeros(num_episodes, jnp.float32)
     init = (obs, state, zeros, jnp.zeros(num_episodes, jnp.int32), jnp.ones(num_episodes, bool), zeros)
-    (_, _, returns, lengths, _, _), _ = jax.lax.scan(body, init, jax.random.split(run_key, max_steps))
-    return returns, lengths
+    (_, _, returns, lengths, _, spent), _ = jax.lax.scan(body, init, jax.random.split(run_key, max_steps))
+    return (returns, lengths, spent) if with_spent else (returns, lengths)
