@@ -16,6 +16,8 @@ Pure JAX (the Beta quantile by bisection on the regularised incomplete
 beta), so it runs jitted and vmapped over budgets; the tests check it
 against scipy.stats.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import betainc, ndtri
@@ -50,6 +52,7 @@ def thresholds(r_min, r_max, num_thresholds: int):
     return r_min + spacing * jnp.arange(1, num_thresholds + 1, dtype=jnp.float32), spacing
 
 
+@functools.partial(jax.jit, static_argnames=("num_thresholds",))
 def certified_return(returns, sigma, budget, r_min, r_max, num_thresholds: int = 100, alpha: float = 0.05):
     """Lower bound (holding with probability >= 1 - alpha) on the smoothed
     policy's expected return under any attack of total L2 norm <= budget.
