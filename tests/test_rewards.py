@@ -1,0 +1,211 @@
+"""Reward functions and designer heuristics: shaping keeps optimal policies,
+blends and learned rewards start where they should and are differentiable."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs
+from envs import heuristics, rewards
+from envs.rewards import Transition
+from src.config import ConfigError
+
+GAMMA = 0.9
+
+
+# ----------------------------------------------------------------------------- tabular MDP and value iteration
+
+def random_mdp(seed, states=7, actions=3):
+    """A random MDP whose last state is terminal (absorbing, zero reward)."""
+    rng = np.random.default_rng(seed)
+    P = rng.dirichlet(np.ones(states) * 0.5, size=(states, actions))          # P[s, a, s']
+    R = rng.normal(size=(states, actions, states))                           # R[s, a, s']
+    terminal = states - 1
+    P[terminal] = 0.0
+    P[terminal, :, terminal] = 1.0
+    R[terminal] = 0.0
+    return P, R, terminal
+
+
+def value_iteration(P, R, gamma, terminal, iters=2000):
+    """Q[s, a] by plain Python/numpy value iteration (the slow reference); the
+    terminal state's value is 0."""
+    S, A, _ = P.shape
+    Q = np.zeros((S, A))
+    for _ in range(iters):
+        V = Q.max(axis=1)
+        V[terminal] = 0.0
+        Q = (P * (R + gamma * V[None, None, :])).sum(axis=2)
+        Q[terminal] = 0.0
+    return Q
+
+
+def tabular_rewards(reward_fn, reward_params, states, actions, terminal):
+    """R'[s, a, s'] from a reward function applied to every (s, a, s') with
+    one-hot observations, vmapped (as an agent calls it)."""
+    eye = jnp.eye(states, dtype=jnp.float32)
+    s, a, s2 = np.meshgrid(np.arange(states), np.arange(actions), np.arange(states), indexing="ij")
+    s, a, s2 = s.ravel(), a.ravel(), s2.ravel()
+    return s, a, s2, eye, lambda env_r: np.asarray(jax.vmap(reward_fn, in_axes=(None, 0))(
+        reward_params,
+        Transition(eye[s], jnp.asarray(a), eye[s2], jnp.asarray(env_r, jnp.float32),
+                   jnp.asarray(s2 == terminal), {}))).reshape(states, actions, states)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_potential_shaping_keeps_the_optimal_policy_of_a_random_mdp(seed):
+    P, R, terminal = random_mdp(seed)
+    S, A, _ = P.shape
+    phi = np.random.default_rng(100 + seed).normal(scale=5.0, size=S).astype(np.float32)
+    potential = lambda params, obs: jnp.dot(obs, params)  # noqa: E731  (a table on one-hot states)
+    shaped_fn = rewards.potential_shaping(potential, GAMMA)
+    s, a, s2, _, apply = tabular_rewards(shaped_fn, jnp.asarray(phi), S, A, terminal)
+    R_shaped = apply(R[s, a, s2])
+    Q = value_iteration(P, R, GAMMA, terminal)
+    Q_shaped = value_iteration(P, R_shaped, GAMMA, terminal)
+    live = np.arange(S) != terminal
+    np.testing.assert_array_equal(Q.argmax(1)[live], Q_shaped.argmax(1)[live])
+    # stronger: Q' = Q - Phi(s) (Ng et al. 1999), which needs Phi(terminal) = 0 in F
+    np.testing.assert_allclose(Q_shaped[live], (Q - phi[:, None])[live], rtol=1e-4, atol=1e-3)
+
+
+def test_a_bonus_that_is_not_potential_based_can_change_the_optimal_policy():
+    P, R, terminal = random_mdp(0)
+    S, A, _ = P.shape
+    Q = value_iteration(P, R, GAMMA, terminal)
+    state = 0
+    worse = int(Q[state].argmin())
+    bonus_fn = rewards.naive_sum(
+        lambda tr: jnp.where(jnp.logical_and(tr.obs[state] > 0, tr.action == worse), 20.0, 0.0))
+    s, a, s2, _, apply = tabular_rewards(bonus_fn, None, S, A, terminal)
+    Q_bonus = value_iteration(P, apply(R[s, a, s2]), GAMMA, terminal)
+    assert Q.argmax(1)[state] != worse
+    assert Q_bonus.argmax(1)[state] == worse
+
+
+def test_potential_is_zero_at_termination_but_not_at_a_time_out():
+    potential = lambda params, obs: obs[0]  # noqa: E731
+    fn = rewards.potential_shaping(potential, 0.5)
+    tr = Transition(jnp.array([2.0]), 0, jnp.array([4.0]), jnp.float32(1.0), jnp.bool_(False), {})
+    assert float(fn(None, tr)) == pytest.approx(1.0 + 0.5 * 4.0 - 2.0)
+    assert float(fn(None, tr._replace(terminated=jnp.bool_(True)))) == pytest.approx(1.0 - 2.0)
+
+
+# ----------------------------------------------------------------------------- blends and learned rewards
+
+def batch_of_transitions(key, n=32, obs_dim=4):
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    return Transition(jax.random.normal(k1, (n, obs_dim)), jax.random.randint(k2, (n,), 0, 2),
+                      jax.random.normal(k3, (n, obs_dim)), jax.random.normal(k4, (n,)),
+                      jnp.zeros((n,), bool), {})
+
+
+def aux_first(tr):
+    return tr.obs[0] * (tr.action * 2.0 - 1.0)
+
+
+def test_blends_and_learned_reward_start_at_the_naive_sum():
+    batch = batch_of_transitions(jax.random.PRNGKey(0))
+    naive = jax.vmap(rewards.naive_sum(aux_first), in_axes=(None, 0))(None, batch)
+    expected = batch.reward + jax.vmap(aux_first)(batch)
+    np.testing.assert_allclose(naive, expected, rtol=1e-6)
+    blend = jax.vmap(rewards.weighted_blend(aux_first), in_axes=(None, 0))(rewards.blend_params(1.0, 1.0), batch)
+    np.testing.assert_allclose(blend, expected, rtol=1e-6)
+    params = rewards.init_learned_reward(4)
+    learned = jax.vmap(rewards.learned_reward(aux_first), in_axes=(None, 0))(params, batch)
+    np.testing.assert_allclose(learned, expected, rtol=1e-6)
+    assert float(rewards.learned_gamma(params)) == pytest.approx(0.99, abs=1e-6)
+    half = jax.vmap(rewards.weighted_blend(aux_first), in_axes=(None, 0))(rewards.blend_params(0.5, 0.0), batch)
+    np.testing.assert_allclose(half, 0.5 * batch.reward, rtol=1e-6)
+
+
+def test_learned_reward_gradient_matches_its_closed_form_and_vmaps_over_params():
+    batch = batch_of_transitions(jax.random.PRNGKey(1))
+    fn = rewards.learned_reward(aux_first)
+    params = rewards.init_learned_reward(4)
+    total = lambda p: jax.vmap(fn, in_axes=(None, 0))(p, batch).sum()  # noqa: E731
+    grads = jax.grad(total)(params)
+    aux = jax.vmap(aux_first)(batch)
+    # d/dw1 sum(phi1(s)) = sum(s); d/dw2 sum(phi2(s) * aux) = sum(s * aux)
+    np.testing.assert_allclose(grads["phi1"]["w"], batch.obs.sum(0), rtol=1e-5)
+    np.testing.assert_allclose(grads["phi2"]["w"], (batch.obs * aux[:, None]).sum(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(grads["phi2"]["b"], aux.sum(), rtol=1e-5)
+    # a population of reward parameters is a vmap
+    stacked = jax.tree.map(lambda x: jnp.stack([x, x + 1.0]), params)
+    out = jax.vmap(lambda p: jax.vmap(fn, in_axes=(None, 0))(p, batch))(stacked)
+    assert out.shape == (2, 32) and not np.allclose(out[0], out[1])
+
+
+def test_reward_network_starts_at_the_primary_reward_and_has_gradients():
+    batch = batch_of_transitions(jax.random.PRNGKey(2))
+    params = rewards.init_reward_network(jax.random.PRNGKey(0), 4, 2, hidden=(8,))
+    fn = rewards.reward_network(2, discrete=True, aux=aux_first)
+    out = jax.vmap(fn, in_axes=(None, 0))(params, batch)
+    np.testing.assert_allclose(out, batch.reward, rtol=1e-6)
+    grads = jax.grad(lambda p: jax.vmap(fn, in_axes=(None, 0))(p, batch).sum())(params)
+    assert float(jnp.abs(grads[-1]["w"]).sum()) > 0
+
+
+# ----------------------------------------------------------------------------- heuristics
+
+def test_pid_heuristic_controller_balances_cartpole_and_its_inverse_does_not():
+    env, params = envs.make("CartPole-v1")
+
+    def episode(key, inverse):
+        obs, state = env.reset(key, params)
+
+        def body(carry, k):
+            obs, state, total, alive = carry
+            action = heuristics.pid_action(obs)
+            action = jnp.where(inverse, 1 - action, action)
+            obs, state, r, term, trunc, _ = env.step(k, state, action, params)
+            return (obs, state, total + r * alive, alive * (1.0 - jnp.logical_or(term, trunc))), None
+
+        (_, _, total, _), _ = jax.lax.scan(body, (obs, state, 0.0, 1.0), jax.random.split(key, 500))
+        return total
+
+    keys = jax.random.split(jax.random.PRNGKey(0), 8)
+    good = jax.jit(jax.vmap(lambda k: episode(k, False)))(keys)
+    bad = jax.jit(jax.vmap(lambda k: episode(k, True)))(keys)
+    assert np.all(np.asarray(good) == 500.0)
+    assert np.all(np.asarray(bad) < 30.0)
+
+
+@pytest.mark.parametrize("env_name", ["CartPole-v1", "MountainCar-v0", "Pendulum-v1", "gridworld/barfi"])
+def test_every_heuristic_gives_finite_rewards_on_its_environment(env_name):
+    env, params = envs.make(env_name)
+    key = jax.random.PRNGKey(0)
+    obs, state = env.reset(key, params)
+    action = env.action_space(params).sample(key)
+    _, _, reward, term, _, info = env.step(key, state, action, params)
+    tr = Transition(obs, action, info["final_observation"], reward, term, info)
+    names = heuristics.names_for(env_name)
+    assert {h.good for h in map(heuristics.HEURISTICS.get, names)} == {True, False}
+    for name in names:
+        h = heuristics.get(name, env_name)
+        assert np.isfinite(float(h.aux(tr)))
+        if h.potential is not None:
+            assert np.isfinite(float(h.potential(None, obs)))
+
+
+def test_gridworld_heuristics_point_where_they_should():
+    env, params = envs.make("gridworld/barfi")
+    grid = env.unwrapped
+    cell = lambda x, y: grid.observe(jnp.array([x, y]))  # noqa: E731
+    good = heuristics.get("gridworld-good", "gridworld/barfi").aux
+    bad = heuristics.get("gridworld-bad", "gridworld/barfi").aux
+    towards = Transition(cell(0, 0), 0, cell(1, 0), 0.0, False, {})
+    away = Transition(cell(1, 0), 2, cell(0, 0), 0.0, False, {})
+    assert float(good(towards)) > 0 > float(good(away))
+    corner = grid.size - 1
+    farm = Transition(cell(corner, 0), 0, cell(corner, 0), 0.0, False, {})
+    assert float(bad(farm)) > 0 and float(bad(towards)) == 0
+
+
+def test_unknown_heuristic_and_heuristic_for_another_env_fail_clearly():
+    with pytest.raises(ConfigError, match="unknown heuristic 'cartpole-pd'.*Did you mean 'cartpole-pid'"):
+        heuristics.get("cartpole-pd", "CartPole-v1")
+    with pytest.raises(ConfigError, match="'pendulum-spin' is for Pendulum-v1, not CartPole-v1.*cartpole-pid"):
+        heuristics.get("pendulum-spin", "CartPole-v1")
+    with pytest.raises(ConfigError, match="no heuristic is defined for Acrobot-v1"):
+        heuristics.get("cartpole-pid", "Acrobot-v1")
