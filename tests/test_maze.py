@@ -130,7 +130,7 @@ def test_unreachable_goal_in_a_held_out_directory_fails(tmp_path):
     with open(os.path.join(tmp_path, "walled.txt"), "w") as f:
         f.write("S.#\n..#\n##G\n")
     with pytest.raises(ConfigError, match="walled.txt.*cannot be reached"):
-        levels.make("maze", height=5, width=5, data_dir=str(tmp_path))
+        levels.make("maze", height=5, width=5, max_walls=5, data_dir=str(tmp_path))
 
 
 @pytest.mark.parametrize("name", ["cartpole-levels", "pendulum-levels"])
