@@ -145,9 +145,10 @@ def main(argv):
                       show_progress=not args.no_progress)
 
 
-def compare(config, ppo_config, objective, objective_params, key, population):
-    """Final returns of PPO-clip and of `objective` on `eval_seeds` seeds each
-    (the same seeds for both), evaluated through the population engine."""
+def compare(config, ppo_config, objective, named_params, key, population):
+    """Final returns of PPO-clip and of `objective` with each of `named_params`
+    ({name: drift params}) on the same `eval_seeds` seeds, through the
+    population engine (one compiled program for all the learned variants)."""
     import jax
     import numpy as np
 
@@ -156,17 +157,28 @@ def compare(config, ppo_config, objective, objective_params, key, population):
 
     window = lo.final_window(ppo_config.num_iterations)
     n = config.eval_seeds
-    keys = jax.random.split(key, n).reshape(n, 1, -1)
+    keys = np.asarray(jax.random.split(key, n)).reshape(n, 1, -1)
     hp = ppo.hparams_from(ppo_config)
-    results = {}
-    for name, obj, params in (("ppo_clip", lo.ppo_clip, jax.numpy.float32(ppo_config.clip_eps)),
-                              ("learned", objective, objective_params)):
-        agent = ppo.make(ppo_config, objective=obj)
-        stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), params)
-        returns = population.evaluate(lo.inner_fitness(agent, hp, window), stacked, keys)[:, 0]
-        results[name] = {"mean": float(np.nanmean(returns)), "std": float(np.nanstd(returns)),
-                         "returns": returns.tolist()}
-    results["ratio"] = results["learned"]["mean"] / results["ppo_clip"]["mean"]
+
+    def stats(returns):
+        return {"mean": float(np.nanmean(returns)), "std": float(np.nanstd(returns)), "returns": returns.tolist()}
+
+    clip_agent = ppo.make(ppo_config, objective=lo.ppo_clip)
+    clip = population.evaluate(lo.inner_fitness(clip_agent, hp, window), np.full((n,), ppo_config.clip_eps,
+                                                                               np.float32), keys)[:, 0]
+    results = {"ppo_clip": stats(clip)}
+    if named_params:
+        names = list(named_params)
+        stacked = jax.tree.map(lambda *xs: np.concatenate([np.broadcast_to(np.asarray(x), (n, *np.shape(x)))
+                                                           for x in xs]), *named_params.values())
+        agent = ppo.make(ppo_config, objective=objective)
+        returns = population.evaluate(lo.inner_fitness(agent, hp, window), stacked,
+                                      np.concatenate([keys] * len(names)))[:, 0]
+        for i, name in enumerate(names):
+            r = stats(returns[i * n:(i + 1) * n])
+            # relative to PPO-clip, sign-safe for negative returns (Acrobot, Pendulum)
+            r["relative_to_ppo_clip"] = (r["mean"] - results["ppo_clip"]["mean"]) / abs(results["ppo_clip"]["mean"])
+            results[name] = r
     return results
 
 
@@ -203,9 +215,7 @@ def meta_train(config: LPOConfig, inner, out, resume=False, stop_at=None, show_p
         baselines = []
         for env in config.envs:
             pc = inner[env]
-            r = compare(dataclasses.replace(config, eval_seeds=config.eval_seeds), pc, lo.ppo_clip,
-                        np.float32(pc.clip_eps), base_key, population)["ppo_clip"]["mean"]
-            baselines.append(r)
+            baselines.append(compare(config, pc, None, {}, base_key, population)["ppo_clip"]["mean"])
         print("PPO-clip baselines: " + ", ".join(f"{e} {b:.1f}" for e, b in zip(config.envs, baselines)))
     fitness = lo.multi_env_fitness(fitnesses, baselines)
     evaluator = population.make_evaluator(fitness, config.pop, config.batch_size or None)
@@ -232,27 +242,24 @@ def meta_train(config: LPOConfig, inner, out, resume=False, stop_at=None, show_p
     if generation >= config.generations:
         # the initial mean (fitted PPO-clip drift) and the final mean, against
         # PPO-clip itself, on seeds the ES never saw
-        summary["train_envs"] = {}
-        for env in config.envs:
-            pc = inner[env]
-            obj = lo.make(config.objective, pc.num_iterations)
-            summary["train_envs"][env] = {
-                "final": compare(config, pc, obj.fn, final, eval_key, population),
-                "initial": compare(config, pc, obj.fn, mean, eval_key, population)["learned"]}
-        summary["held_out"] = {}
-        for env in config.held_out:
-            pc = inner[env]
-            obj = lo.make(config.objective, pc.num_iterations)
-            summary["held_out"][env] = compare(config, pc, obj.fn, final, eval_key, population)
-        for group in ("train_envs", "held_out"):
-            for env, res in summary[group].items():
-                r = res["final"] if group == "train_envs" else res
-                print(f"{group} {env}: learned {r['learned']['mean']:.1f} ± {r['learned']['std']:.1f}, "
-                      f"PPO-clip {r['ppo_clip']['mean']:.1f} ± {r['ppo_clip']['std']:.1f} "
-                      f"(ratio {r['ratio']:.3f}, {config.eval_seeds} seeds)")
+        for group, names in (("train_envs", config.envs), ("held_out", config.held_out)):
+            summary[group] = {}
+            for env in names:
+                pc = inner[env]
+                obj = lo.make(config.objective, pc.num_iterations)
+                res = compare(config, pc, obj.fn, {"initial": mean, "learned": final}, eval_key, population)
+                summary[group][env] = res
+                print(f"{group} {env} ({config.eval_seeds} seeds): learned {res['learned']['mean']:.1f} ± "
+                      f"{res['learned']['std']:.1f} ({100 * res['learned']['relative_to_ppo_clip']:+.1f}% vs "
+                      f"PPO-clip), initial (fitted PPO-clip drift) {res['initial']['mean']:.1f} ± "
+                      f"{res['initial']['std']:.1f}, PPO-clip {res['ppo_clip']['mean']:.1f} ± "
+                      f"{res['ppo_clip']['std']:.1f}")
     rundir.write_json(out, "summary.json", summary)
-    es_lib.plot_fitness(out, f"LPO on {', '.join(config.envs)}",
-                        baseline=rows[0]["mean"] if rows else None)
+    baseline = None
+    if len(config.envs) == 1 and "train_envs" in summary:
+        baseline = summary["train_envs"][config.envs[0]]["ppo_clip"]["mean"]
+    es_lib.plot_fitness(out, f"LPO ({config.objective} drift) on {', '.join(config.envs)}", baseline,
+                        f"PPO-clip ({config.eval_seeds} held-out seeds)")
     print(f"fitness: generation 1 mean {summary['fitness_first_generation_mean']:.2f}, "
           f"generation {generation} mean {summary['fitness_last_generation_mean']:.2f} -> {out}")
     return summary

@@ -135,7 +135,7 @@ def read_fitness(out):
         return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
-def plot_fitness(out, title="", baseline=None):
+def plot_fitness(out, title="", baseline=None, baseline_label="baseline"):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -148,7 +148,7 @@ def plot_fitness(out, title="", baseline=None):
     ax.fill_between(g, mean - std, mean + std, alpha=0.2)
     ax.plot(g, [r["max"] for r in rows], ":", label="population best")
     if baseline is not None:
-        ax.axhline(baseline, color="k", ls="--", lw=1, label="PPO-clip initialisation")
+        ax.axhline(baseline, color="k", ls="--", lw=1, label=baseline_label)
     ax.set_xlabel("generation")
     ax.set_ylabel("fitness")
     ax.set_title(title)

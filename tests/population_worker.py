@@ -1,7 +1,7 @@
 """Subprocess side of tests/test_population.py (JAX's device count and process
 group are fixed at start-up, so each layout needs its own process).
 
-    python -m tests.population_worker sharded              # XLA_FLAGS gives 2 host devices
+    python -m tests.population_worker sharded [ppo]        # XLA_FLAGS gives 2 host devices
     python -m tests.population_worker distributed PORT ID  # one of 2 jax.distributed processes
 
 Prints one JSON line.
@@ -41,7 +41,7 @@ def ppo_fitness():
     return lo.inner_fitness(agent, ppo.hparams_from(config), 3)
 
 
-def sharded():
+def sharded(with_ppo=""):
     from src import population
 
     params, keys = problem(8, 2)
@@ -49,7 +49,11 @@ def sharded():
     one = population.make_evaluator(mlp_fitness, 8, 2, mesh=population.population_mesh(8, jax.devices()[:1]))
     out_two = two(params, keys)
     a, b = population.gather(out_two), population.gather(one(params, keys))
-
+    result = {"devices": int(two.mesh.devices.size), "axis_types": [t.name for t in two.mesh.axis_types],
+              "shards": len({s.device for s in out_two.addressable_shards}),
+              "mlp_equal": bool(np.array_equal(a, b)), "mlp": a.tolist()}
+    if not with_ppo:
+        return result
     drift = jax.vmap(lambda k: __import__("meta.learned_objective", fromlist=["x"]).init_drift(k, scale=3.0))(
         jax.random.split(jax.random.PRNGKey(3), 4))
     pkeys = keys[:4, :1]
@@ -57,10 +61,8 @@ def sharded():
     p_two = population.evaluate(fit, drift, pkeys, batch_size=1)
     p_one = population.evaluate(fit, drift, pkeys, batch_size=1,
                                 mesh=population.population_mesh(4, jax.devices()[:1]))
-    return {"devices": int(two.mesh.devices.size), "axis_types": [t.name for t in two.mesh.axis_types],
-            "shards": len({s.device for s in out_two.addressable_shards}),
-            "mlp_equal": bool(np.array_equal(a, b)), "mlp": a.tolist(),
-            "ppo_equal": bool(np.array_equal(p_two, p_one, equal_nan=True)), "ppo": p_two.ravel().tolist()}
+    return {**result, "ppo_equal": bool(np.array_equal(p_two, p_one, equal_nan=True)),
+            "ppo": p_two.ravel().tolist()}
 
 
 def distributed(port, process_id):
