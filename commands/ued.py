@@ -42,10 +42,14 @@ def parse(argv):
 def build_config(args):
     from meta.env_design import UEDConfig
     values = cfg.load_yaml(args.config) if args.config else {}
+    groove = (args.method or values.get("method")) == "groove"
     for flag, key in (("env", "env"), ("method", "method"), ("score", "score"), ("seeds", "seeds"),
-                      ("iterations", "num_iterations")):
+                      ("iterations", "generations" if groove else "num_iterations")):
         if getattr(args, flag) is not None:
             values[key] = getattr(args, flag)
+    if groove:   # GROOVE's own config (meta/groove.py): ES over a learned objective
+        from meta.groove import GrooveConfig
+        return cfg.override(cfg.from_dict(GrooveConfig, values), args.overrides).validate()
     config = cfg.override(cfg.from_dict(UEDConfig, values), args.overrides)
     if not config.buffer_iterations:
         every, n = config.eval_every, config.num_iterations
@@ -62,6 +66,9 @@ def main(argv=None):
         "runs", f"ued-{config.env}-{config.method}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
     if os.path.exists(out) and os.listdir(out):
         raise ConfigError(f"run directory {out} is not empty: pass another --out")
+
+    if config.method == "groove":
+        return run_groove(config, out, args)
 
     import jax
     import numpy as np
@@ -245,3 +252,75 @@ def plot_timeline(timeline, steps_per_it, names, config, path):
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def run_groove(config, out, args):
+    """GROOVE (meta/groove.py): generations of ES over a learned objective, the
+    level buffer driven by algorithmic regret; held-out levels scored by
+    training the ES mean's objective (and PPO-clip) from scratch on each."""
+    import jax
+    import numpy as np
+
+    from meta import groove
+
+    g = groove.make(config)
+    space = g.space
+    os.makedirs(out, exist_ok=True)
+    cfg.save_yaml(config, os.path.join(out, "config.yaml"))
+    seeds = config.seed + np.arange(config.seeds)
+    keys = jax.vmap(jax.random.PRNGKey)(seeds.astype(np.uint32))
+    coin_keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), 7919), config.generations)
+    every = config.eval_every
+    chunk = jax.jit(lambda s, coins: jax.lax.scan(
+        lambda s, c: jax.vmap(g.generation, in_axes=(0, None))(s, c), s, coins))
+    evaluate = jax.jit(jax.vmap(g.evaluate))
+    t0 = time.time()
+    state = jax.jit(jax.vmap(g.init))(keys)
+    metric_rows, eval_rows = [], []
+
+    def record(gen, state):
+        res = jax.device_get(evaluate(state, jax.vmap(lambda k: jax.random.fold_in(k, 1000 + gen))(keys)))
+        for s in range(config.seeds):
+            for li, name in enumerate(space.held_out_names):
+                eval_rows.append({"generation": gen, "seed": int(seeds[s]), "level": name,
+                                  "solve_rate": float(res["solved"][s, li].mean()),
+                                  "return": float(res["returns"][s, li].mean()),
+                                  "ppo_clip_solve_rate": float(res["ppo_clip_solved"][s, li].mean()),
+                                  "ppo_clip_return": float(res["ppo_clip_returns"][s, li].mean())})
+        return res
+
+    res = record(0, state)
+    for c in range(config.generations // every):
+        state, metrics = chunk(state, coin_keys[c * every:(c + 1) * every])
+        metrics = jax.device_get(metrics)
+        for i in range(every):
+            for s in range(config.seeds):
+                row = {"generation": c * every + i + 1, "seed": int(seeds[s])}
+                row.update({k: float(v[i, s]) for k, v in sorted(metrics.items())})
+                metric_rows.append(row)
+        res = record((c + 1) * every, state)
+        if not args.no_progress:
+            print(f"generation {(c + 1) * every}/{config.generations}: fitness "
+                  f"{metrics['fitness_mean'][-1].mean():.1f}, regret {metrics['regret'][-1].mean():.1f}", flush=True)
+    wall = time.time() - t0
+    write_csv(os.path.join(out, "metrics.csv"), metric_rows)
+    write_csv(os.path.join(out, "held_out.csv"), eval_rows)
+    buf = jax.device_get(jax.tree.map(lambda x: x[0], state.buffer))
+    order = [i for i in np.argsort(-buf.scores) if buf.filled[i]]
+    plot_levels(space, jax.tree.map(lambda x: x[np.array(order, int)], buf.levels), buf.scores[order],
+                f"GROOVE buffer after {config.generations} generations (seed {int(seeds[0])}), "
+                "score = algorithmic regret", os.path.join(out, f"buffer_{config.generations:05d}.png"))
+    solved = res["solved"].mean(-1).mean(-1)
+    ref_solved = res["ppo_clip_solved"].mean(-1).mean(-1)
+    summary = {"env": config.env, "method": "groove", "seeds": [int(s) for s in seeds],
+               "generations": config.generations,
+               "held_out_solve_rate_mean": float(solved.mean()), "held_out_solve_rate_std": float(solved.std()),
+               "ppo_clip_held_out_solve_rate_mean": float(ref_solved.mean()),
+               "final_regret": float(metrics["regret"][-1].mean()),
+               "final_fitness": float(metrics["fitness_mean"][-1].mean()), "wall_s": wall}
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(f"groove on {config.env}: learned objective solves {solved.mean():.3f} ± {solved.std():.3f} of held-out "
+          f"episodes (PPO-clip {ref_solved.mean():.3f}); final regret {summary['final_regret']:.1f}; "
+          f"{wall:.0f} s. Run directory: {out}")
+    return summary

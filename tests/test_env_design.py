@@ -280,3 +280,27 @@ def test_cli_writes_the_run_directory(tmp_path):
         assert os.path.exists(os.path.join(out, name)), name
     with open(os.path.join(out, "summary.json")) as f:
         assert json.load(f)["env_steps_trained"] == 4 * 4 * 16 == summary["env_steps_trained"]
+
+
+def test_groove_config_errors():
+    from meta.groove import GrooveConfig
+    with pytest.raises(ConfigError, match="even population"):
+        GrooveConfig(pop=7).validate()
+    with pytest.raises(ConfigError, match="multiple of eval_every"):
+        GrooveConfig(generations=5, eval_every=2).validate()
+
+
+@pytest.mark.slow
+def test_groove_scores_levels_by_algorithmic_regret():
+    """Buffer scores are reference return minus the learned objective's
+    return on the same level, computed again by hand here."""
+    from meta import groove
+    config = groove.GrooveConfig(seeds=1, generations=1, eval_every=1, levels_per_generation=2, capacity=4,
+                                 lifetime_iterations=4, num_envs=4, num_steps=16, pop=4, drift_hidden=8)
+    g = groove.make(config)
+    state = jax.jit(g.init)(jax.random.key(0))
+    state, metrics = jax.jit(g.generation)(state, jax.random.key(1))
+    assert np.isfinite(float(metrics["fitness_mean"])) and np.isfinite(float(metrics["regret"]))
+    np.testing.assert_allclose(metrics["regret"], metrics["reference_return"] - metrics["learned_return"],
+                               rtol=1e-5, atol=1e-4)
+    assert int(ed.size(state.buffer)) >= 2
