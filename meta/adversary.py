@@ -273,3 +273,95 @@ def train_cheap_talk(victim_config, env, env_params, key, generations: int = 10,
         if callback:
             callback(g, history[-1])
     return mean, history
+
+
+# ----------------------------------------------------------------------------- adversarial training (alternating)
+
+@struct.dataclass
+class AttackedParams:
+    env: object
+    adversary: object   # the learned adversary's parameters
+    eps: jax.Array
+
+
+class AttackedEnv(Environment):
+    """The victim's environment with its observations (final ones included)
+    perturbed by a learned adversary: obs + project(eps * tanh(adversary(obs))),
+    in raw observation units. Returns the wrapped env's own state, so a victim
+    trained here has the train-state structure of a plain one (its checkpoint
+    loads as a plain run's)."""
+
+    name = "attacked"
+
+    def __init__(self, env, env_params, adversary_act, adversary_like, eps: float = 0.1, norm: str = "linf"):
+        self._env, self._act, self._norm = env, adversary_act, norm
+        self._default = AttackedParams(env_params, adversary_like, jnp.float32(eps))
+
+    def __getattr__(self, name):
+        return getattr(self._env, name)
+
+    @property
+    def default_params(self):
+        return self._default
+
+    def _perturb(self, obs, params):
+        return obs + attacks.project(params.eps * jnp.tanh(self._act(params.adversary, obs)), params.eps, self._norm)
+
+    def reset(self, key, params):
+        obs, state = self._env.reset(key, params.env)
+        return self._perturb(obs, params), state
+
+    def step(self, key, state, action, params):
+        obs, state, reward, terminated, truncated, info = self._env.step(key, state, action, params.env)
+        info = {**info, "final_observation": self._perturb(info["final_observation"], params)}
+        return self._perturb(obs, params), state, reward, terminated, truncated, info
+
+    def observation_space(self, params):
+        return self._env.observation_space(params.env)
+
+    def action_space(self, params):
+        return self._env.action_space(params.env)
+
+
+def adversarial_training(victim_config: ppo.PPOConfig, eps: float, rounds: int,
+                         adversary_config: ppo.PPOConfig = ADVERSARY_CONFIG):
+    """ATLA-style alternating training: each round, the victim runs
+    num_iterations/rounds PPO iterations against the frozen adversary, then the
+    adversary the same number of its own iterations against the frozen victim
+    (raw observation units, L-inf ball of radius eps).
+
+    Returns (init(key) -> (victim_ts, adversary_ts), round(victim_ts,
+    adversary_ts) -> (victim_ts, adversary_ts, metrics), victim agent). Each
+    piece is pure: jit it, vmap it over seeds."""
+    if victim_config.num_iterations % rounds:
+        raise ConfigError(f"rounds ({rounds}) must divide the victim's iterations ({victim_config.num_iterations})")
+    per_round = victim_config.num_iterations // rounds
+    env, env_params = envs.make(victim_config.env, **victim_config.env_kwargs)
+    plain = ppo.make(victim_config, env, env_params)
+    victim = ppo_victim(plain)
+    threat = attacks.ThreatModel(units="raw")
+    vparams_like = ppo_vparams(jax.eval_shape(plain.init, jax.random.PRNGKey(0), ppo.hparams_from(victim_config)))
+    vparams_like = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), vparams_like)
+    adv_config = dataclasses.replace(adversary_config, total_steps=per_round * rounds * adversary_config.batch_size)
+    attack = optimal_attack(env, env_params, victim, vparams_like, adv_config, threat)
+    adv_like = adversary_params(jax.eval_shape(attack.agent.init, jax.random.PRNGKey(0),
+                                               ppo.hparams_from(adv_config)))
+    adv_like = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), adv_like)
+    attacked = AttackedEnv(env, env_params, attack.act, adv_like, eps)
+    victim_agent = ppo.make(victim_config, attacked, attacked.default_params)
+    hp_v, hp_a = ppo.hparams_from(victim_config), ppo.hparams_from(adv_config)
+    eps = jnp.float32(eps)
+
+    def init(key):
+        v_key, a_key = jax.random.split(key)
+        return victim_agent.init(v_key, hp_v, attacked.default_params), attack.agent.init(a_key, hp_a)
+
+    def one_round(v_ts, a_ts):
+        v_ts, v_metrics = victim_agent.run(v_ts, hp_v, env_params=AttackedParams(env_params, adversary_params(a_ts), eps),
+                                           num_iterations=per_round)
+        a_ts, a_metrics = attack.agent.run(a_ts, hp_a, env_params=AdversaryParams(env_params, ppo_vparams(v_ts), eps),
+                                           num_iterations=per_round)
+        return v_ts, a_ts, {"victim_return": v_metrics["episode_return"][-1],
+                            "adversary_return": a_metrics["episode_return"][-1]}
+
+    return init, one_round, plain

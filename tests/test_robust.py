@@ -1,0 +1,226 @@
+"""`run.py robust`, environment perturbations, learned adversaries and SA-PPO."""
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import envs
+import run
+from agents import ppo, sac
+from commands import robust
+from envs import perturbations
+from meta import adversary as adv
+from src import attacks, checkpoint, rundir
+from src import config as cfg
+from src.config import ConfigError
+from tests.helpers import tree_equal
+
+TINY = ["--total-steps", "1024", "--seeds", "2", "--no-progress", "--set", "num_steps=64", "--set", "hidden=[16]"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("robust") / "run")
+    run.main(["train", *TINY, "--out", out])
+    return out
+
+
+def check_table(out, names):
+    with open(os.path.join(out, "robust.json")) as f:
+        stored = json.load(f)
+    table = stored["table"]
+    assert set(table) == {*names, "min_over_attacks"}
+    worst = np.array(table["min_over_attacks"]["per_member"])
+    for name in names:
+        per_member = np.array(table[name]["per_member"])
+        assert per_member.shape == (2, 2) and np.all(worst <= per_member + 1e-9)
+        # eps = 0 is the clean policy whatever the attack
+        np.testing.assert_allclose(per_member[:, 0], np.array(table[names[0]]["per_member"])[:, 0])
+    assert set(stored["seconds_per_attack"]) == set(names)
+    return stored
+
+
+def test_robust_cli_writes_table_plot_and_json_and_certificates(run_dir):
+    run.main(["robust", run_dir, "--attacks", "random,pgd", "--eps", "0,0.3", "--episodes", "3",
+              "--pgd-steps", "3", "--no-progress"])
+    out = os.path.join(run_dir, "robust")
+    assert {"robust.json", "robust.md", "robust.png"} <= set(os.listdir(out))
+    assert check_table(out, ["random", "pgd"])["eps"] == [0.0, 0.3]
+    assert "min over attacks" in open(os.path.join(out, "robust.md")).read()
+
+    cert = run.main(["robust", run_dir, "--certify", "--sigma", "0.2", "--budget", "0,0.5,1", "--episodes", "8",
+                     "--pgd-steps", "2", "--no-progress"])
+    assert np.asarray(cert["certified"]).shape == (2, 3)
+    assert np.all(np.diff(np.asarray(cert["certified"]), axis=1) <= 0)
+    assert cert["bound_below_attacked"]
+    assert os.path.exists(os.path.join(out, "certificate.json"))
+
+
+@pytest.mark.slow
+def test_robust_cli_learned_adversary(run_dir):
+    run.main(["robust", run_dir, "--attacks", "random,learned", "--eps", "0,0.3", "--episodes", "3",
+              "--adversary-steps", "512", "--out", os.path.join(run_dir, "learned"), "--no-progress"])
+    assert check_table(os.path.join(run_dir, "learned"), ["random", "learned"])["adversary_steps"] == 512
+
+
+def test_robust_cli_bad_input_fails_before_compiling(run_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:   # as a user sees it: a message and exit status 2
+        run.main(["robust", run_dir, "--eps", "0,-0.1"])
+    assert exit_info.value.code == 2 and "error: eps must be >= 0, got -0.1" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="unknown attack 'fgms'.*random, fgsm, pgd, critic, mad, learned"):
+        robust.main([run_dir, "--attacks", "pgd,fgms"])
+    with pytest.raises(ConfigError, match="sigma must be > 0"):
+        robust.main([run_dir, "--certify", "--sigma", "0"])
+    no_ckpt = tmp_path / "no_checkpoint"
+    no_ckpt.mkdir()
+    for name in ("config.yaml", "members.json"):
+        with open(os.path.join(run_dir, name)) as src, open(no_ckpt / name, "w") as dst:
+            dst.write(src.read())
+    with pytest.raises(ConfigError, match="has no checkpoint"):
+        robust.main([str(no_ckpt)])
+    with pytest.raises(ConfigError, match="not a run directory"):
+        robust.main([str(tmp_path)])
+
+
+def test_critic_attack_on_an_agent_without_a_state_value_critic_fails_clearly(tmp_path):
+    # a SAC run directory (its initial state as the checkpoint): SAC has Q(s, a) critics, no V(s)
+    config = dataclasses.replace(sac.SACConfig(), env="CartPole-v1", seeds=1, hidden=(8,), buffer_size=64,
+                                 num_envs=1, total_steps=64, learning_starts=0, sgd_batch_size=16)
+    config = config.validate()
+    out = tmp_path / "sac_run"
+    out.mkdir()
+    cfg.save_yaml(config, str(out / "config.yaml"))
+    rundir.write_members(str(out), [{"seed": 0, "hparams": {}}])
+    agent = sac.make(config)
+    state = jax.jit(jax.vmap(agent.init))(jax.random.PRNGKey(0)[None], jax.tree.map(
+        lambda x: x[None], sac.hparams_from(config)))
+    checkpoint.save(str(out / "checkpoint"), state)
+    with pytest.raises(ConfigError, match="no state-value critic"):
+        robust.main([str(out), "--attacks", "pgd,critic", "--no-progress"])
+
+
+# ----------------------------------------------------------------------------- perturbations
+
+def test_pole_length_shift_changes_the_dynamics_consistently():
+    env, params = envs.make("CartPole-v1")
+    longer = perturbations.shift_params(params, length=2.0)
+    assert float(longer.length) == pytest.approx(1.0)
+    assert float(longer.polemass_length) == pytest.approx(params.masspole * 1.0)
+    heavier = perturbations.shift_params(params, masspole=3.0)
+    assert float(heavier.total_mass) == pytest.approx(params.masscart + 0.3)
+    levels = perturbations.shifted_levels(params, "length", [0.5, 1.0, 2.0])
+    obs, state = env.reset(jax.random.PRNGKey(0), params)
+
+    def theta_acc(p):
+        _, s, *_ = env.step(jax.random.PRNGKey(1), state, 1, p)
+        return s.env_state.theta_dot - state.env_state.theta_dot
+
+    acc = jax.vmap(theta_acc)(levels)
+    assert float(acc[1]) == pytest.approx(float(theta_acc(params)))
+    assert abs(float(acc[0])) > abs(float(acc[1])) > abs(float(acc[2]))   # a longer pole falls more slowly
+    with pytest.raises(ConfigError, match="cannot shift 'lenght'.*length"):
+        perturbations.shift_params(params, lenght=2.0)
+
+
+def test_observation_and_action_noise():
+    env, params = envs.make("CartPole-v1")
+    noisy = perturbations.ObservationNoise(env, sigma=0.5)
+    p = noisy.default_params
+    keys = jax.random.split(jax.random.PRNGKey(0), 2000)
+    clean, _ = jax.vmap(env.reset, in_axes=(0, None))(keys, params)
+    obs, _ = jax.vmap(lambda k: noisy.reset(k, p))(keys)
+    # same underlying states (the reset key is split the same way) plus N(0, 0.25) noise
+    diff = obs - jax.vmap(lambda k: env.reset(jax.random.split(k)[0], params)[0])(keys)
+    assert abs(float(diff.std()) - 0.5) < 0.03 and abs(float(diff.mean())) < 0.03
+    assert float(jnp.abs(clean).max()) <= 0.05 + 1e-6
+    still = jax.vmap(lambda k: noisy.reset(k, p.replace(sigma=jnp.float32(0.0)))[0])(keys)
+    assert float(jnp.abs(still).max()) <= 0.05 + 1e-6
+    # discrete action noise: a random action with probability sigma (half of them the chosen one)
+    shaky = perturbations.ActionNoise(env, sigma=0.4)
+    _, state = env.reset(jax.random.PRNGKey(0), params)
+    moved = jax.vmap(lambda k: shaky.step(k, state, 1, shaky.default_params)[1].env_state.x_dot)(keys)
+    pushed_right = float((moved > 0).mean())
+    assert abs(pushed_right - 0.8) < 0.04
+
+
+# ----------------------------------------------------------------------------- adversaries
+
+def test_adversary_env_perturbs_the_victims_input_and_pays_minus_reward():
+    config = ppo.PPOConfig(hidden=(8,))
+    agent = ppo.make(config)
+    ts = jax.jit(agent.init)(jax.random.PRNGKey(0), ppo.hparams_from(config))
+    victim, to_vp = adv.victim_of(agent)
+    vp = to_vp(ts)
+    env = adv.AdversaryEnv(agent.env, agent.env_params, victim, vp, eps=0.3)
+    params = env.default_params
+    obs, state = env.reset(jax.random.PRNGKey(1), params)
+    a = jnp.array([5.0, -5.0, 0.2, -0.1])
+    _, new_state, reward, *_ = env.step(jax.random.PRNGKey(2), state, a, params)
+    # the victim saw obs + 0.3 * tanh(a) and acted greedily on it
+    expected_action = jnp.argmax(victim.policy(vp, obs + 0.3 * jnp.tanh(a)))
+    _, direct, r, *_ = agent.env.step(jax.random.split(jax.random.PRNGKey(2))[1], state.env_state,
+                                      expected_action, agent.env_params)
+    assert tree_equal(new_state.env_state, direct) and float(reward) == -float(r)
+
+
+def test_es_step_climbs_a_quadratic_and_cheap_talk_appends_the_message():
+    target = jnp.array([1.0, -2.0, 0.5])
+    fitness = lambda p, k: -jnp.sum((p - target) ** 2)  # noqa: E731
+    mean = jnp.zeros(3)
+    step = jax.jit(lambda m, k: adv.es_step(fitness, m, k, 16, 0.1, 0.05))
+    for key in jax.random.split(jax.random.PRNGKey(0), 60):
+        mean, _ = step(mean, key)
+    assert float(jnp.sum((mean - target) ** 2)) < 0.1 * float(jnp.sum(target ** 2))
+
+    env, params = envs.make("CartPole-v1")
+    talk = adv.CheapTalkEnv(env, params, message_size=2)
+    p = adv.CheapTalkParams(params, talk.init_adversary(jax.random.PRNGKey(3)))
+    obs, _ = talk.reset(jax.random.PRNGKey(0), p)
+    base, _ = env.reset(jax.random.PRNGKey(0), params)
+    assert obs.shape == (6,) and envs.obs_size(talk, p) == 6
+    np.testing.assert_array_equal(obs[:4], base)
+    np.testing.assert_allclose(obs[4:], jnp.tanh(talk.network.apply(p.adversary, base)), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- SA-PPO
+
+def test_sa_ppo_regulariser_trains_deterministically_and_validates():
+    config = ppo.PPOConfig(total_steps=4 * 32 * 3, num_envs=4, num_steps=32, hidden=(16,), sa_kappa=1.0,
+                           sa_eps=0.1, sa_pgd_steps=2)
+    agent = ppo.make(config)
+    train = jax.jit(agent.train)
+    a = train(jax.random.PRNGKey(0), ppo.hparams_from(config))
+    b = train(jax.random.PRNGKey(0), ppo.hparams_from(config))
+    assert tree_equal(a, b)
+    kl = np.asarray(a[1]["sa_kl"])
+    assert np.all(np.isfinite(kl)) and np.all(kl >= 0)
+    # eps ramps up from 0: the first iteration's ball is a point, later ones are not
+    assert kl[0] == pytest.approx(0.0, abs=1e-7) and kl[-1] > 1e-6
+    with pytest.raises(ConfigError, match="sa_kappa >= 0"):
+        dataclasses.replace(config, sa_kappa=-1.0).validate()
+    # kappa = 0 is plain PPO: no regulariser metric at all
+    _, plain = jax.eval_shape(ppo.make(dataclasses.replace(config, sa_kappa=0.0)).train,
+                              jax.random.PRNGKey(0), ppo.hparams_from(config))
+    assert "sa_kl" not in plain
+
+
+@pytest.mark.slow
+def test_alternating_adversarial_training_runs_and_gives_a_plain_victim_state():
+    config = ppo.PPOConfig(total_steps=4 * 32 * 4, num_envs=4, num_steps=32, hidden=(16,))
+    small_adv = dataclasses.replace(adv.ADVERSARY_CONFIG, num_envs=4, num_steps=32, hidden=(16,))
+    init, one_round, plain = adv.adversarial_training(config, eps=0.1, rounds=2, adversary_config=small_adv)
+    step = jax.jit(one_round)
+    v, a = jax.jit(init)(jax.random.PRNGKey(0))
+    v1, a1, metrics = step(v, a)
+    v2, a2, _ = step(v1, a1)
+    again = step(v, a)
+    assert tree_equal((v1, a1, metrics), again)
+    assert int(v2.iteration) == config.num_iterations
+    like = plain.init(jax.random.PRNGKey(0), ppo.hparams_from(config))
+    assert jax.tree.structure(like) == jax.tree.structure(v2)
+    with pytest.raises(ConfigError, match="rounds"):
+        adv.adversarial_training(config, eps=0.1, rounds=3, adversary_config=small_adv)
