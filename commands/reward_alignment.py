@@ -27,8 +27,9 @@ def parser():
     p.add_argument("--config", default=None, help="YAML preset (configs/barfi_*.yaml)")
     p.add_argument("--env", default=None, help="environment name")
     p.add_argument("--heuristic", default=None, help="designer heuristic (see --heuristics)")
-    p.add_argument("--method", default="all",
-                   help="comma-separated subset of primary,naive,pbrs,barfi, or 'all' (default)")
+    p.add_argument("--method", default=None,
+                   help="comma-separated subset of primary,naive,pbrs,barfi, or 'all' (default: the preset's "
+                        "method if it names one, else all)")
     p.add_argument("--estimator", default=None, help="BARFI's outer gradient: implicit, unrolled or es")
     p.add_argument("--seeds", type=int, default=None, help="seeds per method (vmapped)")
     p.add_argument("--total-steps", type=float, default=None, help="environment steps per run, outer steps included")
@@ -45,12 +46,14 @@ def build_config(args):
     from src import config as cfg
 
     preset = cfg.load_yaml(args.config) if args.config else {}
+    # a preset's `method` may name several; each run gets one
+    chosen = args.method or str(preset.pop("method", "all"))
     config = cfg.from_dict(ra.AlignmentConfig, preset)
     flags = {"env": args.env, "heuristic": args.heuristic, "estimator": args.estimator, "seeds": args.seeds,
              "total_steps": int(args.total_steps) if args.total_steps is not None else None}
     config = dataclasses.replace(config, **{k: v for k, v in flags.items() if v is not None})
     config = cfg.override(config, args.overrides)
-    methods = list(METHODS) if args.method == "all" else [m.strip() for m in args.method.split(",") if m.strip()]
+    methods = list(METHODS) if chosen == "all" else [m.strip() for m in chosen.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ConfigError(f"unknown method {', '.join(map(repr, unknown)) or repr(args.method)}; "
