@@ -68,18 +68,20 @@ def main():
     args = parse()
     os.chdir(ROOT)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    timings, runs = {}, {}
+    timings, runs, commands = {}, {}, []
     for label, given, config in (("vanilla", args.vanilla, args.vanilla_config), ("sappo", args.sappo, args.sappo_config)):
-        if given:
+        if given:   # reused: record how it was trained (its stored config)
             runs[label] = given
+            commands.append(f"python run.py train --config {os.path.join(given, 'config.yaml')} --out {given}")
             continue
         out = os.path.join("runs", f"{args.name}_{label}")
         if os.path.exists(out):
             shutil.rmtree(out)
-        _, timings[f"train_{label}_s"] = step(["train", "--config", config, "--seeds", str(args.seeds), "--out", out,
-                                               "--no-progress"])
+        argv = ["train", "--config", config, "--seeds", str(args.seeds), "--out", out, "--no-progress"]
+        commands.append("python run.py " + " ".join(argv))
+        _, timings[f"train_{label}_s"] = step(argv)
         runs[label] = out
-    results = {"date": stamp, "machine": "see device", "runs": runs, "commands": []}
+    results = {"date": stamp, "machine": "see device", "runs": runs, "commands": commands}
     for label, path in runs.items():
         argv = ["robust", path, "--attacks", args.attacks, "--eps", str(args.eps), "--episodes", str(args.episodes),
                 "--adversary-steps", str(int(args.adversary_steps)), "--no-progress"]
