@@ -74,6 +74,7 @@ class AlignmentConfig:
     hidden: tuple[int, ...] = (64, 64)
     lr: float = 2.5e-4
     anneal_lr: bool = True
+    normalize_reward: bool = False   # PPO's running-return scaling, for every method alike
     gamma: float = 0.99          # the primary objective's discount (and the baselines')
     gae_lambda: float = 0.95
     clip_eps: float = 0.2
@@ -148,7 +149,7 @@ class AlignmentConfig:
             env=self.env, env_kwargs=self.env_kwargs, seed=self.seed, seeds=self.seeds,
             total_steps=self.num_iterations * self.batch_size, num_envs=self.num_envs, num_steps=self.num_steps,
             num_epochs=self.num_epochs, num_minibatches=self.num_minibatches, hidden=tuple(self.hidden),
-            lr=self.lr, anneal_lr=self.anneal_lr, gamma=self.gamma, gae_lambda=self.gae_lambda,
+            lr=self.lr, anneal_lr=self.anneal_lr, normalize_reward=self.normalize_reward, gamma=self.gamma, gae_lambda=self.gae_lambda,
             clip_eps=self.clip_eps, ent_coef=self.ent_coef)
 
 

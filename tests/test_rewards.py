@@ -46,7 +46,7 @@ def tabular_rewards(reward_fn, reward_params, states, actions, terminal):
     eye = jnp.eye(states, dtype=jnp.float32)
     s, a, s2 = np.meshgrid(np.arange(states), np.arange(actions), np.arange(states), indexing="ij")
     s, a, s2 = s.ravel(), a.ravel(), s2.ravel()
-    return s, a, s2, eye, lambda env_r: np.asarray(jax.vmap(reward_fn, in_axes=(None, 0))(
+    return s, a, s2, eye, lambda env_r: np.asarray(jax.jit(jax.vmap(reward_fn, in_axes=(None, 0)))(
         reward_params,
         Transition(eye[s], jnp.asarray(a), eye[s2], jnp.asarray(env_r, jnp.float32),
                    jnp.asarray(s2 == terminal), {}))).reshape(states, actions, states)
@@ -93,11 +93,11 @@ def test_potential_is_zero_at_termination_but_not_at_a_time_out():
 
 # ----------------------------------------------------------------------------- blends and learned rewards
 
-def batch_of_transitions(key, n=32, obs_dim=4):
-    k1, k2, k3, k4 = jax.random.split(key, 4)
-    return Transition(jax.random.normal(k1, (n, obs_dim)), jax.random.randint(k2, (n,), 0, 2),
-                      jax.random.normal(k3, (n, obs_dim)), jax.random.normal(k4, (n,)),
-                      jnp.zeros((n,), bool), {})
+def batch_of_transitions(seed, n=32, obs_dim=4):
+    rng = np.random.default_rng(seed)
+    return Transition(jnp.asarray(rng.normal(size=(n, obs_dim)), jnp.float32), jnp.asarray(rng.integers(0, 2, n)),
+                      jnp.asarray(rng.normal(size=(n, obs_dim)), jnp.float32),
+                      jnp.asarray(rng.normal(size=n), jnp.float32), jnp.zeros((n,), bool), {})
 
 
 def aux_first(tr):
@@ -105,26 +105,24 @@ def aux_first(tr):
 
 
 def test_blends_and_learned_reward_start_at_the_naive_sum():
-    batch = batch_of_transitions(jax.random.PRNGKey(0))
-    naive = jax.vmap(rewards.naive_sum(aux_first), in_axes=(None, 0))(None, batch)
-    expected = batch.reward + jax.vmap(aux_first)(batch)
-    np.testing.assert_allclose(naive, expected, rtol=1e-6)
-    blend = jax.vmap(rewards.weighted_blend(aux_first), in_axes=(None, 0))(rewards.blend_params(1.0, 1.0), batch)
-    np.testing.assert_allclose(blend, expected, rtol=1e-6)
+    batch = batch_of_transitions(0)
+    apply = lambda fn, params: jax.jit(jax.vmap(fn, in_axes=(None, 0)))(params, batch)  # noqa: E731
+    expected = batch.reward + jax.jit(jax.vmap(aux_first))(batch)
+    np.testing.assert_allclose(apply(rewards.naive_sum(aux_first), None), expected, rtol=1e-6)
+    blend = rewards.weighted_blend(aux_first)
+    np.testing.assert_allclose(apply(blend, rewards.blend_params(1.0, 1.0)), expected, rtol=1e-6)
     params = rewards.init_learned_reward(4)
-    learned = jax.vmap(rewards.learned_reward(aux_first), in_axes=(None, 0))(params, batch)
-    np.testing.assert_allclose(learned, expected, rtol=1e-6)
+    np.testing.assert_allclose(apply(rewards.learned_reward(aux_first), params), expected, rtol=1e-6)
     assert float(rewards.learned_gamma(params)) == pytest.approx(0.99, abs=1e-6)
-    half = jax.vmap(rewards.weighted_blend(aux_first), in_axes=(None, 0))(rewards.blend_params(0.5, 0.0), batch)
-    np.testing.assert_allclose(half, 0.5 * batch.reward, rtol=1e-6)
+    np.testing.assert_allclose(apply(blend, rewards.blend_params(0.5, 0.0)), 0.5 * batch.reward, rtol=1e-6)
 
 
 def test_learned_reward_gradient_matches_its_closed_form_and_vmaps_over_params():
-    batch = batch_of_transitions(jax.random.PRNGKey(1))
+    batch = batch_of_transitions(1)
     fn = rewards.learned_reward(aux_first)
     params = rewards.init_learned_reward(4)
     total = lambda p: jax.vmap(fn, in_axes=(None, 0))(p, batch).sum()  # noqa: E731
-    grads = jax.grad(total)(params)
+    grads = jax.jit(jax.grad(total))(params)
     aux = jax.vmap(aux_first)(batch)
     # d/dw1 sum(phi1(s)) = sum(s); d/dw2 sum(phi2(s) * aux) = sum(s * aux)
     np.testing.assert_allclose(grads["phi1"]["w"], batch.obs.sum(0), rtol=1e-5)
@@ -132,17 +130,17 @@ def test_learned_reward_gradient_matches_its_closed_form_and_vmaps_over_params()
     np.testing.assert_allclose(grads["phi2"]["b"], aux.sum(), rtol=1e-5)
     # a population of reward parameters is a vmap
     stacked = jax.tree.map(lambda x: jnp.stack([x, x + 1.0]), params)
-    out = jax.vmap(lambda p: jax.vmap(fn, in_axes=(None, 0))(p, batch))(stacked)
+    out = jax.jit(jax.vmap(lambda p: jax.vmap(fn, in_axes=(None, 0))(p, batch)))(stacked)
     assert out.shape == (2, 32) and not np.allclose(out[0], out[1])
 
 
 def test_reward_network_starts_at_the_primary_reward_and_has_gradients():
-    batch = batch_of_transitions(jax.random.PRNGKey(2))
+    batch = batch_of_transitions(2)
     params = rewards.init_reward_network(jax.random.PRNGKey(0), 4, 2, hidden=(8,))
     fn = rewards.reward_network(2, discrete=True, aux=aux_first)
-    out = jax.vmap(fn, in_axes=(None, 0))(params, batch)
+    out = jax.jit(jax.vmap(fn, in_axes=(None, 0)))(params, batch)
     np.testing.assert_allclose(out, batch.reward, rtol=1e-6)
-    grads = jax.grad(lambda p: jax.vmap(fn, in_axes=(None, 0))(p, batch).sum())(params)
+    grads = jax.jit(jax.grad(lambda p: jax.vmap(fn, in_axes=(None, 0))(p, batch).sum()))(params)
     assert float(jnp.abs(grads[-1]["w"]).sum()) > 0
 
 
@@ -175,9 +173,9 @@ def test_pid_heuristic_controller_balances_cartpole_and_its_inverse_does_not():
 def test_every_heuristic_gives_finite_rewards_on_its_environment(env_name):
     env, params = envs.make(env_name)
     key = jax.random.PRNGKey(0)
-    obs, state = env.reset(key, params)
+    obs, state = jax.jit(env.reset)(key, params)
     action = env.action_space(params).sample(key)
-    _, _, reward, term, _, info = env.step(key, state, action, params)
+    _, _, reward, term, _, info = jax.jit(env.step)(key, state, action, params)
     tr = Transition(obs, action, info["final_observation"], reward, term, info)
     names = heuristics.names_for(env_name)
     assert {h.good for h in map(heuristics.HEURISTICS.get, names)} == {True, False}
