@@ -259,8 +259,10 @@ def test_cli_bad_input_fails_before_compiling(tmp_path):
         cli.main(["--method", "dr", "--set", f"space_kwargs={{data_dir: {bad}}}", "--out", str(tmp_path / "c")])
     assert not (tmp_path / "a").exists()
     # through run.py: "error: ..." and exit status 2
-    proc = subprocess.run([sys.executable, "run.py", "meta", "ued", "--method", "bogus"], capture_output=True,
-                          text=True, timeout=120)
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(root, "run.py"), "meta", "ued", "--method", "bogus"],
+                          capture_output=True, text=True, timeout=120, cwd=root)
     assert proc.returncode == 2 and "error: unknown method 'bogus'" in proc.stderr
 
 
