@@ -29,6 +29,7 @@ class LPOConfig:
     lr: float = 0.01
     antithetic: bool = True
     seeds: int = 2                     # inner runs per member and generation
+    common_seeds: bool = True          # all members of a generation run on the same seeds
     generations: int = 50
     checkpoint_every: int = 5
     batch_size: int = 0                # members per device evaluated at once (0: all)
@@ -228,7 +229,7 @@ def meta_train(config: LPOConfig, inner, out, resume=False, stop_at=None, show_p
     t0 = time.perf_counter()
     state = es_lib.evolve(es, evaluate, mean, es_key, config.generations, out, seeds=config.seeds,
                           checkpoint_every=config.checkpoint_every, resume=resume, stop_at=stop_at,
-                          show_progress=show_progress, desc="LPO generations")
+                          show_progress=show_progress, desc="LPO generations", common_seeds=config.common_seeds)
     elapsed = time.perf_counter() - t0
     final = es.mean(state)
     lo.save(out, config.objective, final)

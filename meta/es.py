@@ -104,8 +104,12 @@ def make(config: ESConfig, template) -> ES:
     def mean(state):
         return strategy.get_mean(state)
 
-    def member_keys(key, seeds: int):
-        """Raw evaluation keys [pop, seeds, 2]; antithetic partners share theirs."""
+    def member_keys(key, seeds: int, common: bool = False):
+        """Raw evaluation keys [pop, seeds, 2]; antithetic partners share theirs.
+        `common`: every member gets the same seeds (common random numbers), so
+        members are ranked on the same tasks."""
+        if common:
+            return jnp.broadcast_to(jax.random.split(key, seeds), (pop, seeds, 2))
         if config.antithetic:
             half = jax.random.split(key, pop // 2 * seeds).reshape(pop // 2, seeds, -1)
             return jnp.concatenate([half, half])
@@ -163,11 +167,11 @@ def plot_fitness(out, title="", baseline=None, baseline_label="baseline"):
 
 def evolve(es: ES, evaluate: Callable, mean, key, generations: int, out: str, seeds: int = 1,
            checkpoint_every: int = 1, resume: bool = False, stop_at: int | None = None,
-           show_progress: bool = True, desc: str = "ES"):
+           show_progress: bool = True, desc: str = "ES", common_seeds: bool = False):
     """The outer loop: a Python loop over jitted generations.
 
     `evaluate(population, keys[pop, seeds, 2]) -> returns [pop, seeds]` (numpy,
-    to maximise). Generation g draws everything from fold_in(key, g), so a run
+    to maximise); `common_seeds` gives all members the same seeds. Generation g draws everything from fold_in(key, g), so a run
     resumed from the checkpoint of generation g continues exactly as the
     uninterrupted run would (the checkpoint holds the whole ES state).
     Writes OUT/fitness.csv (one row per generation), OUT/checkpoint/ (orbax)
@@ -207,7 +211,7 @@ def evolve(es: ES, evaluate: Callable, mean, key, generations: int, out: str, se
             t0 = time.perf_counter()
             ask_key, eval_key, tell_key = jax.random.split(jax.random.fold_in(loop_key, generation), 3)
             population, state = es.ask(ask_key, state)
-            returns = np.asarray(evaluate(population, es.member_keys(eval_key, seeds)), np.float32)
+            returns = np.asarray(evaluate(population, es.member_keys(eval_key, seeds, common_seeds)), np.float32)
             fitness = returns.reshape(es.config.pop, -1).mean(axis=1)
             # a failed (NaN) inner run ranks last instead of poisoning the update
             fitness = np.where(np.isfinite(fitness), fitness, np.nanmin(fitness) if np.isfinite(fitness).any()
