@@ -32,7 +32,7 @@ def test_learned_drift_is_nonnegative_and_zero_at_ratio_one_for_random_params(te
         d_one = lo.drift(params, jnp.ones_like(ratio), advantage, progress, log_lifetime)
         return d, d_one
 
-    d, d_one = jax.vmap(check)(keys)
+    d, d_one = jax.jit(jax.vmap(check))(keys)
     assert d.shape == (16, 512)
     assert bool((d >= 0).all())
     assert bool((d_one == 0).all())
@@ -43,7 +43,8 @@ def test_learned_objective_has_ppo_gradient_at_ratio_one():
     # at r = 1 the drift is flat, so d loss / d r = -A, as for PPO-clip
     params = lo.init_drift(jax.random.PRNGKey(2), scale=3.0)
     advantage = jnp.array([-2.0, -0.5, 0.3, 1.7])
-    grad = jax.vmap(jax.grad(lambda r, a: lo.learned()(params, r, a, 0.5)), in_axes=(None, 0))(1.0, advantage)
+    grad = jax.jit(jax.vmap(jax.grad(lambda r, a: lo.learned()(params, r, a, 0.5)), in_axes=(None, 0)))(
+        1.0, advantage)
     np.testing.assert_allclose(grad, -advantage, rtol=1e-6)
 
 
@@ -58,7 +59,7 @@ def dpo_reference(r, a, alpha=2.0, beta=0.6):
 def test_dpo_drift_matches_its_formula():
     ratio, advantage = random_inputs(jax.random.PRNGKey(3), 256)
     got = np.asarray(lo.dpo_drift(ratio, advantage))
-    want = np.array([dpo_reference(float(r), float(a)) for r, a in zip(ratio, advantage)])
+    want = np.array([dpo_reference(float(r), float(a)) for r, a in zip(np.asarray(ratio), np.asarray(advantage))])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     # the objective is -(rA - D), with the published alpha/beta as defaults
     loss = lo.dpo(lo.dpo_params(), ratio, advantage, 0.0)
