@@ -2,6 +2,7 @@
 
     python run.py robust RUN_DIR --attacks random,fgsm,pgd,critic,mad,learned --eps 0,0.02,0.05,0.1,0.2 --episodes 50
     python run.py robust RUN_DIR --certify --sigma 0.2 --budget 0,0.5,1 --episodes 200
+    python run.py robust RUN_DIR --shift length=0.5,1,2        # physical-parameter shift (distribution shift)
 
 Attacks: one compiled program per attack, vmapped over the run's members,
 the eps values and the episodes. Writes RUN_DIR/robust/ (or --out):
@@ -41,6 +42,8 @@ def parse_args(argv):
     p.add_argument("--thresholds", type=int, default=100, help="return thresholds of the certificate")
     p.add_argument("--return-range", default=None, metavar="LO,HI",
                    help="range of episode returns (known for " + ", ".join(RETURN_RANGES) + ")")
+    p.add_argument("--shift", default=None, metavar="PARAM=F1,F2,...",
+                   help="instead of attacks: return of the clean policy with env parameter PARAM scaled by each factor")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output directory (default RUN_DIR/robust)")
     p.add_argument("--no-progress", action="store_true")
@@ -111,7 +114,8 @@ def restore_members(run_dir, module, agent, config, members):
     base = module.hparams_from(config)
     hparams = base.replace(**{name: jnp.array([m["hparams"].get(name, float(getattr(config, name)))
                                                 for m in members], jnp.float32) for name in module.HPARAM_NAMES})
-    like = jax.jit(jax.vmap(agent.init))(keys, hparams)
+    # only shapes and dtypes are needed: no compiled init
+    like = jax.eval_shape(jax.vmap(agent.init), keys, hparams)
     return checkpoint.restore(os.path.join(run_dir, "checkpoint"), like)
 
 
@@ -289,6 +293,35 @@ def certify(args, budgets, threat, module, config, members, agent, state):
             "bound_below_attacked": bool((bounds <= under_attack + 1e-6).all()), "seconds": seconds}
 
 
+def shift_table(args, agent, state, members):
+    """Clean deterministic return with one physical parameter scaled: members x factors x episodes in one program."""
+    import jax
+    import numpy as np
+
+    from envs import perturbations
+    from envs.core import episode_limit
+    from src.config import ConfigError
+    from src.evaluate import evaluate as run_evaluation
+
+    if "=" not in args.shift:
+        raise ConfigError(f"--shift expects PARAM=F1,F2,..., got {args.shift!r}")
+    name, values = args.shift.split("=", 1)
+    factors = floats(values, "--shift")
+    levels = perturbations.shifted_levels(agent.env_params, name.strip(), factors)
+    key = jax.random.PRNGKey(args.seed)
+    max_steps = episode_limit(agent.env, agent.env_params)   # static: the levels' own copy is traced
+
+    def evaluate(ts, level):
+        policy = lambda obs, k: agent.act(ts.params, obs, k, True, ts.obs_stats)  # noqa: E731
+        return run_evaluation(agent.env, level, policy, key, args.episodes, max_steps)[0]
+
+    returns = np.asarray(jax.jit(jax.vmap(jax.vmap(evaluate, in_axes=(None, 0)), in_axes=(0, None)))(state, levels))
+    per_member = returns.mean(-1)
+    return {"param": name.strip(), "factors": factors, "episodes": args.episodes,
+            "mean": per_member.mean(0).tolist(), "std_over_members": per_member.std(0).tolist(),
+            "per_member": per_member.tolist()}
+
+
 def certificate_markdown(cert, title):
     lines = [f"### {title}", "", f"sigma {cert['sigma']}, {cert['episodes']} noisy episodes per member, "
              f"alpha {cert['alpha']}, {cert['thresholds']} thresholds over {cert['return_range']}; "
@@ -316,6 +349,17 @@ def main(argv):
     os.makedirs(out, exist_ok=True)
     title = f"{config.algo} on {config.env}, {len(members)} members, {args.episodes} episodes, " \
             f"{threat.norm} {threat.units} {threat.budget} {threat.target}"
+    if args.shift:
+        shifted = shift_table(args, agent, state, members)
+        rundir.write_json(out, "shift.json", shifted)
+        text = (f"### {title}: {shifted['param']} scaled\n\n| factor | " + " | ".join(f"{f:g}" for f in shifted["factors"])
+                + " |\n|" + "---|" * (len(shifted["factors"]) + 1) + "\n| return | "
+                + " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in zip(shifted["mean"], shifted["std_over_members"]))
+                + " |\n")
+        with open(os.path.join(out, "shift.md"), "w") as f:
+            f.write(text)
+        print(text)
+        return shifted
     if args.certify:
         cert = certify(args, budgets, threat, module, config, members, agent, state)
         rundir.write_json(out, "certificate.json", cert)

@@ -151,8 +151,9 @@ def test_per_episode_budget_is_never_exceeded():
     victim, vp = mlp_victim(True)
     threat = attacks.ThreatModel(norm="l2", budget="episode")
     attack = attacks.make_attack("pgd", threat, victim, steps=3)
-    run = jax.jit(lambda e: attacks.evaluate(env, params, victim, vp, attack, threat, jax.random.PRNGKey(0), e, 4,
-                                             40, with_spent=True))
+    counted = TraceCounter(lambda e: attacks.evaluate(env, params, victim, vp, attack, threat, jax.random.PRNGKey(0),
+                                                      e, 4, 40, with_spent=True))
+    run = jax.jit(counted)
     returns, _, spent = run(0.7)
     assert float(spent.max()) <= 0.7**2 * (1 + 1e-4)
     assert float(spent.min()) > 0.5 * 0.7**2   # and PGD does spend it
@@ -160,6 +161,7 @@ def test_per_episode_budget_is_never_exceeded():
     again, _, spent_again = run(0.7)
     assert tree_equal((returns, spent), (again, spent_again))
     assert not tree_equal(spent, run(0.3)[2])
+    assert counted.count == 1
 
 
 # ----------------------------------------------------------------------------- a trained CartPole victim

@@ -59,6 +59,11 @@ def test_robust_cli_writes_table_plot_and_json_and_certificates(run_dir):
     assert cert["bound_below_attacked"]
     assert os.path.exists(os.path.join(out, "certificate.json"))
 
+    shifted = run.main(["robust", run_dir, "--shift", "length=0.5,2", "--episodes", "3", "--no-progress"])
+    assert np.asarray(shifted["per_member"]).shape == (2, 2) and os.path.exists(os.path.join(out, "shift.json"))
+    with pytest.raises(ConfigError, match="cannot shift 'lenght'"):
+        robust.main([run_dir, "--shift", "lenght=2"])
+
 
 @pytest.mark.slow
 def test_robust_cli_learned_adversary(run_dir):
@@ -96,8 +101,9 @@ def test_critic_attack_on_an_agent_without_a_state_value_critic_fails_clearly(tm
     cfg.save_yaml(config, str(out / "config.yaml"))
     rundir.write_members(str(out), [{"seed": 0, "hparams": {}}])
     agent = sac.make(config)
-    state = jax.jit(jax.vmap(agent.init))(jax.random.PRNGKey(0)[None], jax.tree.map(
-        lambda x: x[None], sac.hparams_from(config)))
+    shapes = jax.eval_shape(jax.vmap(agent.init), jax.random.PRNGKey(0)[None],
+                            jax.tree.map(lambda x: x[None], sac.hparams_from(config)))
+    state = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)   # any values: only loaded
     checkpoint.save(str(out / "checkpoint"), state)
     with pytest.raises(ConfigError, match="no state-value critic"):
         robust.main([str(out), "--attacks", "pgd,critic", "--no-progress"])
