@@ -234,9 +234,10 @@ def test_every_method_runs(method, score):
         state, metrics = step(state, jax.random.key(i))
     assert np.isfinite(np.asarray(metrics["entropy"])).all()
     if method == "paired":
-        np.testing.assert_allclose(metrics["regret"],
-                                   metrics["antagonist_return"] * 0 + metrics["regret"])   # finite
         assert np.isfinite(np.asarray(metrics["regret"])).all()
+        # regret uses the antagonist's best episode, so it is at least the gap of the means
+        gap = np.asarray(metrics["antagonist_return"]) - np.asarray(metrics["protagonist_return"])
+        assert (np.asarray(metrics["regret"]) >= gap - 1e-6).all()
     if method in ("plr", "accel", "robust_plr"):
         assert np.isfinite(np.asarray(state.buffer.scores)[np.asarray(state.buffer.filled)]).all()
 
