@@ -17,7 +17,7 @@ GYMNAX_ENVS = tuple(gymnax.registered_envs)
 def names() -> list[str]:
     """Every environment `make` accepts."""
     return [*GYMNAX_ENVS, *(f"brax/{n}" for n in BRAX_ENVS), *(f"probe/{p}" for p in PROBES),
-            *(f"gridworld/{g}" for g in GRIDWORLDS)]
+            *(f"gridworld/{g}" for g in GRIDWORLDS), "maze"]
 
 
 class UnknownEnvironment(ConfigError):
