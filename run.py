@@ -44,6 +44,8 @@ def algorithms():
 def parse_args(argv):
     if not argv or argv[0] not in COMMANDS + ("-h", "--help"):
         argv = ["train", *argv]
+    if argv[0] == "robust":   # everything after it, options first included, is commands/robust.py's
+        return argparse.Namespace(command="robust", rest=argv[1:])
     parser = argparse.ArgumentParser(prog="run.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
