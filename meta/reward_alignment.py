@@ -40,7 +40,6 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
 from jax.flatten_util import ravel_pytree
 
 import envs
