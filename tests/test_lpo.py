@@ -71,3 +71,13 @@ def test_tiny_meta_training_resumes_bit_identically_and_trains_with_the_result(t
     result = run.main(["train", "--objective", f"learned:{a}", "--out", str(tmp_path / "t"), "--seeds", "2",
                        "--total-steps", "512", "--set", "num_steps=32", "--set", "hidden=[8]", "--no-progress"])
     assert result["objective"] == f"learned:{a}" and result["members"] == 2
+
+
+@pytest.mark.parametrize("name", ["lpo_cartpole", "lpo_brax_ant", "lpo_temporal_minatar"])
+def test_lpo_presets_load_and_validate(name):
+    config = lpo.build_config(lpo.parser().parse_args(["--config", os.path.join(run.__file__.rsplit("/", 1)[0],
+                                                                                 "configs", f"{name}.yaml")]))
+    for env in config.envs + config.held_out:
+        assert lpo.inner_config(config, env).env == env
+    if name == "lpo_brax_ant":
+        assert config.pop >= 64 and config.envs == ("brax/ant",)
