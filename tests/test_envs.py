@@ -58,7 +58,9 @@ def test_brax_api_conformance(name):
 def test_all_26_gymnax_and_12_brax_envs_are_registered():
     names = envs.names()
     assert len([n for n in names if n.startswith("brax/")]) == 12
-    assert len([n for n in names if not n.startswith(("brax/", "probe/"))]) == 26
+    assert len([n for n in names if n in envs.registry.GYMNAX_ENVS]) == 26
+    ours = [n for n in names if n.startswith(("probe/", "gridworld/")) or n == "maze"]
+    assert len(names) == 26 + 12 + len(ours), "a name that is neither gymnax, brax nor ours"
 
 
 def test_unknown_env_names_the_closest_match():
