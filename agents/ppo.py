@@ -185,7 +185,11 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
     def optimizer(hparams):
         # Built per call from traced hparams; its state's structure does not
         # depend on them, so one compiled program serves a whole sweep.
-        return optax.chain(optax.clip_by_global_norm(hparams.max_grad_norm), optax.scale_by_adam(eps=1e-5))
+        # eps_root keeps sqrt(v) differentiable where a gradient entry is exactly
+        # zero (d sqrt/dv is inf at 0): outer loops that differentiate through
+        # `step` get NaN without it; 1e-12 moves no update measurably
+        return optax.chain(optax.clip_by_global_norm(hparams.max_grad_norm),
+                           optax.scale_by_adam(eps=1e-5, eps_root=1e-12))
 
     def norm_obs(stats, obs):
         return normalize.normalize(stats, obs) if config.normalize_obs else obs

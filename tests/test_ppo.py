@@ -88,6 +88,23 @@ def test_custom_objective_is_used():
     assert not tree_equal(start.params["params"]["critic"], trained.params["params"]["critic"])
 
 
+def test_gradient_through_step_is_finite_when_some_gradients_are_exactly_zero():
+    """Outer loops differentiate through `step`. On the gridworld most one-hot
+    inputs never occur, so their first-layer gradients are exactly 0, where
+    Adam's sqrt(v) has an infinite derivative unless eps_root > 0."""
+    config = dataclasses.replace(SMALL, env="gridworld/barfi", num_steps=8, hidden=(8,), total_steps=4 * 8 * 2)
+    agent = ppo.make(config, reward_fn=scaled_reward)
+    hp = ppo.hparams_from(config)
+    ts = agent.init(jax.random.PRNGKey(0), hp)
+
+    def outcome(shift):   # the goal is rarely reached in 8 steps: a shift moves every reward
+        stepped, _ = agent.step(ts, hp, {"scale": jnp.float32(1.0), "shift": shift})
+        return sum(jnp.sum(leaf) for leaf in jax.tree.leaves(stepped.params))
+
+    grad = jax.jit(jax.grad(outcome))(jnp.float32(0.1))
+    assert np.isfinite(float(grad)) and float(grad) != 0.0, grad
+
+
 def test_continuous_actions_train():
     agent, hp = small_agent(env="Pendulum-v1", normalize_obs=True, normalize_reward=True)
     ts, metrics = jax.jit(agent.train)(jax.random.PRNGKey(0), hp)
