@@ -27,10 +27,9 @@ class NoiseParams:
     sigma: jax.Array
 
 
-class ObservationNoise(Wrapper):
-    """obs + sigma * N(0, 1) on reset and step (info['final_observation'] too:
-    it is what the agent bootstraps from). The noise scale lives in env_params
-    (NoiseParams), so it is traced."""
+class _NoiseWrapper(Wrapper):
+    """A wrapper whose noise scale sigma sits in NoiseParams beside the wrapped
+    env's params (traced, so noise levels vmap)."""
 
     def __init__(self, env, sigma: float = 0.1):
         super().__init__(env)
@@ -39,6 +38,18 @@ class ObservationNoise(Wrapper):
     @property
     def default_params(self):
         return NoiseParams(self._env.default_params, jnp.float32(self._sigma))
+
+    def observation_space(self, params):
+        return self._env.observation_space(params.env)
+
+    def action_space(self, params):
+        return self._env.action_space(params.env)
+
+
+class ObservationNoise(_NoiseWrapper):
+    """obs + sigma * N(0, 1) on reset and step (info['final_observation'] too:
+    it is what the agent bootstraps from). The noise scale lives in env_params
+    (NoiseParams), so it is traced."""
 
     def reset(self, key, params):
         key, noise_key = jax.random.split(key)
@@ -52,24 +63,10 @@ class ObservationNoise(Wrapper):
         info = {**info, "final_observation": info["final_observation"] + noise}
         return obs + noise, state, reward, terminated, truncated, info
 
-    def observation_space(self, params):
-        return self._env.observation_space(params.env)
 
-    def action_space(self, params):
-        return self._env.action_space(params.env)
-
-
-class ActionNoise(Wrapper):
+class ActionNoise(_NoiseWrapper):
     """Continuous: action + sigma * N(0, 1). Discrete: a uniformly random
     action with probability sigma (epsilon-random), the discrete analogue."""
-
-    def __init__(self, env, sigma: float = 0.1):
-        super().__init__(env)
-        self._sigma = float(sigma)
-
-    @property
-    def default_params(self):
-        return NoiseParams(self._env.default_params, jnp.float32(self._sigma))
 
     def reset(self, key, params):
         return self._env.reset(key, params.env)
@@ -83,12 +80,6 @@ class ActionNoise(Wrapper):
             random_action = jax.random.randint(noise_key, jnp.shape(action), 0, space.n).astype(jnp.asarray(action).dtype)
             action = jnp.where(jax.random.uniform(choice_key) < params.sigma, random_action, action)
         return self._env.step(key, state, action, params.env)
-
-    def observation_space(self, params):
-        return self._env.observation_space(params.env)
-
-    def action_space(self, params):
-        return self._env.action_space(params.env)
 
 
 # Derived constants some gymnax envs store next to the physical ones.
