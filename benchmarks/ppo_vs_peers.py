@@ -188,6 +188,14 @@ def run_peer(name: str, seeds: int, total_steps: int, timeout: float,
     return rec
 
 
+def accelerator() -> str:
+    """The GPU's name when nvidia-smi is there, else 'cpu' (our runs use jax's default device)."""
+    if shutil.which("nvidia-smi") is None:
+        return "cpu"
+    proc = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    return proc.stdout.strip().splitlines()[0] if proc.returncode == 0 and proc.stdout.strip() else "cpu"
+
+
 def fmt(x, spec: str = ".1f") -> str:
     return "—" if x is None else format(x, spec)
 
@@ -262,9 +270,15 @@ def main() -> int:
     ap.add_argument("--sb3-seeds", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per run")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--rejax-python", type=Path, default=None,
+                    help="interpreter that already has rejax and gymnax 0.0.9 (skips setup.sh; "
+                         "used on the lent GPU machine, which cannot build a venv)")
     args = ap.parse_args()
+    if args.rejax_python is not None:
+        VENV_PY["rejax"] = args.rejax_python
 
-    needed = [n for n, skip in (("rejax", args.skip_rejax), ("sb3", args.skip_sb3)) if not skip]
+    needed = [n for n, skip in (("rejax", args.skip_rejax or args.rejax_python is not None),
+                                ("sb3", args.skip_sb3)) if not skip]
     setup_error = ensure_venvs(needed)
     if setup_error:
         log(setup_error)
@@ -288,13 +302,14 @@ def main() -> int:
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "loadavg_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "accelerator": accelerator(),
     }
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
     md = [
         "# PPO vs peers on CartPole-v1",
         "",
-        f"{when}; {machine['cpu_count']} CPUs, {machine['platform']}, Python {machine['python']}.",
+        f"{when}; {machine['accelerator']}; {machine['cpu_count']} CPUs, {machine['platform']}, Python {machine['python']}.",
         "",
         "Config (all implementations): " + ", ".join(f"{k}={v}" for k, v in CONFIG.items()) + ".",
         "",

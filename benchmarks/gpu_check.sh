@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# One-call check on a lent GPU (H100/H200). Run from the repo root on the device machine:
+#
+#   bash benchmarks/gpu_check.sh            (OUT=dir for results; default benchmarks/results/gpu)
+#
+# It expects the wheels the GPU image lacks in .whl/ (gymnax 1.0.1, brax 0.14.2, evosax 0.3.2,
+# gymnasium, mujoco...) and rejax's closure in .whl/rejax/ (rejax 0.1.3 with gymnax 0.0.9, kept in
+# a separate --target so the two gymnax versions never meet). The image's jax is 0.11.2 (CUDA),
+# not our pinned 0.10.2: GPU figures are for that jax.
+#
+# Steps, each under its own `timeout` so one runaway cannot eat the lease:
+#   A  versions, devices, a 1e4-step PPO smoke run
+#   B  PPO vs rejax on CartPole (1 and 8 seeds, whole-process time; alone on the GPU), then
+#      our PPO at 256 seeds for throughput
+#   C  brax/inverted_pendulum PPO preset, 8 seeds x a lr x gamma grid, one vmapped program
+#   D  robustness benchmark on the brax victim (configs/robust_brax_inverted_pendulum.yaml)
+#   E  the non-slow PPO/SAC tests on the GPU (determinism, sweep == separate runs, one trace)
+# C, D and E run concurrently (learning results; their timings are not comparisons).
+# Everything lands in $OUT/gpu_check.tgz plus $OUT/log.txt; a table is printed last.
+set -u
+cd "$(dirname "$0")/.."
+OUT="${OUT:-benchmarks/results/gpu}"
+mkdir -p "$OUT"
+R=/tmp/gpu_results
+mkdir -p $R
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+LOG="$OUT/log.txt"
+exec > >(tee -a "$LOG") 2>&1
+t0=$(date +%s)
+stamp() { echo "[gpu_check +$(( $(date +%s) - t0 ))s] $*"; }
+
+package() {
+    tar czf "$OUT/gpu_check.tgz" -C /tmp gpu_results 2>/dev/null
+}
+trap package EXIT
+
+# --- A ----------------------------------------------------------------------
+stamp "A: install"
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site:$PWD
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/rejax_site .whl/rejax/*.whl
+fi
+printf '#!/bin/sh\nPYTHONPATH=/tmp/rejax_site:/tmp/site exec python3 "$@"\n' > /tmp/rejax_py && chmod +x /tmp/rejax_py
+nvidia-smi -L
+python3 - <<'EOF' 2>&1 | tee $R/versions.txt
+import importlib.metadata as md, jax
+print({p: md.version(p) for p in ("jax", "jaxlib", "flax", "optax", "chex", "orbax-checkpoint", "gymnax", "brax", "evosax")})
+print("devices:", jax.devices())
+EOF
+/tmp/rejax_py -c "import rejax, gymnax, jax; print('rejax', rejax.__version__ if hasattr(rejax,'__version__') else '?', 'gymnax', gymnax.__version__, jax.devices())" 2>&1 | tail -2
+timeout 120 python3 run.py train --env CartPole-v1 --seeds 2 --total-steps 10000 --no-progress --out /tmp/smoke 2>&1 | tail -3
+stamp "A done"
+
+# --- B ----------------------------------------------------------------------
+stamp "B: PPO vs rejax (1, 8 seeds)"
+timeout 200 python3 benchmarks/ppo_vs_peers.py --seeds 1 8 --skip-sb3 --rejax-python /tmp/rejax_py \
+    --timeout 90 --out-dir $R 2>&1 | tail -25
+stamp "B: ours at 256 seeds"
+timeout 90 python3 run.py train --env CartPole-v1 --seeds 256 --total-steps 500000 --no-progress --out $R/ppo_cartpole_256 2>&1 | tail -3
+stamp "B done"
+
+# --- C, D, E concurrently -------------------------------------------------------
+stamp "C: brax IP grid; D: brax robustness; E: tests"
+( timeout 280 python3 run.py train --config configs/ppo_brax_inverted_pendulum.yaml --seeds 8 \
+      --sweep lr=1e-4,3e-4,1e-3 --sweep gamma=0.99,0.995 --no-progress --out $R/brax_ip_grid \
+      > $R/C.log 2>&1; echo "C exit $?" >> $R/C.log ) &
+( timeout 300 python3 benchmarks/robustness.py --config configs/robust_brax_inverted_pendulum.yaml \
+      --results $R > $R/D.log 2>&1; echo "D exit $?" >> $R/D.log ) &
+( timeout 280 python3 -m pytest -q -x -p no:cacheprovider tests/test_ppo.py tests/test_sac.py -m "not slow" \
+      > $R/E.log 2>&1; echo "E exit $?" >> $R/E.log ) &
+wait
+cp -r runs/robustness_brax_inverted_pendulum_* $R/ 2>/dev/null
+stamp "C, D, E done"
+
+# --- table ----------------------------------------------------------------------
+python3 - "$R" <<'EOF'
+import csv, json, os, sys
+R = sys.argv[1]
+print("\n==== GPU check summary ====")
+print(open(os.path.join(R, "versions.txt")).read().strip())
+p = os.path.join(R, "ppo_vs_peers.json")
+if os.path.exists(p):
+    d = json.load(open(p))
+    for r in d["runs"]:
+        print(f"B {r['peer']:6s} x{r['seeds']}: ok={r.get('ok')} process_s={r.get('process_s')} "
+              f"train_s={r.get('train_s')} return={r.get('final_return_mean')}")
+    print("B ratios:", json.dumps(d.get("ratios")))
+p = os.path.join(R, "ppo_cartpole_256", "summary.json")
+if os.path.exists(p):
+    s = json.load(open(p)); print("B ours x256:", {k: s.get(k) for k in ("final_return_mean", "compile_s", "run_s", "env_steps")})
+p = os.path.join(R, "brax_ip_grid", "metrics.csv")
+if os.path.exists(p):
+    rows = list(csv.DictReader(open(p)))
+    last = max(int(r["iteration"]) for r in rows)
+    final = {}
+    for r in rows:
+        if int(r["iteration"]) == last:
+            key = tuple((k, r[k]) for k in ("lr", "gamma") if k in r)
+            final.setdefault(key, []).append(float(r["episode_return"]))
+    for key, v in sorted(final.items()):
+        print("C", dict(key), "final per seed:", [round(x) for x in v], "mean", round(sum(v) / len(v), 1))
+for step in "CDE":
+    p = os.path.join(R, f"{step}.log")
+    if os.path.exists(p):
+        print(f"--- {step} tail ---"); print("".join(open(p).readlines()[-12:]).rstrip())
+EOF
+stamp "end"
