@@ -47,7 +47,10 @@ def main(argv=None):
     preset.pop("method", None)
     base = cfg.from_dict(ra.AlignmentConfig, {**preset, "method": "barfi"})
     results = {"config": args.config, "device": str(jax.devices()[0]), "batch_size": base.batch_size,
-               "outer_rollout_steps": base.outer_rollout * base.num_envs, "estimators": {}}
+               "reuse_rollout": base.reuse_rollout,
+               # the implicit estimator's own rollout: none when it reuses PPO's batch
+               "outer_rollout_steps": 0 if base.reuse_rollout else base.outer_rollout * base.num_envs,
+               "estimators": {}}
     for estimator in args.estimators.split(","):
         config = dataclasses.replace(base, estimator=estimator, seeds=1)
         aligner = ra.make(config)

@@ -30,6 +30,17 @@ behind one signature `estimate(ts, reward_params, hparams, key) -> (grad, ts, in
 Every estimator's extra environment steps (outer rollouts, ES members) are
 counted in `env_steps`, so curves against env steps compare fairly.
 
+With `reuse_rollout` (the presets' setting) the rollout the outer gradient is
+computed on is not a fresh one: it is the inner learner's own next on-policy
+batch, the num_envs x num_steps transitions PPO's next `agent.step` collects
+from the same TrainState (same parameters, env states and key), scored with
+r_p. `collect_inner` replays PPO's collection exactly (tests check the env
+state it ends in against `agent.step`'s), and the TrainState is left as it
+was, so PPO then trains on those very transitions: the outer step costs no
+extra environment steps. (agents/ppo.py does not return its rollout, hence
+the replay; it costs compute, not samples.) The batch is on-policy for the
+parameters the implicit gradient is taken at, as the separate rollout was.
+
 The baselines (methods "primary", "naive", "pbrs") run the same PPO with
 r_p, r_p + r_aux and r_p + gamma*Phi(s') - Phi(s).
 """
@@ -53,6 +64,7 @@ from src.networks import ActorCritic, entropy, log_prob, sample
 
 METHODS = ("barfi", "naive", "pbrs", "primary")
 ESTIMATORS = ("implicit", "unrolled", "es")
+OUTER_OPTIMIZERS = ("adam", "normalized")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +94,12 @@ class AlignmentConfig:
     outer_every: int = 15        # inner iterations per outer step
     warmup: int = 1              # outer steps skipped at the start (inner learner warms up)
     outer_lr: float = 0.01
+    # "adam", or "normalized": SGD with momentum 0.9 on dJ/dphi / |dJ/dphi| (one
+    # global scale, so coordinates with tiny, noisy gradients move in proportion
+    # to them, where Adam's per-coordinate scaling gives each a step of ~outer_lr)
+    outer_optimizer: str = "adam"
     outer_rollout: int = 64      # steps per env of the rollout an outer step evaluates
+    reuse_rollout: bool = False  # outer gradient on PPO's own next batch (num_steps per env), no extra steps
     learn_gamma: bool = True
     neumann_terms: int = 5
     neumann_alpha: float = 1e-3
@@ -99,7 +116,7 @@ class AlignmentConfig:
         """Environment steps an outer step takes beyond the inner iterations."""
         if self.method != "barfi":
             return 0
-        extra = self.outer_rollout * self.num_envs
+        extra = 0 if self.reuse_rollout else self.outer_rollout * self.num_envs
         if self.estimator == "es":
             extra += 2 * self.es_pairs * (self.unroll * self.batch_size + self.outer_rollout * self.num_envs)
         return extra
@@ -139,6 +156,9 @@ class AlignmentConfig:
                               f"num_minibatches ({self.num_minibatches})")
         if not 0.0 < self.gamma < 1.0:
             raise ConfigError(f"gamma must be in (0, 1) (the learned discount is a sigmoid), got {self.gamma}")
+        if self.outer_optimizer not in OUTER_OPTIMIZERS:
+            raise ConfigError(f"unknown outer_optimizer {self.outer_optimizer!r}; "
+                              f"choose one of {', '.join(OUTER_OPTIMIZERS)}")
         if self.outer_lr <= 0 or self.neumann_alpha <= 0 or self.es_sigma <= 0:
             raise ConfigError("outer_lr, neumann_alpha and es_sigma must be positive")
         return self
@@ -150,6 +170,21 @@ class AlignmentConfig:
             num_epochs=self.num_epochs, num_minibatches=self.num_minibatches, hidden=tuple(self.hidden),
             lr=self.lr, anneal_lr=self.anneal_lr, normalize_reward=self.normalize_reward, gamma=self.gamma, gae_lambda=self.gae_lambda,
             clip_eps=self.clip_eps, ent_coef=self.ent_coef)
+
+
+def normalize_by_global_norm(eps: float = 1e-12) -> optax.GradientTransformation:
+    """g / |g| (global norm over the pytree); an exactly zero g stays zero."""
+    def update(updates, state, params=None):
+        norm = optax.global_norm(updates)
+        scale = jnp.where(norm > eps, 1.0 / jnp.maximum(norm, eps), 0.0)
+        return jax.tree.map(lambda u: u * scale, updates), state
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def make_outer_optimizer(name: str, lr: float) -> optax.GradientTransformation:
+    if name == "normalized":
+        return optax.chain(normalize_by_global_norm(), optax.sgd(lr, momentum=0.9))
+    return optax.adam(lr)
 
 
 # ----------------------------------------------------------------------------- generic implicit differentiation
@@ -232,6 +267,7 @@ class Aligner(NamedTuple):
     train: Callable             # key -> (state, metrics per inner iteration)
     estimate: Callable          # (ts, reward_params, hparams, key) -> (grad, ts, info)
     collect: Callable
+    collect_inner: Callable     # ts -> (ts after, PPO's next batch with primary rewards)
     inner_loss: Callable
     env_steps_per_block: int
 
@@ -253,7 +289,7 @@ def make(config: AlignmentConfig, show_progress: bool = False) -> Aligner:
     agent = ppo.make(pconfig, env, env_params, reward_fn=reward_fn)
     network = agent.network
     base_hparams = ppo.hparams_from(pconfig)
-    outer_opt = optax.adam(config.outer_lr)
+    outer_opt = make_outer_optimizer(config.outer_optimizer, config.outer_lr)
     barfi = config.method == "barfi"
     T, E = config.outer_rollout, config.num_envs
     step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
@@ -270,10 +306,11 @@ def make(config: AlignmentConfig, show_progress: bool = False) -> Aligner:
         opt_state = outer_opt.init(reward_params) if barfi else None
         return State(ts, reward_params, opt_state, key, jnp.zeros((), jnp.int32))
 
-    def collect(ts, key):
-        """T steps of the current policy in the inner learner's own envs (their
-        episodes go on), recording primary rewards; gradients do not flow into
-        the data."""
+    def collect(ts, key, length=T):
+        """`length` steps of the current policy in the inner learner's own envs
+        (their episodes go on), recording primary rewards; gradients do not flow
+        into the data. The per-step keys are split as agents/ppo.py's rollout
+        splits them, so `collect_inner` can replay PPO's own batch."""
         params = jax.lax.stop_gradient(ts.params)
 
         def env_step(carry, keys):
@@ -287,10 +324,26 @@ def make(config: AlignmentConfig, show_progress: bool = False) -> Aligner:
                    value)
             return (env_state, next_obs), out
 
-        keys = jax.random.split(key, T * (E + 1)).reshape(T, E + 1, -1)
+        keys = jax.random.split(key, length * (E + 1))
+        keys = keys.reshape(length, E + 1, *keys.shape[1:])
         (env_state, obs), (transition, done, value) = jax.lax.scan(env_step, (ts.env_state, ts.obs), keys)
         next_value = network.apply(params, transition.next_obs, method=ActorCritic.value)
         return ts.replace(env_state=env_state, obs=obs), Batch(transition, done, value, next_value)
+
+    def collect_inner(ts):
+        """The batch PPO's next `agent.step(ts, ...)` collects (same key split as
+        agents/ppo.py's rollout; observations are not normalised there, as
+        AlignmentConfig never turns normalize_obs on), with primary rewards.
+        Returns the env states after it: equal to those `agent.step` ends in."""
+        _, rollout_key = jax.random.split(ts.key)
+        return collect(ts, rollout_key, config.num_steps)
+
+    def outer_batch(ts, key):
+        """The rollout an outer step evaluates: PPO's own next batch (ts left as
+        it is, so PPO trains on the same transitions) or a fresh one."""
+        if config.reuse_rollout:
+            return ts, collect_inner(ts)[1]
+        return collect(ts, key)
 
     def policy_terms(params, batch):
         dist = network.apply(params, batch.transition.obs, method=ActorCritic.policy)
@@ -315,7 +368,7 @@ def make(config: AlignmentConfig, show_progress: bool = False) -> Aligner:
         return returns.mean()
 
     def estimate_implicit(ts, reward_params, hparams, key):
-        ts, batch = collect(ts, key)
+        ts, batch = outer_batch(ts, key)
         outer_grad = jax.grad(primary_surrogate)(ts.params, batch)
         grad = implicit_gradient(lambda th, ph: inner_loss(th, ph, batch), ts.params, reward_params,
                                  outer_grad, config.neumann_alpha, config.neumann_terms)
@@ -329,7 +382,7 @@ def make(config: AlignmentConfig, show_progress: bool = False) -> Aligner:
     def estimate_unrolled(ts, reward_params, hparams, key):
         def objective(rp):
             t, metrics = run_inner(ts, rp, config.unroll)
-            t, batch = collect(t, key)
+            t, batch = outer_batch(t, key)
             return primary_surrogate(t.params, batch), (t, metrics, fitness(batch))
 
         grad, (ts, metrics, fit) = jax.grad(objective, has_aux=True)(reward_params)
@@ -354,7 +407,7 @@ def make(config: AlignmentConfig, show_progress: bool = False) -> Aligner:
         minus = members(-config.es_sigma * eps, pair_keys)
         grad = ((plus - minus)[:, None] * eps).sum(0) / (2.0 * config.es_sigma * config.es_pairs)
         # the real learner takes one rollout too, so ES reports the same fitness as the others
-        ts, batch = collect(ts, key)
+        ts, batch = outer_batch(ts, key)
         return unravel(grad), ts, {"outer_fitness": fitness(batch)}
 
     estimate = {"implicit": estimate_implicit, "unrolled": estimate_unrolled, "es": estimate_es}[config.estimator]
@@ -401,7 +454,7 @@ def make(config: AlignmentConfig, show_progress: bool = False) -> Aligner:
             iteration % config.outer_every == 0, blocks_done, blocks_done - 1) * extra
         return state, metrics
 
-    return Aligner(config, agent, heuristic, init, block, train, estimate, collect, inner_loss,
+    return Aligner(config, agent, heuristic, init, block, train, estimate, collect, collect_inner, inner_loss,
                    env_steps_per_block)
 
 
