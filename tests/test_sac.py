@@ -1,5 +1,6 @@
 """SAC: its pure pieces, the agent contract (traces, seeds, sweeps), bad
-input, and (marked slow) learning on Pendulum-v1 and CartPole-v1."""
+input, the brax inverted_pendulum preset, and (marked slow) learning on
+Pendulum-v1, CartPole-v1 and brax inverted_pendulum."""
 import dataclasses
 import math
 import os
@@ -293,3 +294,57 @@ def test_discrete_sac_solves_cartpole_within_1e5_steps():
     returns, agent, state, keys = final_returns(config, config.seeds)
     print("cartpole final returns per seed", returns)
     assert returns.mean() >= 400, returns
+
+
+# ----------------------------------------------------------------------------- brax inverted pendulum (issue 3)
+
+def _one_step_linear_fit(env_name, env_kwargs, episodes=4, steps=300):
+    """R^2 per observation dimension of a least-squares fit obs' ~ [obs, action, 1]
+    on transitions of a noisy stabilising linear controller (episode ends dropped)."""
+    env, params = envs.make(env_name, **env_kwargs)
+    gains = jnp.array([0.1, 10.0, 0.0, 0.1])   # balances brax's pendulum on every backend
+
+    def episode(key):
+        obs, state = env.reset(key, params)
+
+        def body(carry, k):
+            obs, state = carry
+            noise_key, step_key = jax.random.split(k)
+            action = jnp.clip(obs @ gains + 0.2 * jax.random.normal(noise_key), -1.0, 1.0)[None]
+            next_obs, state, _, terminated, truncated, info = env.step(step_key, state, action, params)
+            return (next_obs, state), (obs, action[0], info["final_observation"], terminated | truncated)
+
+        return jax.lax.scan(body, (obs, state), jax.random.split(key, steps))[1]
+
+    obs, action, next_obs, done = map(np.asarray, jax.jit(jax.vmap(episode))(
+        jax.random.split(jax.random.PRNGKey(0), episodes)))
+    keep = ~done.reshape(-1)
+    x = np.column_stack([obs.reshape(-1, obs.shape[-1]), action.reshape(-1), np.ones(action.size)])[keep]
+    y = next_obs.reshape(-1, next_obs.shape[-1])[keep]
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    return 1.0 - (y - x @ coef).var(0) / y.var(0)
+
+
+def test_brax_inverted_pendulum_preset_observes_a_markov_state():
+    """Issue 3: on brax's spring backend the observation (q, qd) of inverted_pendulum
+    is not a Markov state (from (obs, action) a linear model explains only ~56% of the
+    next pole velocity, ~100% once the previous observation is added), and SAC stays
+    near 100 there; on the generalized backend it is about 97% and SAC reaches 1000 (benchmarks/results/sac_brax_ip.md).
+    The preset must use a backend whose observations SAC can learn from."""
+    config = load_preset("sac_inverted_pendulum.yaml")
+    r2 = _one_step_linear_fit(config.env, config.env_kwargs)
+    print("one-step linear fit R^2 per observation dimension", r2)
+    assert r2.min() >= 0.9, r2
+
+
+@pytest.mark.slow
+def test_sac_solves_brax_inverted_pendulum_within_3e4_steps():
+    config = load_preset("sac_inverted_pendulum.yaml")
+    assert config.total_steps <= 30_000
+    # the final policy, deterministic, 10 episodes per seed; the training episodes of the
+    # last quarter are printed (once solved they mostly last 1000 steps, with occasional falls)
+    returns, agent, state, keys = final_returns(config, 2, tail=0.25)
+    evaluated = np.asarray(jax.jit(jax.vmap(lambda ts, k: agent.evaluate(ts, k, 10)[0]))(state, keys))
+    print("brax inverted_pendulum: training returns (last quarter) per seed", returns,
+          "deterministic evaluation per seed", evaluated.mean(1))
+    assert evaluated.mean() >= 900, evaluated
