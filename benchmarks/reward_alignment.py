@@ -58,7 +58,7 @@ def main(argv=None):
         hparams = None
         inner = jax.jit(lambda ts, rp: aligner.agent.step(ts, ra.ppo.hparams_from(config.ppo_config()).replace(
             gamma=ra.rewards.learned_gamma(rp)), rp))
-        opt = optax.adam(config.outer_lr)
+        opt = ra.make_outer_optimizer(config.outer_optimizer, config.outer_lr)
 
         def outer_fn(ts, rp, opt_state, key):
             grad, ts, info = aligner.estimate(ts, rp, hparams, key)
