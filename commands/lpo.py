@@ -29,6 +29,7 @@ class LPOConfig:
     lr: float = 0.01
     antithetic: bool = True
     seeds: int = 2                     # inner runs per member and generation
+    fitness: str = "final"             # final (last 10% of iterations) | auc (all iterations: area under the curve)
     common_seeds: bool = True          # all members of a generation run on the same seeds
     generations: int = 50
     checkpoint_every: int = 5
@@ -45,6 +46,8 @@ class LPOConfig:
             raise ConfigError(f"objective must be 'learned' or 'temporal', got {self.objective!r}")
         if self.init not in ("ppo_clip", "random"):
             raise ConfigError(f"init must be 'ppo_clip' or 'random', got {self.init!r}")
+        if self.fitness not in ("final", "auc"):
+            raise ConfigError(f"fitness must be 'final' or 'auc', got {self.fitness!r}")
         for name in ("seeds", "generations", "checkpoint_every", "eval_seeds"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -73,6 +76,10 @@ def parser():
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--stop-at", type=int, metavar="GENERATION", help="stop after this generation (checkpointed)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--reevaluate", metavar="ENV",
+                   help="evaluate the finished run in --out again on ENV (fresh seeds; writes reeval_ENV_N_KEY.json)")
+    p.add_argument("--reeval-seeds", type=int, default=64, help="seeds for --reevaluate")
+    p.add_argument("--reeval-key", type=int, default=2026, help="PRNG seed for --reevaluate's seeds")
     return p
 
 
@@ -117,6 +124,8 @@ def main(argv):
     args = parser().parse_args(argv)
     from src import config as cfg
 
+    if args.reevaluate:
+        return reevaluate(args.out, args.reevaluate, args.reeval_seeds, args.reeval_key)
     config = build_config(args)
     inner = {env: inner_config(config, env) for env in config.envs + config.held_out}
     out = args.out
@@ -146,41 +155,118 @@ def main(argv):
                       show_progress=not args.no_progress)
 
 
+def paired(a, b):
+    """Seed-by-seed difference a - b of two objectives run on the same seeds:
+    mean, standard error, and the mean relative to |mean(b)| (sign-safe for
+    negative returns). Pairing removes the seed's own luck from the comparison."""
+    import numpy as np
+
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    d = d[np.isfinite(d)]
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    base = float(np.nanmean(b))
+    return {"diff": float(d.mean()), "se": se, "relative": float(d.mean() / abs(base)) if base else float("nan"),
+            "wins": int((d > 0).sum()), "n": int(len(d))}
+
+
 def compare(config, ppo_config, objective, named_params, key, population):
-    """Final returns of PPO-clip and of `objective` with each of `named_params`
+    """Returns of PPO-clip and of `objective` with each of `named_params`
     ({name: drift params}) on the same `eval_seeds` seeds, through the
-    population engine (one compiled program for all the learned variants)."""
+    population engine (one compiled program for all the learned variants).
+    Each gets the final return (`mean`, `std`, `median`, `returns`) and the
+    area under the curve (`auc`: mean return over all iterations); each
+    learned variant also gets seed-paired differences against PPO-clip (and
+    `learned` against `initial`)."""
     import jax
     import numpy as np
 
     from agents import ppo
     from meta import learned_objective as lo
 
-    window = lo.final_window(ppo_config.num_iterations)
+    windows = {"final": lo.final_window(ppo_config.num_iterations), "auc": ppo_config.num_iterations}
     n = config.eval_seeds
     keys = np.asarray(jax.random.split(key, n)).reshape(n, 1, -1)
     hp = ppo.hparams_from(ppo_config)
 
-    def stats(returns):
-        return {"mean": float(np.nanmean(returns)), "std": float(np.nanstd(returns)), "returns": returns.tolist()}
+    def both(agent):
+        def fitness(objective_params, k):
+            _, metrics = agent.train(k, hp, None, objective_params)
+            return {name: lo.final_return(metrics, w) for name, w in windows.items()}
+        return fitness
+
+    def stats(out):
+        final, auc = out["final"], out["auc"]
+        return {"mean": float(np.nanmean(final)), "std": float(np.nanstd(final)),
+                "median": float(np.nanmedian(final)), "returns": final.tolist(),
+                "auc": {"mean": float(np.nanmean(auc)), "std": float(np.nanstd(auc)), "values": auc.tolist()}}
 
     clip_agent = ppo.make(ppo_config, objective=lo.ppo_clip)
-    clip = population.evaluate(lo.inner_fitness(clip_agent, hp, window), np.full((n,), ppo_config.clip_eps,
-                                                                               np.float32), keys)[:, 0]
+    clip = population.evaluate(both(clip_agent), np.full((n,), ppo_config.clip_eps, np.float32), keys)
+    clip = jax.tree.map(lambda x: x[:, 0], clip)
     results = {"ppo_clip": stats(clip)}
     if named_params:
         names = list(named_params)
         stacked = jax.tree.map(lambda *xs: np.concatenate([np.broadcast_to(np.asarray(x), (n, *np.shape(x)))
                                                            for x in xs]), *named_params.values())
         agent = ppo.make(ppo_config, objective=objective)
-        returns = population.evaluate(lo.inner_fitness(agent, hp, window), stacked,
-                                      np.concatenate([keys] * len(names)))[:, 0]
-        for i, name in enumerate(names):
-            r = stats(returns[i * n:(i + 1) * n])
+        out = population.evaluate(both(agent), stacked, np.concatenate([keys] * len(names)))
+        per_name = {name: jax.tree.map(lambda x: x[i * n:(i + 1) * n, 0], out) for i, name in enumerate(names)}
+        for name in names:
+            r = stats(per_name[name])
             # relative to PPO-clip, sign-safe for negative returns (Acrobot, Pendulum)
             r["relative_to_ppo_clip"] = (r["mean"] - results["ppo_clip"]["mean"]) / abs(results["ppo_clip"]["mean"])
+            r["paired_vs_ppo_clip"] = {m: paired(per_name[name][m], clip[m]) for m in windows}
+            if name != "initial" and "initial" in per_name:
+                r["paired_vs_initial"] = {m: paired(per_name[name][m], per_name["initial"][m]) for m in windows}
             results[name] = r
     return results
+
+
+def reevaluate(out, env, seeds, key_seed):
+    """The finished run in `out` against PPO-clip and its initial drift on
+    `seeds` fresh seeds of `env` (`compare`, keyed by `key_seed`), written to
+    OUT/reeval_ENV_SEEDS_KEY.json. More seeds for a held-out check, never a
+    selection: nothing here feeds back into the meta-training."""
+    import dataclasses
+
+    import jax
+
+    from meta import learned_objective as lo
+    from src import config as cfg
+    from src import population, rundir
+
+    if not out or not os.path.exists(os.path.join(out, "config.yaml")):
+        raise ConfigError("--reevaluate needs --out RUN_DIR of a finished `meta lpo` run (with config.yaml)")
+    if seeds < 1:
+        raise ConfigError(f"--reeval-seeds must be >= 1, got {seeds}")
+    config = cfg.from_dict(LPOConfig, cfg.load_yaml(os.path.join(out, "config.yaml"))).validate()
+    config = dataclasses.replace(config, eval_seeds=seeds)
+    pc = inner_config(config, env)
+    _, learned = lo.load(out)
+    initial = initial_drift(config, inner_config(config, config.envs[0]).clip_eps)
+    obj = lo.make(config.objective, pc.num_iterations)
+    res = compare(config, pc, obj.fn, {"initial": initial, "learned": learned}, jax.random.PRNGKey(key_seed),
+                  population)
+    name = f"reeval_{env.replace('/', '_')}_{seeds}_{key_seed}.json"
+    rundir.write_json(out, name, res)
+    for m in ("final", "auc"):
+        pc_, pi_ = res["learned"]["paired_vs_ppo_clip"][m], res["learned"]["paired_vs_initial"][m]
+        print(f"{env} ({seeds} seeds) {m}: learned - PPO-clip {pc_['diff']:+.1f} ± {pc_['se']:.1f} "
+              f"({100 * pc_['relative']:+.1f}%), learned - initial {pi_['diff']:+.1f} ± {pi_['se']:.1f} -> {name}")
+    return res
+
+
+def initial_drift(config: LPOConfig, clip_eps):
+    """The ES's starting mean: the drift fitted to PPO-clip, or a random one."""
+    import jax
+
+    from meta import learned_objective as lo
+
+    init_key = jax.random.split(jax.random.PRNGKey(config.seed), 4)[0]
+    temporal = config.objective == "temporal"
+    if config.init == "ppo_clip":
+        return lo.fit_to_ppo_clip(init_key, temporal, clip_eps=clip_eps)[0]
+    return lo.init_drift(init_key, temporal)
 
 
 def meta_train(config: LPOConfig, inner, out, resume=False, stop_at=None, show_progress=True):
@@ -195,13 +281,8 @@ def meta_train(config: LPOConfig, inner, out, resume=False, stop_at=None, show_p
     from src import population, rundir
 
     key = jax.random.PRNGKey(config.seed)
-    init_key, es_key, base_key, eval_key = jax.random.split(key, 4)
-    temporal = config.objective == "temporal"
-    if config.init == "ppo_clip":
-        clip = inner[config.envs[0]].clip_eps
-        mean, _ = lo.fit_to_ppo_clip(init_key, temporal, clip_eps=clip)
-    else:
-        mean = lo.init_drift(init_key, temporal)
+    _, es_key, base_key, eval_key = jax.random.split(key, 4)   # the first is initial_drift's
+    mean = initial_drift(config, inner[config.envs[0]].clip_eps)
     es = es_lib.make(config.es_config(), mean)
 
     fitnesses = []
@@ -209,14 +290,16 @@ def meta_train(config: LPOConfig, inner, out, resume=False, stop_at=None, show_p
         pc = inner[env]
         obj = lo.make(config.objective, pc.num_iterations)
         agent = ppo.make(pc, objective=obj.fn)
-        fitnesses.append(lo.inner_fitness(agent, ppo.hparams_from(pc), lo.final_window(pc.num_iterations)))
+        fitnesses.append(lo.inner_fitness(agent, ppo.hparams_from(pc),
+                                          lo.fitness_window(config.fitness, pc.num_iterations)))
     baselines = [1.0] * len(config.envs)
     if len(config.envs) > 1:
         # PPO-clip's return per env, to normalise each env's share of the fitness
         baselines = []
         for env in config.envs:
             pc = inner[env]
-            baselines.append(compare(config, pc, None, {}, base_key, population)["ppo_clip"]["mean"])
+            clip = compare(config, pc, None, {}, base_key, population)["ppo_clip"]
+            baselines.append(clip["auc"]["mean"] if config.fitness == "auc" else clip["mean"])
         print("PPO-clip baselines: " + ", ".join(f"{e} {b:.1f}" for e, b in zip(config.envs, baselines)))
     fitness = lo.multi_env_fitness(fitnesses, baselines)
     evaluator = population.make_evaluator(fitness, config.pop, config.batch_size or None)
@@ -255,10 +338,15 @@ def meta_train(config: LPOConfig, inner, out, resume=False, stop_at=None, show_p
                       f"PPO-clip), initial (fitted PPO-clip drift) {res['initial']['mean']:.1f} ± "
                       f"{res['initial']['std']:.1f}, PPO-clip {res['ppo_clip']['mean']:.1f} ± "
                       f"{res['ppo_clip']['std']:.1f}")
+                for m in ("final", "auc"):
+                    pc_, pi_ = res["learned"]["paired_vs_ppo_clip"][m], res["learned"]["paired_vs_initial"][m]
+                    print(f"  {m}: learned - PPO-clip {pc_['diff']:+.1f} ± {pc_['se']:.1f} (s.e., paired; "
+                          f"{100 * pc_['relative']:+.1f}%), learned - initial {pi_['diff']:+.1f} ± {pi_['se']:.1f}")
     rundir.write_json(out, "summary.json", summary)
     baseline = None
     if len(config.envs) == 1 and "train_envs" in summary:
-        baseline = summary["train_envs"][config.envs[0]]["ppo_clip"]["mean"]
+        clip = summary["train_envs"][config.envs[0]]["ppo_clip"]
+        baseline = clip["auc"]["mean"] if config.fitness == "auc" else clip["mean"]
     es_lib.plot_fitness(out, f"LPO ({config.objective} drift) on {', '.join(config.envs)}", baseline,
                         f"PPO-clip ({config.eval_seeds} held-out seeds)")
     print(f"fitness: generation 1 mean {summary['fitness_first_generation_mean']:.2f}, "

@@ -182,6 +182,21 @@ def final_window(num_iterations: int) -> int:
     return max(1, num_iterations // 10)
 
 
+FITNESS_KINDS = ("final", "auc")
+
+
+def fitness_window(kind: str, num_iterations: int) -> int:
+    """Iterations the fitness averages `episode_return` over: `final`, the
+    last 10% (the published LPO fitness); `auc`, all of them (area under the
+    learning curve: on short runs far from saturation it is about 3x less
+    noisy across seeds than the final return, and it rewards learning speed)."""
+    if kind == "final":
+        return final_window(num_iterations)
+    if kind == "auc":
+        return num_iterations
+    raise ConfigError(f"unknown fitness {kind!r}; choose one of {', '.join(FITNESS_KINDS)}")
+
+
 def inner_fitness(agent, hparams, window: int):
     """fitness(objective_params, key) -> final return of one whole PPO run."""
     def fitness(objective_params, key):

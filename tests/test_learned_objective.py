@@ -107,3 +107,13 @@ def test_saved_objective_loads_back(tmp_path):
     np.testing.assert_array_equal(obj.fn(obj.params, ratio, advantage, 0.5),
                                   lo.learned(100)(params, ratio, advantage, 0.5))
     assert os.path.isdir(tmp_path / "objective")
+
+
+def test_fitness_window_final_is_the_last_tenth_and_auc_the_whole_curve():
+    assert lo.fitness_window("final", 48) == 4 and lo.fitness_window("final", 5) == 1
+    assert lo.fitness_window("auc", 48) == 48
+    curve = {"episode_return": jnp.array([10.0, jnp.nan, 30.0, 50.0])}
+    assert float(lo.final_return(curve, lo.fitness_window("auc", 4))) == 30.0   # NaN (no finished episode) skipped
+    assert float(lo.final_return(curve, lo.fitness_window("final", 4))) == 50.0
+    with pytest.raises(ConfigError, match="unknown fitness 'last'; choose one of final, auc"):
+        lo.fitness_window("last", 48)

@@ -6,10 +6,18 @@ import os
 import numpy as np
 import pytest
 
-import run
-from commands import lpo
-from src import config as cfg
-from src.config import ConfigError
+# run.py (the CLI) exposes every CPU core as a JAX device when imported; in a
+# shared pytest process that would change the device count of every test file
+# collected after this one (tests/test_population.py assumes the default).
+_XLA_FLAGS = os.environ.get("XLA_FLAGS")
+import run  # noqa: E402
+if _XLA_FLAGS is None:
+    os.environ.pop("XLA_FLAGS", None)
+else:
+    os.environ["XLA_FLAGS"] = _XLA_FLAGS
+from commands import lpo  # noqa: E402
+from src import config as cfg  # noqa: E402
+from src.config import ConfigError  # noqa: E402
 
 TINY = ["--set", "inner.total_steps=256", "--set", "inner.num_steps=32", "--set", "inner.hidden=[8]",
         "--set", "inner.num_epochs=1", "--set", "inner.num_minibatches=2", "--set", "eval_seeds=2",
@@ -23,6 +31,7 @@ TINY = ["--set", "inner.total_steps=256", "--set", "inner.num_steps=32", "--set"
     (["--env", "NotAnEnv-v0"], "NotAnEnv-v0"),
     (["--set", "objective=magic"], "objective must be 'learned' or 'temporal'"),
     (["--set", "inner.num_envs=0"], "num_envs must be >= 1"),
+    (["--set", "fitness=last"], "fitness must be 'final' or 'auc'"),
     (["--set", "populaton=4"], "unknown config key 'populaton'"),
     (["--resume"], "--resume needs --out"),
 ])
@@ -73,7 +82,7 @@ def test_tiny_meta_training_resumes_bit_identically_and_trains_with_the_result(t
     assert result["objective"] == f"learned:{a}" and result["members"] == 2
 
 
-@pytest.mark.parametrize("name", ["lpo_cartpole", "lpo_brax_ant", "lpo_temporal_minatar"])
+@pytest.mark.parametrize("name", ["lpo_cartpole", "lpo_cartpole_auc", "lpo_brax_ant", "lpo_temporal_minatar"])
 def test_lpo_presets_load_and_validate(name):
     config = lpo.build_config(lpo.parser().parse_args(["--config", os.path.join(run.__file__.rsplit("/", 1)[0],
                                                                                  "configs", f"{name}.yaml")]))
@@ -81,3 +90,23 @@ def test_lpo_presets_load_and_validate(name):
         assert lpo.inner_config(config, env).env == env
     if name == "lpo_brax_ant":
         assert config.pop >= 64 and config.envs == ("brax/ant",)
+
+
+def test_paired_difference_is_seed_by_seed():
+    # a constant per-seed gain of 2 over very different seeds: paired s.e. 0
+    clip = np.array([-500.0, -90.0, -100.0, -80.0])
+    r = lpo.paired(clip + 2.0, clip)
+    assert r["diff"] == 2.0 and r["se"] == 0.0 and r["wins"] == 4 and r["n"] == 4
+    assert np.isclose(r["relative"], 2.0 / abs(clip.mean()))
+    r = lpo.paired(np.array([1.0, np.nan, 3.0]), np.array([0.0, 5.0, 0.0]))   # a NaN seed is dropped
+    assert r["n"] == 2 and r["diff"] == 2.0 and np.isclose(r["se"], 1.0)
+
+
+def test_reevaluate_needs_a_finished_run(tmp_path):
+    with pytest.raises(ConfigError, match="--reevaluate needs --out RUN_DIR"):
+        lpo.main(["--reevaluate", "Acrobot-v1", "--out", str(tmp_path)])
+    cfg.save_yaml(lpo.build_config(lpo.parser().parse_args(["--pop", "4"])), tmp_path / "config.yaml")
+    with pytest.raises(ConfigError, match="NotAnEnv-v0"):
+        lpo.main(["--reevaluate", "NotAnEnv-v0", "--out", str(tmp_path)])
+    with pytest.raises(ConfigError, match="no objective.json"):
+        lpo.main(["--reevaluate", "Acrobot-v1", "--out", str(tmp_path)])
