@@ -39,6 +39,7 @@ def main():
     p.add_argument("dpo_dir")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
+    os.makedirs(args.out, exist_ok=True)
     rows = {k: rundir.read_metrics(d) for k, d in (("PPO-clip", args.ppo_dir), ("DPO", args.dpo_dir))}
     result = {"name": args.name, "runs": {"PPO-clip": args.ppo_dir, "DPO": args.dpo_dir}}
     seeds = {}
@@ -54,21 +55,10 @@ def main():
         result[f"{metric}_welch_p"] = None if np.allclose(a, b) and a.std() == 0 else \
             float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for k, r in rows.items():
-        steps, mean, std, count = plots.curve(r)
-        line, = ax.plot(steps, mean, label=f"{k} ({count} seeds)")
-        ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("episode return (mean ± std over seeds)")
-    ax.set_title(f"PPO-clip vs DPO drift: {args.name}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, f"lpo_dpo_{args.name}.png"), dpi=120)
+    plots.band_plot(os.path.join(args.out, f"lpo_dpo_{args.name}.png"),
+                    {k: plots.curve(r) for k, r in rows.items()}, "environment steps",
+                    "episode return (mean ± std over seeds)", f"PPO-clip vs DPO drift: {args.name}",
+                    legend_fontsize=None)
     with open(os.path.join(args.out, f"lpo_dpo_{args.name}.json"), "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps(result, indent=1))

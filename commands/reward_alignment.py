@@ -139,31 +139,21 @@ def table(results, config):
 
 
 def plot(path, curves, config):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from src import plots
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
     labels = {"primary": "r_p only", "naive": "naive r_p + r_aux", "pbrs": "potential-based shaping",
               "barfi": "BARFI"}
+    bands = {}
     for method, metrics in curves.items():
-        steps = metrics["env_steps"][0]
         returns = np.asarray(metrics["episode_return"], dtype=float)
         with np.errstate(all="ignore"):
             mean = np.nanmean(returns, axis=0)
             se = np.nanstd(returns, axis=0, ddof=1) / np.sqrt(np.maximum(np.isfinite(returns).sum(0), 1))
-        line, = ax.plot(steps, mean, label=f"{labels[method]} ({returns.shape[0]} seeds)")
-        ax.fill_between(steps, mean - se, mean + se, color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("environment steps (outer steps' samples included)")
-    ax.set_ylabel("primary return (mean ± s.e. over seeds)")
-    ax.set_title(f"{config.env}, heuristic {config.heuristic}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        bands[labels[method]] = (metrics["env_steps"][0], mean, se, returns.shape[0])
+    return plots.band_plot(path, bands, "environment steps (every sample the method used)",
+                           "primary return (mean ± s.e. over seeds)",
+                           f"{config.env}, heuristic {config.heuristic}")
 
 
 def main(argv):

@@ -26,25 +26,32 @@ def curve(rows, metric="episode_return"):
     return steps, mean, std, len(values[0]) if values else 0
 
 
-def learning_curves(rows, hparam_keys, path, title="", metric="episode_return"):
+def band_plot(path, curves, xlabel, ylabel, title="", legend_fontsize=8):
+    """One line per label with a shaded band: curves = {label: (x, mean, spread, count)}.
+    The caller says what the band is (std or standard error) in ylabel."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for label, group in groups_of(rows, hparam_keys).items():
-        steps, mean, std, count = curve(group, metric)
-        line, = ax.plot(steps, mean, label=f"{label} ({count} seeds)")
-        ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel(metric.replace("_", " ") + " (mean ± std over seeds)")
+    for label, (x, mean, spread, count) in curves.items():
+        line, = ax.plot(x, mean, label=f"{label} ({count} seeds)")
+        ax.fill_between(x, mean - spread, mean + spread, color=line.get_color(), alpha=0.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=legend_fontsize)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def learning_curves(rows, hparam_keys, path, title="", metric="episode_return"):
+    curves = {label: curve(group, metric) for label, group in groups_of(rows, hparam_keys).items()}
+    return band_plot(path, curves, "environment steps",
+                     metric.replace("_", " ") + " (mean ± std over seeds)", title)
 
 
 def plot_run(run_dir, rows, hparam_keys, title):
