@@ -78,12 +78,7 @@ def main(argv=None):
 
     ued = env_design.make(config)   # loads the held-out levels: a bad level file stops here
     space = ued.space
-    os.makedirs(out, exist_ok=True)
-    cfg.save_yaml(config, os.path.join(out, "config.yaml"))
-
-    seeds = config.seed + np.arange(config.seeds)
-    keys = jax.vmap(jax.random.PRNGKey)(seeds.astype(np.uint32))
-    coin_keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), 7919), config.num_iterations)
+    seeds, keys, coin_keys = start_run(config, out, config.num_iterations)
     every = config.eval_every
     show = not args.no_progress
 
@@ -185,6 +180,20 @@ def main(argv=None):
     return summary
 
 
+def start_run(config, out, num_steps):
+    """Writes OUT/config.yaml; returns the seeds, one key per seed and the
+    per-step keys shared by all seeds (the buffer's replay coin flips)."""
+    import jax
+    import numpy as np
+
+    os.makedirs(out, exist_ok=True)
+    cfg.save_yaml(config, os.path.join(out, "config.yaml"))
+    seeds = config.seed + np.arange(config.seeds)
+    keys = jax.vmap(jax.random.PRNGKey)(seeds.astype(np.uint32))
+    coin_keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), 7919), num_steps)
+    return seeds, keys, coin_keys
+
+
 def write_csv(path, rows):
     if not rows:
         return
@@ -265,11 +274,7 @@ def run_groove(config, out, args):
 
     g = groove.make(config)
     space = g.space
-    os.makedirs(out, exist_ok=True)
-    cfg.save_yaml(config, os.path.join(out, "config.yaml"))
-    seeds = config.seed + np.arange(config.seeds)
-    keys = jax.vmap(jax.random.PRNGKey)(seeds.astype(np.uint32))
-    coin_keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), 7919), config.generations)
+    seeds, keys, coin_keys = start_run(config, out, config.generations)
     every = config.eval_every
     chunk = jax.jit(lambda s, coins: jax.lax.scan(
         lambda s, c: jax.vmap(g.generation, in_axes=(0, None))(s, c), s, coins))
