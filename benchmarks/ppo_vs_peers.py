@@ -1,12 +1,16 @@
 """Our PPO side by side with rejax's PPO and Stable-Baselines3's PPO on CartPole-v1.
 
-    python benchmarks/ppo_vs_peers.py [--seeds 1 8] [--skip-sb3]
+    python benchmarks/ppo_vs_peers.py [--seeds 1 8] [--repeats 3] [--skip-sb3]
 
 All three use the PureJaxRL/CleanRL CartPole config: 4 envs x 128 steps,
 4 epochs x 4 minibatches, lr 2.5e-4 linearly annealed, gamma 0.99, GAE lambda
 0.95, clip 0.2, entropy 0.01, value 0.5, max grad norm 0.5, tanh 64x64 actor and
 critic. Each run is a separate subprocess timed from the outside (whole process:
 interpreter start, imports, compilation, training, evaluation, exit).
+Ours and rejax run --repeats times in alternating order (ours first in even
+rounds, rejax first in odd ones); the tables give each side's median run and
+the ratios are ratios of medians, because one run on a shared machine moves by
+a second or more.
 
   ours   run.py train ... --out DIR, then DIR/summary.json
   rejax  benchmarks/peers/rejax_ppo.py in benchmarks/peers/.venv-rejax
@@ -204,11 +208,25 @@ def ratio(a, b):
     return a / b if a is not None and b not in (None, 0) else None
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median process time (the upper one of an even count),
+    carrying every run's times; a failed run is reported as the result."""
+    failed = [r for r in runs if not r.get("ok")]
+    if failed:
+        return failed[0]
+    ordered = sorted(runs, key=lambda r: r["process_s"])
+    median = dict(ordered[len(ordered) // 2])
+    for key in ("process_s", "compile_s", "train_s"):
+        median[f"{key}_all"] = [r.get(key) for r in runs]
+    median["repeats"] = len(runs)
+    return median
+
+
 def build_tables(runs: list[dict], seed_counts: list[int]) -> tuple[str, list[dict]]:
     lines = [
-        "| impl | seeds | env steps / seed | process s | compile s | train s "
+        "| impl | seeds | env steps / seed | process s | process s, every run | compile s | train s "
         "| env steps/s | final return | note |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---|",
+        "|---|---:|---:|---:|---|---:|---:|---:|---|---|",
     ]
     for r in runs:
         if r.get("ok"):
@@ -219,7 +237,8 @@ def build_tables(runs: list[dict], seed_counts: list[int]) -> tuple[str, list[di
             note = "FAILED: " + str(r.get("error", "?")).replace("|", "/").replace("\n", " ")[:160]
         lines.append(
             f"| {r['peer']} | {r['seeds']} | {r.get('total_steps', 0):,} "
-            f"| {fmt(r.get('process_s'))} | {fmt(r.get('compile_s'))} | {fmt(r.get('train_s'))} "
+            f"| {fmt(r.get('process_s'))} | {' '.join(fmt(x) for x in r.get('process_s_all', []))} "
+            f"| {fmt(r.get('compile_s'))} | {fmt(r.get('train_s'))} "
             f"| {fmt(r.get('env_steps_per_s'), ',.0f')} | {ret} | {note} |"
         )
 
@@ -263,6 +282,8 @@ def main() -> int:
                     help="seed counts to benchmark ours and rejax at (default: 1 8)")
     ap.add_argument("--total-steps", type=int, default=500_000,
                     help="env steps per seed for ours and rejax")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="runs per side and seed count, alternating; tables report the median (default 3)")
     ap.add_argument("--skip-sb3", action="store_true")
     ap.add_argument("--skip-rejax", action="store_true")
     ap.add_argument("--skip-ours", action="store_true")
@@ -274,6 +295,8 @@ def main() -> int:
                     help="interpreter that already has rejax and gymnax 0.0.9 (skips setup.sh; "
                          "used on the lent GPU machine, which cannot build a venv)")
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.rejax_python is not None:
         VENV_PY["rejax"] = args.rejax_python
 
@@ -285,12 +308,19 @@ def main() -> int:
 
     runs: list[dict] = []
     for n in args.seeds:
+        sides = {}
         if not args.skip_ours:
-            runs.append(run_ours(n, args.total_steps, args.timeout))
-            log(f"ours x{n}: " + ("ok" if runs[-1].get("ok") else runs[-1].get("error", "?")))
+            sides["ours"] = lambda n=n: run_ours(n, args.total_steps, args.timeout)
         if not args.skip_rejax:
-            runs.append(run_peer("rejax", n, args.total_steps, args.timeout, setup_error))
-            log(f"rejax x{n}: " + ("ok" if runs[-1].get("ok") else runs[-1].get("error", "?")))
+            sides["rejax"] = lambda n=n: run_peer("rejax", n, args.total_steps, args.timeout, setup_error)
+        repeats = {name: [] for name in sides}
+        for r in range(args.repeats):
+            for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+                repeats[name].append(sides[name]())
+                last = repeats[name][-1]
+                log(f"{name} x{n} round {r + 1}/{args.repeats}: "
+                    + (f"{last['process_s']:.1f} s" if last.get("ok") else str(last.get("error", "?"))))
+        runs.extend(median_run(rs) for rs in repeats.values())
     if not args.skip_sb3:
         runs.append(run_peer("sb3", args.sb3_seeds, args.sb3_steps, args.timeout, setup_error))
         log(f"sb3 x{args.sb3_seeds}: " + ("ok" if runs[-1].get("ok") else runs[-1].get("error", "?")))
@@ -314,6 +344,8 @@ def main() -> int:
         "Config (all implementations): " + ", ".join(f"{k}={v}" for k, v in CONFIG.items()) + ".",
         "",
         table,
+        f"- Each row is the median of {args.repeats} alternating runs (by process time); the ratios "
+        "below are ratios of those medians.",
         "- *process s*: whole subprocess wall time measured by this script (start-up, imports, "
         "compile, train, evaluation). *train s*: the training call only (after compilation). "
         "*env steps/s* = seeds x env steps per seed / train s.",

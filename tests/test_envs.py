@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -138,3 +142,26 @@ def test_flatten_and_clip_wrappers():
     at_bound = env.step(jax.random.PRNGKey(1), state, jnp.array([2.0]), params)
     np.testing.assert_allclose(clipped[0], at_bound[0])
     np.testing.assert_allclose(clipped[2], at_bound[2])
+
+
+def test_gymnax_render_imports_wait_until_used():
+    """gymnax's module-level seaborn/pyplot imports are deferred (start-up time),
+    and the real modules arrive on first use."""
+    code = (
+        "import sys, envs\n"
+        "assert type(sys.modules['seaborn']).__name__ == '_ImportedOnFirstUse', type(sys.modules['seaborn'])\n"
+        "assert 'seaborn.palettes' not in sys.modules\n"
+        "import gymnax.environments.misc.pong as pong\n"
+        "assert len(pong.sns.color_palette('cubehelix', 3)) == 3\n"
+        "import seaborn\n"
+        "assert type(seaborn).__name__ == 'module' and hasattr(seaborn, 'color_palette')\n"
+        "import matplotlib\n"
+        "matplotlib.use('Agg')\n"
+        "import matplotlib.pyplot as plt\n"
+        "fig, ax = plt.subplots()\n"
+        "assert plt.get_backend().lower() == 'agg'\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": root})
+    assert proc.returncode == 0, proc.stderr[-2000:]
