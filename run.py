@@ -228,11 +228,32 @@ def summarise(rows_final, members, grid, config):
     return summary
 
 
+def import_in_background(*modules):
+    """Import what the end of a run needs on a spare core while it trains.
+
+    orbax and matplotlib take about half a second to import, and a run of a
+    few seeds on CPU keeps only one core busy; a thread imports them there
+    while the main thread waits on the compiled program (Python's import locks
+    make a later import of the same module wait for this one)."""
+    import importlib
+    import threading
+
+    def load():
+        for name in modules:
+            module = importlib.import_module(name)
+            if hasattr(module, "warm_up"):
+                module.warm_up()
+
+    thread = threading.Thread(target=load, name="import-in-background", daemon=True)
+    thread.start()
+    return thread
+
+
 def train(args):
     import jax
     import numpy as np
 
-    from src import checkpoint, plots, population, progress, rundir
+    from src import population, progress, rundir
     from src.config import ConfigError
 
     module, config = build_config(args)
@@ -289,8 +310,10 @@ def train(args):
         state = init(keys, hparams)
         compiled = run_chunk.lower(state, hparams).compile()
     compile_s = time.perf_counter() - t0
+    imports = import_in_background("src.checkpoint", "src.plots")
     if args.resume:
         if done:
+            from src import checkpoint
             state = checkpoint.restore(ckpt_dir, state)
         rundir.truncate_metrics(out, done)
         print(f"resuming from iteration {done}")
@@ -313,6 +336,8 @@ def train(args):
             if tensorboard:
                 tensorboard.write(rows)
             done += chunk
+            imports.join()
+            from src import checkpoint
             checkpoint.save(ckpt_dir, state)
             rundir.write_json(out, "checkpoint.json", {"iteration": done})
             last_rows = rows[-len(members):]
@@ -328,6 +353,7 @@ def train(args):
                    env_steps_per_s=len(members) * (done - first) * config.batch_size / run_s if run_s else None,
                    device=str(jax.devices()[0].device_kind), jax=jax.__version__)
     rundir.write_json(out, "summary.json", summary)
+    from src import plots
     plots.plot_run(out, all_rows, list(grid), f"{config.algo} on {config.env}")
 
     mean, std = summary["final_return_mean"], summary["final_return_std"]

@@ -26,6 +26,15 @@ def curve(rows, metric="episode_return"):
     return steps, mean, std, len(values[0]) if values else 0
 
 
+def warm_up():
+    """Import matplotlib with the file-only backend (run.py calls this from a
+    background thread while a run trains)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    plt.get_backend()   # pyplot may be a deferred module (envs/__init__.py): load it now
+
+
 def band_plot(path, curves, xlabel, ylabel, title="", legend_fontsize=8):
     """One line per label with a shaded band: curves = {label: (x, mean, spread, count)}.
     The caller says what the band is (std or standard error) in ylabel."""
