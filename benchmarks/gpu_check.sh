@@ -24,11 +24,19 @@
 #   C  brax/inverted_pendulum PPO preset at 16 seeds, one vmapped program
 #   D  robustness benchmark on the brax victim (configs/robust_brax_inverted_pendulum.yaml)
 #   E  the non-slow PPO/SAC tests on the GPU (determinism, sweep == separate runs, one trace)
-# C, D and E run concurrently (learning results; their timings are not comparisons).
+#   F  robustness benchmark on a brax locomotion victim (configs/robust_brax_hopper.yaml: PPO and
+#      SA-PPO on hopper, then the attacks; victim by victim, so a timeout still leaves vanilla's table)
+#   G  robustness benchmark on brax/inverted_double_pendulum (vanilla and SA-PPO, with the learned
+#      adversary; configs/robust_brax_inverted_double_pendulum.yaml)
+# C, D, E, F and G run concurrently (learning results; their timings are not comparisons).
+# STEPS picks among B-G (default all; A always runs): e.g. `STEPS="A F G" bash benchmarks/gpu_check.sh` when the
+# rejax comparison and the IP grid are already measured.
 # Everything lands in $OUT/gpu_check.tgz plus $OUT/log.txt; a table is printed last.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results/gpu}"
+STEPS="${STEPS:-A B C D E F G}"
+want() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 mkdir -p "$OUT"
 R=/tmp/gpu_results
 mkdir -p $R
@@ -64,25 +72,32 @@ timeout -k 10 120 python3 run.py train --env CartPole-v1 --seeds 2 --total-steps
 stamp "A done"
 
 # --- B ----------------------------------------------------------------------
+if want B; then
 stamp "B: PPO vs rejax (1, 8 seeds)"
 timeout -k 10 200 python3 benchmarks/ppo_vs_peers.py --seeds 1 8 --skip-sb3 --rejax-python /tmp/rejax_py \
     --timeout 90 --out-dir $R 2>&1 | tail -25
 stamp "B: ours at 256 seeds"
 timeout -k 10 90 python3 run.py train --env CartPole-v1 --seeds 256 --total-steps 500000 --no-progress --out $R/ppo_cartpole_256 2>&1 | tail -3
 stamp "B done"
+fi
 
-# --- C, D, E concurrently -------------------------------------------------------
-stamp "C: brax IP grid; D: brax robustness; E: tests"
-( timeout -k 10 280 python3 run.py train --config configs/ppo_brax_inverted_pendulum.yaml --seeds 16 \
+# --- C, D, E, F concurrently ------------------------------------------------------
+stamp "steps $STEPS: C brax IP grid; D brax IP robustness; E tests; F brax hopper robustness; G brax IDP robustness"
+want C && ( timeout -k 10 280 python3 run.py train --config configs/ppo_brax_inverted_pendulum.yaml --seeds 16 \
       --no-progress --out $R/brax_ip_grid \
       > $R/C.log 2>&1; echo "C exit $?" >> $R/C.log ) &
-( timeout -k 10 300 python3 benchmarks/robustness.py --config configs/robust_brax_inverted_pendulum.yaml \
+want D && ( timeout -k 10 300 python3 benchmarks/robustness.py --config configs/robust_brax_inverted_pendulum.yaml \
       --cert-episodes 50 --results $R > $R/D.log 2>&1; echo "D exit $?" >> $R/D.log ) &
-( timeout -k 10 280 python3 -m pytest -q -x -p no:cacheprovider tests/test_ppo.py tests/test_sac.py -m "not slow" \
+want E && ( timeout -k 10 280 python3 -m pytest -q -x -p no:cacheprovider tests/test_ppo.py tests/test_sac.py -m "not slow" \
       > $R/E.log 2>&1; echo "E exit $?" >> $R/E.log ) &
+want F && ( timeout -k 10 330 python3 benchmarks/robustness.py --config configs/robust_brax_hopper.yaml \
+      --results $R > $R/F.log 2>&1; echo "F exit $?" >> $R/F.log ) &
+want G && ( timeout -k 10 330 python3 benchmarks/robustness.py --config configs/robust_brax_inverted_double_pendulum.yaml \
+      --results $R > $R/G.log 2>&1; echo "G exit $?" >> $R/G.log ) &
 wait
-cp -r runs/robustness_brax_inverted_pendulum_* $R/ 2>/dev/null
-stamp "C, D, E done"
+cp -r runs/robustness_brax_inverted_pendulum_* runs/robustness_brax_hopper_* \
+    runs/robustness_brax_inverted_double_pendulum_* $R/ 2>/dev/null
+stamp "C-G done"
 
 # --- table ----------------------------------------------------------------------
 python3 - "$R" <<'EOF'
@@ -111,7 +126,7 @@ if os.path.exists(p):
             final.setdefault(key, []).append(float(r["episode_return"]))
     for key, v in sorted(final.items()):
         print("C", dict(key), "final per seed:", [round(x) for x in v], "mean", round(sum(v) / len(v), 1))
-for step in "CDE":
+for step in "CDEFG":
     p = os.path.join(R, f"{step}.log")
     if os.path.exists(p):
         print(f"--- {step} tail ---"); print("".join(open(p).readlines()[-12:]).rstrip())

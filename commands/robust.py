@@ -3,6 +3,7 @@
     python run.py robust RUN_DIR --attacks random,fgsm,pgd,critic,mad,learned --eps 0,0.02,0.05,0.1,0.2 --episodes 50
     python run.py robust RUN_DIR --certify --sigma 0.2 --budget 0,0.5,1 --episodes 200
     python run.py robust RUN_DIR --shift length=0.5,1,2        # physical-parameter shift (distribution shift)
+    python run.py robust RUN_DIR --action-objective clipped    # PGD/MAD on the clipped action the env receives
 
 Attacks: one compiled program per attack, vmapped over the run's members,
 the eps values and the episodes. Writes RUN_DIR/robust/ (or --out):
@@ -20,6 +21,9 @@ RETURN_RANGES = {"CartPole-v1": (0.0, 500.0), "Acrobot-v1": (-500.0, 0.0), "Moun
                  "Pendulum-v1": (-16.2736044 * 200, 0.0), "brax/inverted_pendulum": (0.0, 1000.0)}
 
 
+ACTION_OBJECTIVES = ("gaussian", "clipped")
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="run.py robust", description=__doc__.split("\n")[0])
     p.add_argument("run_dir")
@@ -33,6 +37,12 @@ def parse_args(argv):
                    help="step: eps per step; episode: eps is a total L2 budget over the episode")
     p.add_argument("--target", default="observation", help="observation or action (continuous)")
     p.add_argument("--pgd-steps", type=int, default=10, help="steps of PGD, critic and MAD attacks")
+    p.add_argument("--pgd-step-scale", type=float, default=2.5,
+                   help="PGD step = scale * eps / steps (1: K steps of eps/K)")
+    p.add_argument("--action-objective", default="gaussian", choices=ACTION_OBJECTIVES,
+                   help="what FGSM/PGD and MAD measure for a continuous policy: the network's Gaussian "
+                        "(default), or the distribution of the clipped action the environment receives "
+                        "(a Gaussian policy whose action the environment clips, e.g. PPO on brax)")
     p.add_argument("--adversary-steps", type=float, default=200_000,
                    help="env steps to train each learned adversary (one per member and eps, vmapped)")
     p.add_argument("--certify", action="store_true", help="policy-smoothing certificates instead of attacks")
@@ -79,6 +89,8 @@ def check_args(args):
     threat = attacks.ThreatModel(args.norm, args.units, args.budget_type, args.target).validate()
     if args.pgd_steps < 1 or args.adversary_steps < 1:
         raise ConfigError("--pgd-steps and --adversary-steps must be >= 1")
+    if not args.pgd_step_scale > 0:
+        raise ConfigError(f"--pgd-step-scale must be > 0, got {args.pgd_step_scale}")
     budgets = floats(args.budget, "--budget")
     if args.certify:
         certificates.check(args.sigma, budgets, args.thresholds, args.alpha)
@@ -119,6 +131,23 @@ def restore_members(run_dir, module, agent, config, members):
     return checkpoint.restore(os.path.join(run_dir, "checkpoint"), like)
 
 
+def action_bounds(args, agent, victim):
+    """(low, high) for make_attack's clipped objectives, or None (see --action-objective)."""
+    import jax.numpy as jnp
+
+    from envs.core import Box
+    from src.config import ConfigError
+
+    if args.action_objective == "gaussian":
+        return None
+    if victim.discrete or victim.action_map is not None or not isinstance(
+            agent.env.action_space(agent.env_params), Box):
+        raise ConfigError("--action-objective clipped needs a Gaussian policy whose action the environment clips; "
+                          "this victim's actions are " + ("discrete" if victim.discrete else "mapped by the agent"))
+    space = agent.env.action_space(agent.env_params)
+    return jnp.asarray(space.low, jnp.float32), jnp.asarray(space.high, jnp.float32)
+
+
 def train_adversaries(agent, victim, vparams, eps, steps, seed):
     """One learned adversary per (member, eps), all in one vmapped training program."""
     import dataclasses
@@ -156,8 +185,10 @@ def attack_table(args, names, eps, threat, module, config, members, agent, state
     from src import attacks, progress
 
     victim, to_vparams = adv.victim_of(agent)
+    bounds = action_bounds(args, agent, victim)
+    options = dict(step_scale=args.pgd_step_scale, action_bounds=bounds)
     for name in names:   # every refusal (e.g. critic without a critic) before any compiling
-        attacks.make_attack(name, threat, victim, args.pgd_steps, adversary=(lambda p, o: o))
+        attacks.make_attack(name, threat, victim, args.pgd_steps, adversary=(lambda p, o: o), **options)
     vparams = jax.vmap(to_vparams)(state)
     max_steps = episode_limit(agent.env, agent.env_params)
     eps_arr = jnp.asarray(eps, jnp.float32)
@@ -171,7 +202,7 @@ def attack_table(args, names, eps, threat, module, config, members, agent, state
                 adversary_fn, adv_params, _ = train_adversaries(agent, victim, vparams, eps, args.adversary_steps,
                                                                 args.seed)
                 jax.block_until_ready(adv_params)
-            attack = attacks.make_attack(name, threat, victim, args.pgd_steps, adversary=adversary_fn)
+            attack = attacks.make_attack(name, threat, victim, args.pgd_steps, adversary=adversary_fn, **options)
 
             def evaluate(vp, e, ap):
                 return attacks.evaluate(agent.env, agent.env_params, victim, vp, attack, threat, key, e,
@@ -264,7 +295,8 @@ def certify(args, budgets, threat, module, config, members, agent, state):
     key = jax.random.PRNGKey(args.seed)
     clean = attacks.make_attack("random", threat, victim)
     budget_threat = dataclasses.replace(threat, norm="l2", budget="episode")
-    pgd = attacks.make_attack("pgd", budget_threat, victim, args.pgd_steps)
+    pgd = attacks.make_attack("pgd", budget_threat, victim, args.pgd_steps, step_scale=args.pgd_step_scale,
+                              action_bounds=action_bounds(args, agent, victim))
     sigma = jnp.float32(args.sigma)
 
     def noisy(vp):
@@ -372,11 +404,13 @@ def main(argv):
     table = summarise(results, eps)
     result = {"run_dir": args.run_dir, "eps": eps, "episodes": args.episodes, "members": len(members),
               "threat_model": dataclasses.asdict(threat),
-              "pgd_steps": args.pgd_steps, "table": table, "seconds_per_attack": timings,
+              "pgd_steps": args.pgd_steps, "pgd_step_scale": args.pgd_step_scale,
+              "action_objective": args.action_objective, "table": table, "seconds_per_attack": timings,
               "device": str(jax.devices()[0].device_kind)}
     if "learned" in names:
         result["adversary_steps"] = int(args.adversary_steps)
     rundir.write_json(out, "robust.json", result)
+    title += f", {args.pgd_steps} PGD steps of {args.pgd_step_scale:g} eps/K on the {result['action_objective']} action"
     text = markdown(table, eps, title)
     with open(os.path.join(out, "robust.md"), "w") as f:
         f.write(text)

@@ -15,6 +15,9 @@ Attacks: random (uniform in the ball), fgsm (one normalised gradient step),
 pgd (K projected steps from a random start), critic (minimise V), mad
 (maximise KL between the clean and perturbed action distributions), and
 learned (an adversary policy acting as eps * tanh(a); see meta/adversary.py).
+For a Gaussian policy whose action the environment clips, `action_bounds`
+makes FGSM/PGD and MAD measure the clipped action's distribution (what the
+environment receives) instead of the network's Gaussian.
 """
 import dataclasses
 from typing import Callable, NamedTuple, Optional
@@ -119,6 +122,56 @@ def kl(p, q, discrete):
     return jnp.sum(lq - lp + (jnp.exp(2 * lp) + (mp - mq) ** 2) / (2 * jnp.exp(2 * lq)) - 0.5, axis=-1)
 
 
+def _standard_bounds(mean, log_std, low, high):
+    """(low - mean) / std and (high - mean) / std, clamped to +-50 (beyond
+    which float32 normal tails are exactly 0 or 1) so that infinite bounds and
+    far-away means stay finite."""
+    std = jnp.exp(log_std)
+    return jnp.clip((low - mean) / std, -50.0, 50.0), jnp.clip((high - mean) / std, -50.0, 50.0)
+
+
+def clipped_kl(p, q, low, high):
+    """KL(p || q) between the distributions of clip(a, low, high) for Gaussian
+    a ~ p and a ~ q: what an environment that clips continuous actions to the
+    box [low, high] receives. Each is a point mass at low (P(a <= low)), one at
+    high (P(a >= high)) and the Gaussian density in between; summed over the
+    action dimensions. Without bounds (low = -inf, high = inf) it is `kl`."""
+    from jax.scipy.special import log_ndtr, ndtr
+    (mp, lp), (mq, lq) = p, q
+    alpha, beta = _standard_bounds(mp, lp, low, high)
+    alpha_q, beta_q = _standard_bounds(mq, lq, low, high)
+    log_p_low, log_p_high = log_ndtr(alpha), log_ndtr(-beta)
+    atoms = (jnp.exp(log_p_low) * (log_p_low - log_ndtr(alpha_q))
+             + jnp.exp(log_p_high) * (log_p_high - log_ndtr(-beta_q)))
+    # the interior mass Z = P(low < a < high), computed on the side of the
+    # smaller tail probabilities (no cancellation of two numbers near 1)
+    upper_half = mp > 0.5 * (low + high)
+    z = jnp.where(upper_half, ndtr(beta) - ndtr(alpha), ndtr(-alpha) - ndtr(-beta))
+    pdf = lambda t: jnp.exp(-0.5 * t * t) / jnp.sqrt(2 * jnp.pi)  # noqa: E731
+    sp = jnp.exp(lp)
+    m1 = sp * (pdf(alpha) - pdf(beta))                               # int (a - mp) p(a) da over the box
+    m2 = sp ** 2 * (z + alpha * pdf(alpha) - beta * pdf(beta))       # int (a - mp)^2 p(a) da over the box
+    d = mp - mq
+    interior = z * (lq - lp) - m2 / (2 * sp ** 2) + (m2 + 2 * d * m1 + d ** 2 * z) / (2 * jnp.exp(2 * lq))
+    return jnp.sum(atoms + interior, axis=-1)
+
+
+def clipped_action_deviation(clean, perturbed, low, high):
+    """The FGSM/PGD objective for a Gaussian policy whose action the
+    environment clips to [low, high]: minus the log-probability, under the
+    perturbed policy's clipped distribution, of the action the clean
+    deterministic policy sends, clip(mean, low, high). Inside the box that is
+    `action_deviation`; at a bound it is minus the log of the perturbed
+    policy's mass beyond that bound, which keeps a gradient (towards the
+    inside of the box) where the mean itself is clipped."""
+    from jax.scipy.special import log_ndtr
+    (mp, _), (mq, lq) = clean, perturbed
+    alpha_q, beta_q = _standard_bounds(mq, lq, low, high)
+    inside = 0.5 * ((mp - mq) / jnp.exp(lq)) ** 2 + lq
+    per_dim = jnp.where(mp >= high, -log_ndtr(-beta_q), jnp.where(mp <= low, -log_ndtr(alpha_q), inside))
+    return jnp.sum(per_dim, axis=-1)
+
+
 def action_deviation(clean, perturbed, discrete):
     """The FGSM/PGD objective: minus the log-probability, under the perturbed
     policy, of the action the clean policy takes (cross-entropy for discrete
@@ -175,10 +228,16 @@ def fgsm(objective, key, x, eps, norm, start_scale=1e-3):
 
 # ----------------------------------------------------------------------------- attacks
 
-def make_attack(name, threat: ThreatModel, victim: Victim, steps: int = 10, adversary=None):
+def make_attack(name, threat: ThreatModel, victim: Victim, steps: int = 10, adversary=None, step_scale: float = 2.5,
+                action_bounds=None):
     """attack(key, vparams, x, eps, adv_params=None) -> delta, for x in the threat model's units.
 
-    adversary: for 'learned', a function (adv_params, raw_obs) -> pre-tanh action."""
+    adversary: for 'learned', a function (adv_params, raw_obs) -> pre-tanh action.
+    step_scale: PGD's step is step_scale * eps / steps (1: the K steps of eps/K).
+    action_bounds: (low, high) of the box the environment clips a continuous
+    Gaussian policy's action to; given, FGSM/PGD and MAD measure the clipped
+    action distribution the environment receives (`clipped_action_deviation`,
+    `clipped_kl`) instead of the unclipped Gaussian."""
     threat.validate()
     if name not in ATTACKS:
         raise ConfigError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
@@ -193,6 +252,11 @@ def make_attack(name, threat: ThreatModel, victim: Victim, steps: int = 10, adve
         raise ConfigError("the learned attack needs a trained adversary (meta/adversary.py)")
     if steps < 1:
         raise ConfigError(f"attack steps must be >= 1, got {steps}")
+    if not step_scale > 0:
+        raise ConfigError(f"the PGD step scale must be > 0, got {step_scale}")
+    if action_bounds is not None and (victim.discrete or victim.action_map is not None):
+        raise ConfigError("action_bounds apply to a Gaussian policy whose action the environment clips; this "
+                          "victim's actions are " + ("discrete" if victim.discrete else "mapped by its action_map"))
 
     def policy_of(vparams, x):
         z = x if threat.units == "normalised" else victim.normalize(vparams, x)
@@ -210,12 +274,17 @@ def make_attack(name, threat: ThreatModel, victim: Victim, steps: int = 10, adve
                                                 else victim.normalize(vparams, y))
         else:
             clean = jax.lax.stop_gradient(policy_of(vparams, x))
-            divergence = action_deviation if name in ("fgsm", "pgd") else (
-                lambda p, q, d: kl(p, q, d))
-            objective = lambda y: divergence(clean, policy_of(vparams, y), victim.discrete)  # noqa: E731
+            if action_bounds is not None:
+                low, high = action_bounds
+                divergence = (lambda p, q: clipped_action_deviation(p, q, low, high)) if name in ("fgsm", "pgd") \
+                    else (lambda p, q: clipped_kl(p, q, low, high))
+            else:
+                divergence = (lambda p, q: action_deviation(p, q, victim.discrete)) if name in ("fgsm", "pgd") \
+                    else (lambda p, q: kl(p, q, victim.discrete))
+            objective = lambda y: divergence(clean, policy_of(vparams, y))  # noqa: E731
         if name == "fgsm":
             return fgsm(objective, key, x, eps, threat.norm)
-        return pgd_maximise(objective, key, x, eps, threat.norm, steps)
+        return pgd_maximise(objective, key, x, eps, threat.norm, steps, step_scale=step_scale)
 
     return attack
 

@@ -72,6 +72,16 @@ def test_robust_cli_learned_adversary(run_dir):
     assert check_table(os.path.join(run_dir, "learned"), ["random", "learned"])["adversary_steps"] == 512
 
 
+def test_robust_cli_clipped_action_objective_on_a_continuous_victim(tmp_path):
+    out = str(tmp_path / "pendulum")
+    run.main(["train", "--env", "Pendulum-v1", *TINY, "--out", out])
+    stored = run.main(["robust", out, "--attacks", "pgd,mad", "--eps", "0,0.3", "--episodes", "2", "--pgd-steps", "2",
+                       "--pgd-step-scale", "1", "--action-objective", "clipped", "--no-progress"])
+    assert stored["action_objective"] == "clipped" and stored["pgd_step_scale"] == 1.0
+    assert "on the clipped action" in open(os.path.join(out, "robust", "robust.md")).read()
+    check_table(os.path.join(out, "robust"), ["pgd", "mad"])
+
+
 def test_robust_cli_bad_input_fails_before_compiling(run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:   # as a user sees it: a message and exit status 2
         run.main(["robust", run_dir, "--eps", "0,-0.1"])
@@ -80,6 +90,10 @@ def test_robust_cli_bad_input_fails_before_compiling(run_dir, tmp_path, capsys):
         robust.main([run_dir, "--attacks", "pgd,fgms"])
     with pytest.raises(ConfigError, match="sigma must be > 0"):
         robust.main([run_dir, "--certify", "--sigma", "0"])
+    with pytest.raises(ConfigError, match="pgd-step-scale must be > 0"):
+        robust.main([run_dir, "--pgd-step-scale", "0"])
+    with pytest.raises(ConfigError, match="clipped needs a Gaussian policy.*discrete"):
+        robust.main([run_dir, "--action-objective", "clipped", "--no-progress"])
     no_ckpt = tmp_path / "no_checkpoint"
     no_ckpt.mkdir()
     for name in ("config.yaml", "members.json"):
