@@ -131,8 +131,9 @@ def restore_members(run_dir, module, agent, config, members):
     return checkpoint.restore(os.path.join(run_dir, "checkpoint"), like)
 
 
-def action_bounds(args, agent, victim):
-    """(low, high) for make_attack's clipped objectives, or None (see --action-objective)."""
+def action_bounds(args, agent):
+    """(low, high) for make_attack's clipped objectives, or None (see --action-objective).
+    make_attack itself refuses a victim whose agent maps its actions."""
     import jax.numpy as jnp
 
     from envs.core import Box
@@ -140,11 +141,10 @@ def action_bounds(args, agent, victim):
 
     if args.action_objective == "gaussian":
         return None
-    if victim.discrete or victim.action_map is not None or not isinstance(
-            agent.env.action_space(agent.env_params), Box):
-        raise ConfigError("--action-objective clipped needs a Gaussian policy whose action the environment clips; "
-                          "this victim's actions are " + ("discrete" if victim.discrete else "mapped by the agent"))
     space = agent.env.action_space(agent.env_params)
+    if not isinstance(space, Box):
+        raise ConfigError("--action-objective clipped needs a Gaussian policy whose action the environment clips; "
+                          "this victim's actions are discrete")
     return jnp.asarray(space.low, jnp.float32), jnp.asarray(space.high, jnp.float32)
 
 
@@ -185,7 +185,7 @@ def attack_table(args, names, eps, threat, module, config, members, agent, state
     from src import attacks, progress
 
     victim, to_vparams = adv.victim_of(agent)
-    bounds = action_bounds(args, agent, victim)
+    bounds = action_bounds(args, agent)
     options = dict(step_scale=args.pgd_step_scale, action_bounds=bounds)
     for name in names:   # every refusal (e.g. critic without a critic) before any compiling
         attacks.make_attack(name, threat, victim, args.pgd_steps, adversary=(lambda p, o: o), **options)
@@ -296,7 +296,7 @@ def certify(args, budgets, threat, module, config, members, agent, state):
     clean = attacks.make_attack("random", threat, victim)
     budget_threat = dataclasses.replace(threat, norm="l2", budget="episode")
     pgd = attacks.make_attack("pgd", budget_threat, victim, args.pgd_steps, step_scale=args.pgd_step_scale,
-                              action_bounds=action_bounds(args, agent, victim))
+                              action_bounds=action_bounds(args, agent))
     sigma = jnp.float32(args.sigma)
 
     def noisy(vp):
