@@ -5,6 +5,7 @@ final actor layer (the PPO implementation details that matter on CartPole).
 """
 from typing import Sequence
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -47,8 +48,31 @@ def orthogonal(scale: float = 1.0):
     return init
 
 
-def _dense(features, scale):
-    return nn.Dense(features, kernel_init=orthogonal(scale), bias_init=nn.initializers.zeros)
+def orthogonal_stack(key, shapes, scales):
+    """Orthogonal matrices of several shapes from one Gaussian draw and one
+    batched Gram-Schmidt: the same distribution as calling `orthogonal` once
+    per shape, at a fraction of the compile time (each draw of a new shape and
+    each loop is its own piece of XLA code: an actor-critic's six kernels
+    drawn one by one took 1.7 s to compile on CPU, all at once 1.0 s).
+
+    Each matrix is Gram-Schmidt'ed as the top-left corner of a zero-padded
+    square block: padding rows are zero in its columns, so they change no
+    inner product, and padding columns come after its own, so they change
+    nothing that Gram-Schmidt has already produced."""
+    talls = [(max(int(np.prod(s[:-1])), s[-1]), min(int(np.prod(s[:-1])), s[-1])) for s in shapes]
+    rows = max(r for r, _ in talls)
+    cols = max(c for _, c in talls)
+    draws = jax.random.normal(key, (len(shapes), rows, cols), jnp.float32)
+    row_ids, col_ids = np.arange(rows)[:, None], np.arange(cols)[None, :]
+    keep = np.stack([(row_ids < r) | (col_ids >= c) for r, c in talls])
+    qs = jax.vmap(_orthonormal_columns)(jnp.where(keep, draws, 0.0))
+    out = []
+    for q, shape, (r, c), scale in zip(qs, shapes, talls, scales):
+        q = q[:r, :c]
+        if int(np.prod(shape[:-1])) < shape[-1]:
+            q = q.T
+        out.append((scale * q).reshape(shape))
+    return out
 
 
 class MLP(nn.Module):
@@ -56,13 +80,19 @@ class MLP(nn.Module):
     out: int
     activation: str = "tanh"
     out_scale: float = 1.0
+    # zero kernels, for a parent that initialises them all at once (ActorCritic)
+    zero_kernels: bool = False
 
     @nn.compact
     def __call__(self, x):
         act = _ACTIVATIONS[self.activation]
         for width in self.hidden:
-            x = act(_dense(width, np.sqrt(2.0))(x))
-        return _dense(self.out, self.out_scale)(x)
+            x = act(self._dense(width, np.sqrt(2.0))(x))
+        return self._dense(self.out, self.out_scale)(x)
+
+    def _dense(self, features, scale):
+        kernel_init = nn.initializers.zeros if self.zero_kernels else orthogonal(scale)
+        return nn.Dense(features, kernel_init=kernel_init, bias_init=nn.initializers.zeros)
 
 
 class ActorCritic(nn.Module):
@@ -73,11 +103,33 @@ class ActorCritic(nn.Module):
     hidden: Sequence[int] = (64, 64)
     activation: str = "tanh"
 
+    # the heads' orthogonal scales: a small actor head starts near-uniform
+    ACTOR_OUT_SCALE = 0.01
+    CRITIC_OUT_SCALE = 1.0
+
     def setup(self):
-        self.actor = MLP(self.hidden, self.action_dim, self.activation, out_scale=0.01)
-        self.critic = MLP(self.hidden, 1, self.activation, out_scale=1.0)
+        # kernels start at zero and `init` fills them all at once
+        self.actor = MLP(self.hidden, self.action_dim, self.activation, self.ACTOR_OUT_SCALE, zero_kernels=True)
+        self.critic = MLP(self.hidden, 1, self.activation, self.CRITIC_OUT_SCALE, zero_kernels=True)
         if not self.discrete:
             self.log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
+
+    def init(self, rngs, *args, **kwargs):
+        """flax's init, then every kernel orthogonal from one draw (`orthogonal_stack`):
+        the same distribution as per-layer `orthogonal`, about 1 s less XLA
+        compilation for a whole PPO run on CPU."""
+        variables = flax.core.unfreeze(super().init(rngs, *args, **kwargs))
+        key = rngs["params"] if isinstance(rngs, dict) else rngs
+        params = variables["params"]
+        # MLP's Dense layers in call order: sqrt(2) for the hidden ones, then the head's scale
+        layers = [(name, f"Dense_{i}", np.sqrt(2.0) if i < len(self.hidden) else out_scale)
+                  for name, out_scale in (("actor", self.ACTOR_OUT_SCALE), ("critic", self.CRITIC_OUT_SCALE))
+                  for i in range(len(self.hidden) + 1)]
+        kernels = orthogonal_stack(key, [params[n][l]["kernel"].shape for n, l, _ in layers],
+                                   [scale for _, _, scale in layers])
+        for (name, layer, _), kernel in zip(layers, kernels):
+            params[name][layer]["kernel"] = kernel.astype(params[name][layer]["kernel"].dtype)
+        return variables
 
     def __call__(self, obs):
         return self.policy(obs), self.value(obs)

@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from src.networks import ActorCritic, entropy, log_prob, orthogonal
+from src.networks import ActorCritic, entropy, log_prob, orthogonal, orthogonal_stack
 
 
 def test_orthogonal_init_is_orthogonal_and_scaled():
@@ -35,3 +35,43 @@ def test_log_prob_and_entropy_match_closed_forms():
     net = ActorCritic(action_dim=2, discrete=False)
     params = net.init(jax.random.PRNGKey(0), jnp.zeros(3))
     assert net.apply(params, jnp.zeros((5, 3)))[1].shape == (5,)
+
+
+def _reference_orthonormal(matrix):
+    """numpy's QR with R's diagonal made positive: the unique Q that Gram-Schmidt gives."""
+    q, r = np.linalg.qr(matrix)
+    return q * np.sign(np.diag(r))
+
+
+def test_orthogonal_stack_equals_gram_schmidt_of_each_corner():
+    shapes, scales = [(4, 64), (64, 64), (64, 2), (17, 256), (256, 6)], [1.0, 2.0, 0.5, 1.0, 3.0]
+    key = jax.random.PRNGKey(3)
+    kernels = orthogonal_stack(key, shapes, scales)
+    draws = np.asarray(jax.random.normal(key, (len(shapes), 256, 64)), np.float64)
+    for draw, shape, scale, kernel in zip(draws, shapes, scales, kernels):
+        tall = (max(shape), min(shape))
+        expected = scale * _reference_orthonormal(draw[:tall[0], :tall[1]])
+        if shape[0] < shape[1]:
+            expected = expected.T
+        assert kernel.shape == shape
+        np.testing.assert_allclose(kernel, expected, atol=2e-5)
+
+
+def test_actor_critic_init_orthogonal_scaled_and_the_same_under_vmap():
+    net = ActorCritic(action_dim=3, discrete=True, hidden=(32, 16))
+    params = net.init(jax.random.PRNGKey(0), jnp.zeros(5))["params"]
+    scales = {"actor": (np.sqrt(2), np.sqrt(2), 0.01), "critic": (np.sqrt(2), np.sqrt(2), 1.0)}
+    kernels = []
+    for head, head_scales in scales.items():
+        for i, scale in enumerate(head_scales):
+            w = np.asarray(params[head][f"Dense_{i}"]["kernel"])
+            gram = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
+            np.testing.assert_allclose(gram, scale**2 * np.eye(min(w.shape)), atol=1e-5 * max(1.0, scale**2))
+            assert not np.any(params[head][f"Dense_{i}"]["bias"])
+            kernels.append(w / scale)
+    # distinct draws per layer, not one matrix reused
+    assert not np.allclose(kernels[0], kernels[3])
+    keys = jax.random.split(jax.random.PRNGKey(1), 4)
+    batched = jax.jit(jax.vmap(lambda k: net.init(k, jnp.zeros(5))))(keys)
+    one = net.init(keys[2], jnp.zeros(5))
+    jax.tree.map(lambda b, o: np.testing.assert_allclose(b[2], o, atol=1e-5), batched, one)
