@@ -28,14 +28,18 @@
 #      SA-PPO on hopper, then the attacks; victim by victim, so a timeout still leaves vanilla's table)
 #   G  robustness benchmark on brax/inverted_double_pendulum (vanilla and SA-PPO, with the learned
 #      adversary; configs/robust_brax_inverted_double_pendulum.yaml)
+#   H  one ES generation, population 32 x 4 seeds x an inner PPO run: vmapped against a Python loop
+#      over members (issue 5's 4x target; benchmarks/population.py, alone on the GPU, after B)
 # C, D, E, F and G run concurrently (learning results; their timings are not comparisons).
-# STEPS picks among B-G (default all; A always runs): e.g. `STEPS="A F G" bash benchmarks/gpu_check.sh` when the
+# STEPS picks among B-H (default all; A always runs): e.g. `STEPS="A F G" bash benchmarks/gpu_check.sh` when the
 # rejax comparison and the IP grid are already measured.
+# The steps' timeouts add up to more than one 600 s device call (A ~60 s, B 290 s, H 240 s, C-G 330 s
+# together): split them, e.g. `STEPS="A B H"` then `STEPS="A F G"` on the same warm machine.
 # Everything lands in $OUT/gpu_check.tgz plus $OUT/log.txt; a table is printed last.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results/gpu}"
-STEPS="${STEPS:-A B C D E F G}"
+STEPS="${STEPS:-A B C D E F G H}"
 want() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 mkdir -p "$OUT"
 R=/tmp/gpu_results
@@ -79,6 +83,14 @@ timeout -k 10 200 python3 benchmarks/ppo_vs_peers.py --seeds 1 8 --skip-sb3 --re
 stamp "B: ours at 256 seeds"
 timeout -k 10 90 python3 run.py train --env CartPole-v1 --seeds 256 --total-steps 500000 --no-progress --out $R/ppo_cartpole_256 2>&1 | tail -3
 stamp "B done"
+fi
+
+# --- H ----------------------------------------------------------------------
+if want H; then
+stamp "H: population 32 x 4 seeds, vmapped vs loop"
+timeout -k 10 240 python3 benchmarks/population.py --iterations 8 --rounds 3 --devices 1 --no-scaling \
+    --out $R/population 2>&1 | grep -E "speedup|_s\"" | tail -20
+stamp "H done"
 fi
 
 # --- C, D, E, F concurrently ------------------------------------------------------
@@ -126,6 +138,11 @@ if os.path.exists(p):
             final.setdefault(key, []).append(float(r["episode_return"]))
     for key, v in sorted(final.items()):
         print("C", dict(key), "final per seed:", [round(x) for x in v], "mean", round(sum(v) / len(v), 1))
+p = os.path.join(R, "population.json")
+if os.path.exists(p):
+    d = json.load(open(p))
+    print("H vmapped / loop speed-up (median of rounds):", d.get("vmap_speedup_over_loop"),
+          "chunks of 4 members:", d.get("chunked_4_members_speedup_over_loop"))
 for step in "CDEFG":
     p = os.path.join(R, f"{step}.log")
     if os.path.exists(p):
