@@ -55,10 +55,10 @@ def orthogonal_stack(key, shapes, scales):
     each loop is its own piece of XLA code: an actor-critic's six kernels
     drawn one by one took 1.7 s to compile on CPU, all at once 1.0 s).
 
-    Each matrix is Gram-Schmidt'ed as the top-left corner of a zero-padded
-    square block: padding rows are zero in its columns, so they change no
-    inner product, and padding columns come after its own, so they change
-    nothing that Gram-Schmidt has already produced."""
+    Each matrix (made tall) is Gram-Schmidt'ed as the top-left corner of a
+    block of the largest rows x columns: padding rows are zero in its columns,
+    so they change no inner product, and padding columns come after its own,
+    so they change nothing that Gram-Schmidt has already produced."""
     talls = [(max(int(np.prod(s[:-1])), s[-1]), min(int(np.prod(s[:-1])), s[-1])) for s in shapes]
     rows = max(r for r, _ in talls)
     cols = max(c for _, c in talls)
@@ -122,9 +122,10 @@ class ActorCritic(nn.Module):
         key = rngs["params"] if isinstance(rngs, dict) else rngs
         params = variables["params"]
         # MLP's Dense layers in call order: sqrt(2) for the hidden ones, then the head's scale
+        # (an init through `method=ActorCritic.policy` or `.value` builds only one of the two)
         layers = [(name, f"Dense_{i}", np.sqrt(2.0) if i < len(self.hidden) else out_scale)
                   for name, out_scale in (("actor", self.ACTOR_OUT_SCALE), ("critic", self.CRITIC_OUT_SCALE))
-                  for i in range(len(self.hidden) + 1)]
+                  if name in params for i in range(len(self.hidden) + 1)]
         kernels = orthogonal_stack(key, [params[n][l]["kernel"].shape for n, l, _ in layers],
                                    [scale for _, _, scale in layers])
         for (name, layer, _), kernel in zip(layers, kernels):

@@ -75,3 +75,11 @@ def test_actor_critic_init_orthogonal_scaled_and_the_same_under_vmap():
     batched = jax.jit(jax.vmap(lambda k: net.init(k, jnp.zeros(5))))(keys)
     one = net.init(keys[2], jnp.zeros(5))
     jax.tree.map(lambda b, o: np.testing.assert_allclose(b[2], o, atol=1e-5), batched, one)
+
+
+def test_actor_critic_init_through_one_head_fills_only_that_head():
+    net = ActorCritic(action_dim=2, discrete=False)
+    params = net.init(jax.random.PRNGKey(0), jnp.zeros(3), method=ActorCritic.value)["params"]
+    assert "actor" not in params and "critic" in params
+    w = np.asarray(params["critic"]["Dense_1"]["kernel"])
+    np.testing.assert_allclose(w.T @ w, 2.0 * np.eye(64), atol=1e-4)
