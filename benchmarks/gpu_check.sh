@@ -33,8 +33,9 @@
 # C, D, E, F and G run concurrently (learning results; their timings are not comparisons).
 # STEPS picks among B-H (default all; A always runs): e.g. `STEPS="A F G" bash benchmarks/gpu_check.sh` when the
 # rejax comparison and the IP grid are already measured.
-# The steps' timeouts add up to more than one 600 s device call (A ~60 s, B 290 s, H 240 s, C-G 330 s
-# together): split them, e.g. `STEPS="A B H"` then `STEPS="A F G"` on the same warm machine.
+# One device call may run 600 s. Worst cases: A 120 s plus installs, B 290 s, H 240 s, C-G 330 s
+# together (they run concurrently), so no two of B, H and C-G are sure to fit one call: split,
+# e.g. `STEPS="A B"`, `STEPS="A H"`, `STEPS="A F G"` on the same warm machine (issue 2, 5, 7).
 # Everything lands in $OUT/gpu_check.tgz plus $OUT/log.txt; a table is printed last.
 set -u
 cd "$(dirname "$0")/.."
@@ -89,7 +90,8 @@ fi
 if want H; then
 stamp "H: population 32 x 4 seeds, vmapped vs loop"
 timeout -k 10 240 python3 benchmarks/population.py --iterations 8 --rounds 3 --devices 1 --no-scaling \
-    --out $R/population 2>&1 | grep -E "speedup|_s\"" | tail -20
+    --out $R/population > $R/H.log 2>&1; echo "H exit $?" >> $R/H.log
+grep -E "speedup|_s\"|exit" $R/H.log | tail -20
 stamp "H done"
 fi
 
@@ -143,7 +145,7 @@ if os.path.exists(p):
     d = json.load(open(p))
     print("H vmapped / loop speed-up (median of rounds):", d.get("vmap_speedup_over_loop"),
           "chunks of 4 members:", d.get("chunked_4_members_speedup_over_loop"))
-for step in "CDEFG":
+for step in "CDEFGH":
     p = os.path.join(R, f"{step}.log")
     if os.path.exists(p):
         print(f"--- {step} tail ---"); print("".join(open(p).readlines()[-12:]).rstrip())

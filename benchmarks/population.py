@@ -269,7 +269,7 @@ def main():
     command = " ".join(a for a in sys.argv[1:] if not a.startswith("--out") and a != args.out)
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
               "command": ("python benchmarks/population.py " + command).strip(), "full_options": common,
-              "machine": "2-core CPU, shared with other jobs", "jax": jax.__version__,
+              "machine": f"{jax.devices()[0].device_kind}, {os.cpu_count()} CPUs", "jax": jax.__version__,
               "population": POP, "seeds": SEEDS, "inner_iterations": args.iterations,
               "inner_num_envs": args.num_envs, "inner_num_steps": args.num_steps,
               "one_device": one, "two_devices": two,

@@ -39,12 +39,7 @@ def orthogonal(scale: float = 1.0):
     compilation. Gram-Schmidt on a Gaussian matrix gives the same distribution.
     """
     def init(key, shape, dtype=jnp.float32):
-        rows, cols = int(np.prod(shape[:-1])), shape[-1]
-        tall = (max(rows, cols), min(rows, cols))
-        q = _orthonormal_columns(jax.random.normal(key, tall, jnp.float32))
-        if rows < cols:
-            q = q.T
-        return (scale * q).reshape(shape).astype(dtype)
+        return orthogonal_stack(key, [shape], [scale])[0].astype(dtype)
     return init
 
 
@@ -52,8 +47,9 @@ def orthogonal_stack(key, shapes, scales):
     """Orthogonal matrices of several shapes from one Gaussian draw and one
     batched Gram-Schmidt: the same distribution as calling `orthogonal` once
     per shape, at a fraction of the compile time (each draw of a new shape and
-    each loop is its own piece of XLA code: an actor-critic's six kernels
-    drawn one by one took 1.7 s to compile on CPU, all at once 1.0 s).
+    each loop is its own piece of XLA code: an actor-critic's initialiser
+    compiles in 0.9 s on CPU, against 1.5 s drawing kernel by kernel;
+    benchmarks/compile_time.py).
 
     Each matrix (made tall) is Gram-Schmidt'ed as the top-left corner of a
     block of the largest rows x columns: padding rows are zero in its columns,
@@ -108,29 +104,42 @@ class ActorCritic(nn.Module):
     CRITIC_OUT_SCALE = 1.0
 
     def setup(self):
-        # kernels start at zero and `init` fills them all at once
+        if isinstance(self.parent, nn.Module):
+            # a parent's init would not come through init_with_output below
+            raise TypeError("ActorCritic fills its kernels in its own init: initialise it on its own, "
+                            "not as a submodule of another module")
+        # kernels start at zero and `init_with_output` fills them all at once
         self.actor = MLP(self.hidden, self.action_dim, self.activation, self.ACTOR_OUT_SCALE, zero_kernels=True)
         self.critic = MLP(self.hidden, 1, self.activation, self.CRITIC_OUT_SCALE, zero_kernels=True)
         if not self.discrete:
             self.log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
 
-    def init(self, rngs, *args, **kwargs):
-        """flax's init, then every kernel orthogonal from one draw (`orthogonal_stack`):
-        the same distribution as per-layer `orthogonal`, about 1 s less XLA
-        compilation for a whole PPO run on CPU."""
-        variables = flax.core.unfreeze(super().init(rngs, *args, **kwargs))
-        key = rngs["params"] if isinstance(rngs, dict) else rngs
+    @nn.nowrap
+    def init_with_output(self, rngs, *args, method=None, **kwargs):
+        """flax's init (`init` and `lazy_init` come through here), then every
+        kernel orthogonal from one draw (`orthogonal_stack`): the same
+        distribution as per-layer `orthogonal`, with about 1 s less XLA
+        compilation for a whole PPO run on CPU (benchmarks/compile_time.py)."""
+        _, variables = super().init_with_output(rngs, *args, method=method, **kwargs)
+        variables = flax.core.unfreeze(variables)
         params = variables["params"]
-        # MLP's Dense layers in call order: sqrt(2) for the hidden ones, then the head's scale
-        # (an init through `method=ActorCritic.policy` or `.value` builds only one of the two)
-        layers = [(name, f"Dense_{i}", np.sqrt(2.0) if i < len(self.hidden) else out_scale)
-                  for name, out_scale in (("actor", self.ACTOR_OUT_SCALE), ("critic", self.CRITIC_OUT_SCALE))
-                  if name in params for i in range(len(self.hidden) + 1)]
-        kernels = orthogonal_stack(key, [params[n][l]["kernel"].shape for n, l, _ in layers],
-                                   [scale for _, _, scale in layers])
-        for (name, layer, _), kernel in zip(layers, kernels):
-            params[name][layer]["kernel"] = kernel.astype(params[name][layer]["kernel"].dtype)
-        return variables
+        key = rngs["params"] if isinstance(rngs, dict) else rngs
+        # Both heads' kernels are always drawn, so a key gives a head the same
+        # kernels whether or not the other head was built (`method=`).
+        heads = {"actor": (self.action_dim, self.ACTOR_OUT_SCALE), "critic": (1, self.CRITIC_OUT_SCALE)}
+        inputs = next(params[h]["Dense_0"]["kernel"].shape[0] for h in heads if h in params)
+        layers, shapes, scales = [], [], []
+        for head, (outputs, out_scale) in heads.items():
+            sizes = [inputs, *self.hidden, outputs]
+            for i in range(len(sizes) - 1):   # hidden layers sqrt(2), then the head's scale
+                layers.append((head, f"Dense_{i}"))
+                shapes.append((sizes[i], sizes[i + 1]))
+                scales.append(np.sqrt(2.0) if i < len(self.hidden) else out_scale)
+        for (head, layer), kernel in zip(layers, orthogonal_stack(key, shapes, scales)):
+            if head in params:
+                params[head][layer]["kernel"] = kernel.astype(params[head][layer]["kernel"].dtype)
+        call_kwargs = {k: v for k, v in kwargs.items() if k not in ("mutable", "capture_intermediates")}
+        return self.apply(variables, *args, method=method, **call_kwargs), variables
 
     def __call__(self, obs):
         return self.policy(obs), self.value(obs)

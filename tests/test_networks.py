@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from src.networks import ActorCritic, entropy, log_prob, orthogonal, orthogonal_stack
 
@@ -77,9 +78,29 @@ def test_actor_critic_init_orthogonal_scaled_and_the_same_under_vmap():
     jax.tree.map(lambda b, o: np.testing.assert_allclose(b[2], o, atol=1e-5), batched, one)
 
 
-def test_actor_critic_init_through_one_head_fills_only_that_head():
+def test_actor_critic_init_through_one_head_fills_it_as_a_full_init_would():
     net = ActorCritic(action_dim=2, discrete=False)
-    params = net.init(jax.random.PRNGKey(0), jnp.zeros(3), method=ActorCritic.value)["params"]
-    assert "actor" not in params and "critic" in params
-    w = np.asarray(params["critic"]["Dense_1"]["kernel"])
+    key, obs = jax.random.PRNGKey(0), jnp.zeros(3)
+    critic_only = net.init(key, obs, method=ActorCritic.value)["params"]
+    assert "actor" not in critic_only and "critic" in critic_only
+    full = net.init(key, obs)["params"]
+    jax.tree.map(np.testing.assert_array_equal, critic_only["critic"], full["critic"])
+    w = np.asarray(critic_only["critic"]["Dense_1"]["kernel"])
     np.testing.assert_allclose(w.T @ w, 2.0 * np.eye(64), atol=1e-4)
+
+
+def test_actor_critic_init_with_output_returns_the_initialised_networks_output():
+    import flax.linen as nn
+
+    net = ActorCritic(action_dim=2, discrete=True)
+    out, variables = net.init_with_output(jax.random.PRNGKey(0), jnp.ones(3))
+    assert np.abs(np.asarray(variables["params"]["actor"]["Dense_0"]["kernel"])).max() > 0.1
+    np.testing.assert_allclose(out[1], net.apply(variables, jnp.ones(3))[1], rtol=1e-6)
+
+    class Parent(nn.Module):   # its init would leave the kernels at zero: refused
+        @nn.compact
+        def __call__(self, x):
+            return ActorCritic(action_dim=2, discrete=True)(x)
+
+    with pytest.raises(TypeError, match="on its own"):
+        Parent().init(jax.random.PRNGKey(0), jnp.ones(3))
