@@ -71,6 +71,12 @@ def orthogonal_stack(key, shapes, scales):
     return out
 
 
+def kernel_scales(hidden, out_scale):
+    """An MLP's orthogonal scales, layer by layer: sqrt(2) for the hidden
+    layers (tanh/relu), then the output layer's own."""
+    return [np.sqrt(2.0)] * len(hidden) + [out_scale]
+
+
 class MLP(nn.Module):
     hidden: Sequence[int]
     out: int
@@ -82,9 +88,10 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         act = _ACTIVATIONS[self.activation]
-        for width in self.hidden:
-            x = act(self._dense(width, np.sqrt(2.0))(x))
-        return self._dense(self.out, self.out_scale)(x)
+        scales = kernel_scales(self.hidden, self.out_scale)
+        for width, scale in zip(self.hidden, scales):
+            x = act(self._dense(width, scale)(x))
+        return self._dense(self.out, scales[-1])(x)
 
     def _dense(self, features, scale):
         kernel_init = nn.initializers.zeros if self.zero_kernels else orthogonal(scale)
@@ -131,10 +138,10 @@ class ActorCritic(nn.Module):
         layers, shapes, scales = [], [], []
         for head, (outputs, out_scale) in heads.items():
             sizes = [inputs, *self.hidden, outputs]
-            for i in range(len(sizes) - 1):   # hidden layers sqrt(2), then the head's scale
+            for i, scale in enumerate(kernel_scales(self.hidden, out_scale)):
                 layers.append((head, f"Dense_{i}"))
                 shapes.append((sizes[i], sizes[i + 1]))
-                scales.append(np.sqrt(2.0) if i < len(self.hidden) else out_scale)
+                scales.append(scale)
         for (head, layer), kernel in zip(layers, orthogonal_stack(key, shapes, scales)):
             if head in params:
                 params[head][layer]["kernel"] = kernel.astype(params[head][layer]["kernel"].dtype)
