@@ -1,0 +1,184 @@
+"""Where one CartPole PPO run spends its time on a CPU (issue 2's speed target).
+
+    python benchmarks/ppo_cpu_profile.py [--rounds 3] [--variants default,epochs1,...]
+
+Times the compiled 1-seed training program (the PureJaxRL CartPole config,
+5e5 steps; compile excluded, best of --rounds calls with different seeds) under
+variants that each remove or change one part of an iteration:
+
+  default          the published config, as `run.py train` runs it
+  epochs1          1 epoch instead of 4 (the update costs a quarter)
+  epochs1_mb1      1 epoch of 1 minibatch (the update nearly gone)
+  unroll_rollout8  the 128-step rollout and GAE scans unrolled 8 times
+  unroll_update4   the epoch and minibatch scans unrolled 4 times
+  threefry_unrolled  jax's CPU lowering of the threefry hash replaced by its
+                   unrolled (GPU) lowering: the same bits, no 5-step while loop
+                   per random draw (private jax API; this benchmark only)
+
+Each variant runs in a fresh process (a lowering rule or a patched scan must
+not leak into the next one). It also times the pieces of one rollout step in
+isolation (`--micro`): 4 CartPole envs stepped with random actions, the
+actor-critic forward with a categorical sample, and the random draws alone,
+with either threefry lowering. Results go to
+benchmarks/results/ppo_cpu_profile.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ["default", "epochs1", "epochs1_mb1", "unroll_rollout8", "unroll_update4", "threefry_unrolled"]
+STEPS = 500_000
+
+
+def use_unrolled_threefry():
+    # Same hash, the lowering jax uses on GPU: straight-line code instead of a
+    # while loop of 5 rounds, which on CPU costs a few microseconds per draw
+    from jax._src.interpreters import mlir
+    from jax._src.random import threefry2x32 as threefry
+    mlir.register_lowering(threefry.threefry2x32_p, threefry._threefry2x32_lowering_rule, platform="cpu")
+
+
+def unroll_scans(unroll, min_length, max_length):
+    import jax
+    scan = jax.lax.scan
+
+    def patched(f, init, xs=None, length=None, reverse=False, **kwargs):
+        n = length if length is not None else jax.tree.leaves(xs)[0].shape[0]
+        kwargs.pop("unroll", None)
+        return scan(f, init, xs, length=length, reverse=reverse,
+                    unroll=unroll if min_length <= n <= max_length else 1, **kwargs)
+
+    jax.lax.scan = patched
+
+
+def one_variant(variant, rounds):
+    if variant == "threefry_unrolled":
+        use_unrolled_threefry()
+    elif variant == "unroll_rollout8":
+        unroll_scans(8, 128, 128)     # rollout, reward and GAE scans (length num_steps)
+    elif variant == "unroll_update4":
+        unroll_scans(4, 2, 4)         # epoch and minibatch scans
+    sys.path.insert(0, str(ROOT))
+    import jax
+    import agents.ppo as ppo
+    sizes = {"epochs1": {"num_epochs": 1}, "epochs1_mb1": {"num_epochs": 1, "num_minibatches": 1}}
+    config = ppo.PPOConfig(env="CartPole-v1", total_steps=STEPS, **sizes.get(variant, {}))
+    agent = ppo.make(config)
+    hparams = ppo.hparams_from(config)
+    start = time.perf_counter()
+    train = jax.jit(agent.train).lower(jax.random.key(0), hparams).compile()
+    compile_s = time.perf_counter() - start
+    times, returns = [], []
+    for seed in range(rounds):
+        start = time.perf_counter()
+        _, metrics = jax.block_until_ready(train(jax.random.key(seed), hparams))
+        times.append(time.perf_counter() - start)
+        returns.append(float(metrics["episode_return"][-1]))
+    return {"variant": variant, "compile_s": compile_s, "run_s": times, "best_s": min(times),
+            "steps_per_s": STEPS / min(times), "final_return": returns}
+
+
+def micro(unrolled):
+    if unrolled:
+        use_unrolled_threefry()
+    sys.path.insert(0, str(ROOT))
+    import jax
+    import jax.numpy as jnp
+    import envs
+    from src.networks import ActorCritic, sample
+    num_envs, length = 4, 128 * 976
+    env, env_params = envs.make("CartPole-v1")
+    network = ActorCritic(2, True, (64, 64), "tanh")
+    params = network.init(jax.random.key(0), jnp.zeros(4))
+    obs0, state0 = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.key(0), num_envs), env_params)
+    step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+
+    def envs_only(key):
+        def body(state, keys):
+            action = jax.random.randint(keys[0], (num_envs,), 0, 2)
+            _, state, reward, *_ = step_envs(keys[1:], state, action, env_params)
+            return state, reward.sum()
+        return jax.lax.scan(body, state0, jax.random.split(key, (length, num_envs + 1)))[1].sum()
+
+    def network_only(key):
+        def body(obs, k):
+            dist, value = network.apply(params, obs)
+            action = sample(k, dist, True)
+            return obs + 1e-3 * action[:, None], value.sum()
+        return jax.lax.scan(body, obs0, jax.random.split(key, length))[1].sum()
+
+    def draws_only(key):
+        def body(total, keys):
+            draws = jax.vmap(lambda k: jax.random.uniform(k, (4,)))(keys).sum()
+            return total + draws, total
+        return jax.lax.scan(body, 0.0, jax.random.split(key, (length, num_envs)))[1].sum()
+
+    out = {}
+    for name, fn in [("4 envs, random actions", envs_only), ("actor-critic forward + sample", network_only),
+                     ("4 vmapped uniform draws", draws_only)]:
+        compiled = jax.jit(fn).lower(jax.random.key(0)).compile()
+        best = float("inf")
+        for seed in range(3):
+            start = time.perf_counter()
+            jax.block_until_ready(compiled(jax.random.key(seed)))
+            best = min(best, time.perf_counter() - start)
+        out[name] = best / length * 1e6
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--micro", action="store_true", help="also time the pieces of one rollout step")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ppo_cpu_profile.json"))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:   # one measurement, in its own process
+        kind, _, name = args.child.partition(":")
+        result = one_variant(name, args.rounds) if kind == "variant" else micro(name == "unrolled")
+        print("RESULT " + json.dumps(result))
+        return
+
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; choose from {VARIANTS}")
+    jobs = [f"variant:{v}" for v in variants] + (["micro:rolled", "micro:unrolled"] if args.micro else [])
+    results = {}
+    for job in jobs:
+        proc = subprocess.run([sys.executable, __file__, "--child", job, "--rounds", str(args.rounds)],
+                              capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode or not line:
+            sys.exit(f"{job} failed:\n{proc.stderr[-2000:]}")
+        results[job] = json.loads(line[-1][len("RESULT "):])
+        r = results[job]
+        if job.startswith("variant:"):
+            print(f"{r['variant']:18s} compile {r['compile_s']:5.1f} s  run {r['best_s']:5.2f} s "
+                  f"(all {', '.join(f'{t:.2f}' for t in r['run_s'])})  {r['steps_per_s'] / 1e3:5.0f} k steps/s  "
+                  f"return {', '.join(f'{x:.0f}' for x in r['final_return'])}", flush=True)
+        else:
+            print(f"micro, threefry {job.split(':')[1]}: " + ", ".join(f"{k} {v:.2f} us" for k, v in r.items()),
+                  flush=True)
+    record = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "rounds": args.rounds, "results": results}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(record, indent=1))
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
