@@ -24,8 +24,10 @@
 #   C  brax/inverted_pendulum PPO preset at 16 seeds, one vmapped program
 #   D  robustness benchmark on the brax victim (configs/robust_brax_inverted_pendulum.yaml)
 #   E  the non-slow PPO/SAC tests on the GPU (determinism, sweep == separate runs, one trace)
-#   F  robustness benchmark on a brax locomotion victim (configs/robust_brax_hopper.yaml: PPO and
-#      SA-PPO on hopper, then the attacks; victim by victim, so a timeout still leaves vanilla's table)
+#   F  robustness benchmark on a brax locomotion victim (configs/robust_brax_halfcheetah.yaml: PPO
+#      and SA-PPO on halfcheetah, then the attacks; victim by victim, so a timeout still leaves
+#      vanilla's table). Halfcheetah replaced hopper (session 6): PPO gives a weak brax hopper,
+#      while a CPU halfcheetah victim loses most of its return to PGD at eps 0.2
 #   G  robustness benchmark on brax/inverted_double_pendulum (vanilla and SA-PPO, with the learned
 #      adversary; configs/robust_brax_inverted_double_pendulum.yaml)
 #   H  one ES generation, population 32 x 4 seeds x an inner PPO run: vmapped against a Python loop
@@ -96,7 +98,7 @@ stamp "H done"
 fi
 
 # --- C, D, E, F concurrently ------------------------------------------------------
-stamp "steps $STEPS: C brax IP grid; D brax IP robustness; E tests; F brax hopper robustness; G brax IDP robustness"
+stamp "steps $STEPS: C brax IP grid; D brax IP robustness; E tests; F brax halfcheetah robustness; G brax IDP robustness"
 want C && ( timeout -k 10 280 python3 run.py train --config configs/ppo_brax_inverted_pendulum.yaml --seeds 16 \
       --no-progress --out $R/brax_ip_grid \
       > $R/C.log 2>&1; echo "C exit $?" >> $R/C.log ) &
@@ -104,12 +106,12 @@ want D && ( timeout -k 10 300 python3 benchmarks/robustness.py --config configs/
       --cert-episodes 50 --results $R > $R/D.log 2>&1; echo "D exit $?" >> $R/D.log ) &
 want E && ( timeout -k 10 280 python3 -m pytest -q -x -p no:cacheprovider tests/test_ppo.py tests/test_sac.py -m "not slow" \
       > $R/E.log 2>&1; echo "E exit $?" >> $R/E.log ) &
-want F && ( timeout -k 10 330 python3 benchmarks/robustness.py --config configs/robust_brax_hopper.yaml \
+want F && ( timeout -k 10 330 python3 benchmarks/robustness.py --config configs/robust_brax_halfcheetah.yaml \
       --results $R > $R/F.log 2>&1; echo "F exit $?" >> $R/F.log ) &
 want G && ( timeout -k 10 330 python3 benchmarks/robustness.py --config configs/robust_brax_inverted_double_pendulum.yaml \
       --results $R > $R/G.log 2>&1; echo "G exit $?" >> $R/G.log ) &
 wait
-cp -r runs/robustness_brax_inverted_pendulum_* runs/robustness_brax_hopper_* \
+cp -r runs/robustness_brax_inverted_pendulum_* runs/robustness_brax_halfcheetah_* \
     runs/robustness_brax_inverted_double_pendulum_* $R/ 2>/dev/null
 stamp "C-G done"
 
