@@ -26,8 +26,8 @@
 #   E  the non-slow PPO/SAC tests on the GPU (determinism, sweep == separate runs, one trace)
 #   F  robustness benchmark on a brax locomotion victim (configs/robust_brax_halfcheetah.yaml: PPO
 #      and SA-PPO on halfcheetah, then the attacks; victim by victim, so a timeout still leaves
-#      vanilla's table). Halfcheetah replaced hopper (session 6): PPO gives a weak brax hopper,
-#      while a CPU halfcheetah victim loses most of its return to PGD at eps 0.2
+#      vanilla's table). Halfcheetah replaced hopper (session 6): our hopper presets gave a weak
+#      hopper on CPU, while a CPU halfcheetah victim loses most of its return to PGD at eps 0.2
 #   G  robustness benchmark on brax/inverted_double_pendulum (vanilla and SA-PPO, with the learned
 #      adversary; configs/robust_brax_inverted_double_pendulum.yaml)
 #   H  one ES generation, population 32 x 4 seeds x an inner PPO run: vmapped against a Python loop

@@ -11,16 +11,18 @@ variants that each remove or change one part of an iteration:
   epochs1_mb1      1 epoch of 1 minibatch (the update nearly gone)
   unroll_rollout8  the 128-step rollout and GAE scans unrolled 8 times
   unroll_update4   the epoch and minibatch scans unrolled 4 times
-  threefry_unrolled  jax's CPU lowering of the threefry hash replaced by its
-                   unrolled (GPU) lowering: the same bits, no 5-step while loop
-                   per random draw (private jax API; this benchmark only)
+  threefry_unrolled  jax's CPU lowering of the threefry hash replaced by the
+                   unrolled lowering jax uses on GPU, here inlined at each call
+                   site: the same bits, no 5-step while loop per random draw
+                   (private jax API; this benchmark only)
 
 Each variant runs in a fresh process (a lowering rule or a patched scan must
 not leak into the next one). It also times the pieces of one rollout step in
 isolation (`--micro`): 4 CartPole envs stepped with random actions, the
 actor-critic forward with a categorical sample, and the random draws alone,
-with either threefry lowering. Results go to
-benchmarks/results/ppo_cpu_profile.json.
+with either threefry lowering. Results go to --out (default
+benchmarks/results/ppo_cpu_profile.json; give another name for a subset of
+variants or a pinned run, e.g. under `taskset -c 0`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timezone
+from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +91,7 @@ def one_variant(variant, rounds):
             "steps_per_s": STEPS / min(times), "final_return": returns}
 
 
-def micro(unrolled):
+def micro(unrolled, rounds):
     if unrolled:
         use_unrolled_threefry()
     sys.path.insert(0, str(ROOT))
@@ -128,7 +131,7 @@ def micro(unrolled):
                      ("4 vmapped uniform draws", draws_only)]:
         compiled = jax.jit(fn).lower(jax.random.key(0)).compile()
         best = float("inf")
-        for seed in range(3):
+        for seed in range(rounds):
             start = time.perf_counter()
             jax.block_until_ready(compiled(jax.random.key(seed)))
             best = min(best, time.perf_counter() - start)
@@ -147,7 +150,7 @@ def main():
 
     if args.child:   # one measurement, in its own process
         kind, _, name = args.child.partition(":")
-        result = one_variant(name, args.rounds) if kind == "variant" else micro(name == "unrolled")
+        result = one_variant(name, args.rounds) if kind == "variant" else micro(name == "unrolled", args.rounds)
         print("RESULT " + json.dumps(result))
         return
 
@@ -173,7 +176,9 @@ def main():
             print(f"micro, threefry {job.split(':')[1]}: " + ", ".join(f"{k} {v:.2f} us" for k, v in r.items()),
                   flush=True)
     record = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                         f"{len(os.sched_getaffinity(0))} usable by this process",
+              "jax": version("jax"), "command": " ".join(sys.argv),
               "rounds": args.rounds, "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=1))
