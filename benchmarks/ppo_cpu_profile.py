@@ -15,6 +15,11 @@ variants that each remove or change one part of an iteration:
                    unrolled lowering jax uses on GPU, here inlined at each call
                    site: the same bits, no 5-step while loop per random draw
                    (private jax API; this benchmark only)
+  small_while_64k  XLA:CPU compiles while loops that touch under this many bytes
+                   into one kernel (no per-op dispatch inside); the default limit
+                   is about 1 kB. Raised through the public flag
+                   XLA_FLAGS=--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=N
+  small_while_1e9  the same with no practical limit
 
 Each variant runs in a fresh process (a lowering rule or a patched scan must
 not leak into the next one). It also times the pieces of one rollout step in
@@ -39,7 +44,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ["default", "epochs1", "epochs1_mb1", "unroll_rollout8", "unroll_update4", "threefry_unrolled"]
+VARIANTS = ["default", "epochs1", "epochs1_mb1", "unroll_rollout8", "unroll_update4", "threefry_unrolled",
+            "small_while_64k", "small_while_1e9"]
+SMALL_WHILE = {"small_while_64k": 65536, "small_while_1e9": 10**9}
 STEPS = 500_000
 
 
@@ -161,8 +168,13 @@ def main():
     jobs = [f"variant:{v}" for v in variants] + (["micro:rolled", "micro:unrolled"] if args.micro else [])
     results = {}
     for job in jobs:
+        env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+        threshold = SMALL_WHILE.get(job.partition(":")[2])
+        if threshold:   # must be set before jax starts, hence per process
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_extra_options="
+                                f"xla_cpu_small_while_loop_byte_threshold={threshold}").strip()
         proc = subprocess.run([sys.executable, __file__, "--child", job, "--rounds", str(args.rounds)],
-                              capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                              capture_output=True, text=True, env=env)
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not line:
             sys.exit(f"{job} failed:\n{proc.stderr[-2000:]}")

@@ -247,6 +247,8 @@ def markdown(table, eps, title):
 
 
 def plot(table, eps, path, title):
+    import textwrap
+
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -260,7 +262,8 @@ def plot(table, eps, path, title):
         ax.fill_between(eps, m - s, m + s, alpha=0.15, **({"color": "k"} if style else {}))
     ax.set_xlabel("eps")
     ax.set_ylabel("return (mean over members)")
-    ax.set_title(title, fontsize=9)
+    # long titles (env, members, threat model) would run off the figure
+    ax.set_title(textwrap.fill(title, 70), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
