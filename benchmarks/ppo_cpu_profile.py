@@ -17,7 +17,8 @@ variants that each remove or change one part of an iteration:
                    (private jax API; this benchmark only)
   small_while_64k  XLA:CPU compiles while loops that touch under this many bytes
                    into one kernel (no per-op dispatch inside); the default limit
-                   is about 1 kB. Raised through the public flag
+                   is small (most threefry loops qualify, the rollout loop does not).
+                   Raised through the public flag
                    XLA_FLAGS=--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=N
   small_while_1e9  the same with no practical limit
 
