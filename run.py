@@ -20,8 +20,10 @@ import sys
 import time
 
 from src.population import use_all_cpu_cores
+from src.xla_cpu import compile_small_loops
 
 use_all_cpu_cores()   # before JAX starts: populations are sharded over the cores
+compile_small_loops()   # and small rollout loops become single kernels
 
 COMMANDS = ("train", "eval", "plot", "envs", "meta", "robust")
 

@@ -8,6 +8,7 @@ Hyperparameters (`HParams`) are traced pytree leaves, so a sweep is a vmap;
 sizes in `PPOConfig` are static. Metrics are reduced per iteration.
 """
 import dataclasses
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -19,11 +20,12 @@ from jax.flatten_util import ravel_pytree
 import envs
 from envs.core import episode_limit
 from envs.rewards import Transition, env_reward
-from src import attacks, normalize, progress
+from src import attacks, normalize, progress, xla_cpu
 from src.config import ConfigError
 from src.evaluate import evaluate as run_evaluation
 from src.gae import gae
-from src.networks import ActorCritic, entropy, log_prob, mode, sample
+from src.networks import (ActorCritic, entropy, log_prob, mode, policy_without_dots, policy_without_dots_fits,
+                          sample)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +140,7 @@ class Rollout(NamedTuple):
     action: jax.Array
     log_prob: jax.Array
     value: jax.Array
+    next_value: jax.Array   # of next_obs, which is the final observation where an episode ended
     reward: jax.Array
     terminated: jax.Array
     done: jax.Array
@@ -180,6 +183,13 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
     num_iterations = config.num_iterations
     minibatch_size = config.batch_size // config.num_minibatches
     step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    # Without dots the rollout loop can become one XLA:CPU kernel, which is
+    # faster; where the loop stays op by op, the dot form is the faster one
+    if (jax.default_backend() == "cpu" and xla_cpu.small_loop_bytes() >= xla_cpu.SMALL_LOOP_BYTES
+            and policy_without_dots_fits(num_envs, obs_dim, config.hidden, envs.action_dim(env, env_params))):
+        policy = functools.partial(policy_without_dots, network)
+    else:
+        policy = functools.partial(network.apply, method=ActorCritic.policy)
     rewards_of = jax.vmap(reward_fn, in_axes=(None, 0))
 
     def optimizer(hparams):
@@ -214,13 +224,13 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
         def env_step(carry, keys):
             env_state, obs, obs_stats = carry
             obs_in = norm_obs(obs_stats, obs)
-            dist, value = network.apply(ts.params, obs_in)
+            dist = policy(ts.params, obs_in)
             action = sample(keys[0], dist, discrete)
             next_obs, env_state, env_rew, terminated, truncated, info = step_envs(
                 keys[1:], env_state, action, env_params)
             final_obs = info["final_observation"]
             reward = rewards_of(reward_params, Transition(obs, action, final_obs, env_rew, terminated, info))
-            step = Rollout(obs_in, action, log_prob(dist, action, discrete), value, reward, terminated,
+            step = Rollout(obs_in, action, log_prob(dist, action, discrete), None, None, reward, terminated,
                            jnp.logical_or(terminated, truncated), norm_obs(obs_stats, final_obs),
                            info["episode_done"], info["episode_return"])
             if config.normalize_obs:
@@ -233,6 +243,12 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
         keys = jax.random.split(rollout_key, num_steps * (num_envs + 1))
         keys = keys.reshape(num_steps, num_envs + 1, *keys.shape[1:])
         (env_state, obs, obs_stats), rollout = jax.lax.scan(env_step, (ts.env_state, ts.obs, ts.obs_stats), keys)
+        # The critic runs once on the whole rollout instead of inside the loop
+        # (the same values: the parameters do not change during a rollout),
+        # with the truncated episodes' final observations for bootstrapping
+        value, next_value = network.apply(ts.params, jnp.stack([rollout.obs, rollout.next_obs]),
+                                          method=ActorCritic.value)
+        rollout = rollout._replace(value=value, next_value=next_value)
         return ts.replace(env_state=env_state, obs=obs, obs_stats=obs_stats, key=key), rollout
 
     def scale_rewards(ts, rollout, hparams):
@@ -286,8 +302,7 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
         rewards = rollout.reward
         if config.normalize_reward:
             ts, rewards = scale_rewards(ts, rollout, hparams)
-        next_values = network.apply(ts.params, rollout.next_obs, method=ActorCritic.value)
-        advantages, targets = gae(rewards, rollout.value, next_values, rollout.terminated, rollout.done,
+        advantages, targets = gae(rewards, rollout.value, rollout.next_value, rollout.terminated, rollout.done,
                                   hparams.gamma, hparams.gae_lambda)
         progress_frac = ts.iteration.astype(jnp.float32) / num_iterations
         lr = hparams.lr * (1.0 - progress_frac) if config.anneal_lr else hparams.lr

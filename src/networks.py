@@ -161,6 +161,49 @@ class ActorCritic(nn.Module):
         return self.critic(obs)[..., 0]
 
 
+# The policy head without dot products, for small rollouts on CPU.
+#
+# XLA:CPU compiles a while loop into one kernel, with no per-op dispatch
+# inside, only when the loop holds no dot (nor scatter or custom call) and
+# touches few bytes (`xla_cpu_small_while_loop_byte_threshold`, raised by
+# `src.xla_cpu.compile_small_loops`). A rollout of a few envs through a 64x64
+# MLP is such a loop once its matrix products are written as products and
+# sums: about 2x faster per rollout step on a 2-core CPU (benchmarks/RESULTS.md).
+# The sum is a pairwise tree of slices, not `jnp.sum`: XLA hands a summing
+# reduce to YNNPACK as a library call, which would block the kernel again.
+# Costs `in` times the memory of a matrix product, hence only for small ones.
+POLICY_WITHOUT_DOTS_MAX_ELEMENTS = 1 << 16
+
+
+def _matmul_without_dot(x, kernel):
+    terms = x[..., :, None] * kernel      # (..., in, out)
+    while terms.shape[-2] > 1:
+        half = terms.shape[-2] // 2
+        pairs = terms[..., :half, :] + terms[..., half:2 * half, :]
+        terms = jnp.concatenate([pairs, terms[..., 2 * half:, :]], axis=-2) if terms.shape[-2] % 2 else pairs
+    return terms[..., 0, :]
+
+
+def policy_without_dots_fits(batch: int, obs_dim: int, hidden: Sequence[int], action_dim: int) -> bool:
+    sizes = [obs_dim, *hidden, action_dim]
+    return batch * max(a * b for a, b in zip(sizes[:-1], sizes[1:])) <= POLICY_WITHOUT_DOTS_MAX_ELEMENTS
+
+
+def policy_without_dots(network: ActorCritic, params, obs):
+    """`network.apply(params, obs, method=ActorCritic.policy)`, the same
+    function up to float rounding order, with no dot product in its program."""
+    act = _ACTIVATIONS[network.activation]
+    layers = params["params"]["actor"]
+    x = obs
+    for i in range(len(network.hidden) + 1):
+        x = _matmul_without_dot(x, layers[f"Dense_{i}"]["kernel"]) + layers[f"Dense_{i}"]["bias"]
+        if i < len(network.hidden):
+            x = act(x)
+    if network.discrete:
+        return x
+    return x, jnp.broadcast_to(params["params"]["log_std"], x.shape)
+
+
 # Distributions as plain functions of the head's output: a dependency for a
 # categorical and a diagonal Gaussian would be more code than this.
 

@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from src.networks import ActorCritic, entropy, log_prob, orthogonal, orthogonal_stack
+from src.networks import (ActorCritic, entropy, log_prob, orthogonal, orthogonal_stack, policy_without_dots,
+                          policy_without_dots_fits)
 
 
 def test_orthogonal_init_is_orthogonal_and_scaled():
@@ -104,3 +105,25 @@ def test_actor_critic_init_with_output_returns_the_initialised_networks_output()
 
     with pytest.raises(TypeError, match="on its own"):
         Parent().init(jax.random.PRNGKey(0), jnp.ones(3))
+
+
+@pytest.mark.parametrize("discrete, hidden, activation", [(True, (64, 64), "tanh"), (False, (7, 5, 3), "relu"),
+                                                          (True, (1,), "tanh")])
+def test_policy_without_dots_equals_the_policy_head(discrete, hidden, activation):
+    # odd widths exercise the pairwise sum's leftover rows
+    net = ActorCritic(3, discrete, hidden, activation)
+    params = net.init(jax.random.key(0), jnp.zeros(5))
+    params = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(1), x.shape), params)  # nonzero biases
+    obs = jax.random.normal(jax.random.key(2), (4, 5))
+    reference = net.apply(params, obs, method=ActorCritic.policy)
+    got = jax.jit(lambda p, o: policy_without_dots(net, p, o))(params, obs)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, reference)
+    assert "dot(" not in jax.jit(lambda p, o: policy_without_dots(net, p, o)).lower(params, obs).as_text("hlo")
+
+
+def test_policy_without_dots_is_only_for_small_products():
+    assert policy_without_dots_fits(4, 4, (64, 64), 2)       # CartPole's 4 envs: 4 x 64 x 64
+    assert policy_without_dots_fits(16, 4, (64, 64), 2)
+    assert not policy_without_dots_fits(17, 4, (64, 64), 2)
+    assert policy_without_dots_fits(1, 17, (256, 256), 6)
+    assert not policy_without_dots_fits(2, 17, (256, 256), 6)
