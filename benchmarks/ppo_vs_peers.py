@@ -107,10 +107,15 @@ def last_json_line(stdout: str) -> dict | None:
     return None
 
 
+PEER_XLA_FLAGS: str | None = None   # --peer-xla-flags
+
+
 def peer_env() -> dict[str, str]:
     env = dict(os.environ)
     for var in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"):
         env.pop(var, None)
+    if PEER_XLA_FLAGS is not None:
+        env["XLA_FLAGS"] = PEER_XLA_FLAGS
     return env
 
 
@@ -294,7 +299,12 @@ def main() -> int:
     ap.add_argument("--rejax-python", type=Path, default=None,
                     help="interpreter that already has rejax and gymnax 0.0.9 (skips setup.sh; "
                          "used on the lent GPU machine, which cannot build a venv)")
+    ap.add_argument("--peer-xla-flags", default=None,
+                    help="XLA_FLAGS for the peers' processes, e.g. the small-loop setting run.py makes for ours: "
+                         "--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=1048576")
     args = ap.parse_args()
+    global PEER_XLA_FLAGS
+    PEER_XLA_FLAGS = args.peer_xla_flags
     if args.repeats < 1:
         ap.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.rejax_python is not None:
@@ -333,6 +343,7 @@ def main() -> int:
         "cpu_count": os.cpu_count(),
         "loadavg_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "accelerator": accelerator(),
+        "peer_xla_flags": args.peer_xla_flags,
     }
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
