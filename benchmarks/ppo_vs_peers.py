@@ -1,8 +1,10 @@
 """Our PPO side by side with rejax's PPO and Stable-Baselines3's PPO on CartPole-v1.
 
-    python benchmarks/ppo_vs_peers.py [--seeds 1 8] [--repeats 3] [--skip-sb3]
+    python benchmarks/ppo_vs_peers.py [--seeds 1 8] [--repeats 3] [--skip-sb3] [--config purejaxrl|rejax]
 
-All three use the PureJaxRL/CleanRL CartPole config: 4 envs x 128 steps,
+All three use the PureJaxRL/CleanRL CartPole config (or, with --config rejax,
+the sizes and lr of rejax's own CartPole config: 5 envs x 100 steps, 5 epochs
+x 5 minibatches, lr 7.5e-4): 4 envs x 128 steps,
 4 epochs x 4 minibatches, lr 2.5e-4 linearly annealed, gamma 0.99, GAE lambda
 0.95, clip 0.2, entropy 0.01, value 0.5, max grad norm 0.5, tanh 64x64 actor and
 critic. Each run is a separate subprocess timed from the outside (whole process:
@@ -42,9 +44,10 @@ VENV_PY = {
     "rejax": PEERS / ".venv-rejax" / "bin" / "python",
     "sb3": PEERS / ".venv-sb3" / "bin" / "python",
 }
-BATCH = 4 * 128  # num_envs * num_steps
+sys.path.insert(0, str(PEERS))
+from peer_configs import CONFIGS, OURS  # noqa: E402
 
-CONFIG = {
+CONFIG = {   # --config replaces the sizes and lr (benchmarks/peers/peer_configs.py)
     "env": "CartPole-v1",
     "num_envs": 4,
     "num_steps": 128,
@@ -108,6 +111,7 @@ def last_json_line(stdout: str) -> dict | None:
 
 
 PEER_XLA_FLAGS: str | None = None   # --peer-xla-flags
+CONFIG_NAME = "purejaxrl"           # --config
 
 
 def peer_env() -> dict[str, str]:
@@ -145,6 +149,8 @@ def run_ours(seeds: int, total_steps: int, timeout: float) -> dict:
         cmd = [sys.executable, "run.py", "train", "--algo", "ppo", "--env", "CartPole-v1",
                "--seeds", str(seeds), "--total-steps", str(total_steps), "--no-progress",
                "--out", str(out_dir)]
+        for key, value in CONFIGS[CONFIG_NAME].items():
+            cmd += ["--set", f"{OURS[key]}={value}"]
         res = run_timed(cmd, dict(os.environ), timeout)
         res.pop("_stdout", None)
         rec.update(res)
@@ -183,7 +189,7 @@ def run_peer(name: str, seeds: int, total_steps: int, timeout: float,
         return rec
     script = PEERS / f"{name}_ppo.py"
     cmd = [str(VENV_PY[name]), str(script), "--seeds", str(seeds),
-           "--total-steps", str(total_steps)]
+           "--total-steps", str(total_steps), "--config", CONFIG_NAME]
     res = run_timed(cmd, peer_env(), timeout)
     stdout = res.pop("_stdout", "")
     inner = last_json_line(stdout) if res["ok"] else None
@@ -302,9 +308,16 @@ def main() -> int:
     ap.add_argument("--peer-xla-flags", default=None,
                     help="XLA_FLAGS for the peers' processes, e.g. the small-loop setting run.py makes for ours: "
                          "--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=1048576")
+    ap.add_argument("--config", choices=sorted(CONFIGS), default="purejaxrl",
+                    help="CartPole sizes and lr for all three (benchmarks/peers/peer_configs.py): PureJaxRL's "
+                         "defaults, or rejax's own CartPole config, under which issue 2 quotes its reference speeds")
     args = ap.parse_args()
-    global PEER_XLA_FLAGS
+    global PEER_XLA_FLAGS, CONFIG_NAME
     PEER_XLA_FLAGS = args.peer_xla_flags
+    CONFIG_NAME = args.config
+    sizes = CONFIGS[args.config]
+    CONFIG.update(num_envs=sizes["NUM_ENVS"], num_steps=sizes["NUM_STEPS"], update_epochs=sizes["NUM_EPOCHS"],
+                  num_minibatches=sizes["NUM_MINIBATCHES"], lr=sizes["LR"], config_name=args.config)
     if args.repeats < 1:
         ap.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.rejax_python is not None:

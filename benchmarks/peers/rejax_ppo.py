@@ -26,6 +26,9 @@ import rejax  # noqa: E402
 from rejax import PPO  # noqa: E402
 from rejax.evaluate import evaluate  # noqa: E402
 
+from peer_configs import CONFIGS  # noqa: E402  (this directory is on sys.path)
+
+# defaults; --config replaces the sizes and lr
 NUM_ENVS = 4
 NUM_STEPS = 128
 NUM_EPOCHS = 4
@@ -74,7 +77,10 @@ def main() -> None:
     ap.add_argument("--total-steps", type=int, default=500_000, help="env steps per seed")
     ap.add_argument("--eval-episodes", type=int, default=128,
                     help="episodes per seed for the final (stochastic) evaluation")
+    ap.add_argument("--config", choices=sorted(CONFIGS), default="purejaxrl",
+                    help="CartPole sizes and lr (peer_configs.py)")
     args = ap.parse_args()
+    globals().update(CONFIGS[args.config])
 
     batch = NUM_ENVS * NUM_STEPS
     num_updates = args.total_steps // batch
@@ -142,6 +148,7 @@ def main() -> None:
 
     result = {
         "peer": "rejax",
+        "config": args.config,
         "seeds": args.seeds,
         "total_steps": total,
         "compile_s": round(compile_s, 3),

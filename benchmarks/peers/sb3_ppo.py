@@ -24,6 +24,9 @@ from stable_baselines3 import PPO  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
 from stable_baselines3.common.evaluation import evaluate_policy  # noqa: E402
 
+from peer_configs import CONFIGS  # noqa: E402  (this directory is on sys.path)
+
+# defaults; --config replaces the sizes and lr
 NUM_ENVS = 4
 NUM_STEPS = 128
 NUM_EPOCHS = 4
@@ -71,7 +74,10 @@ def main() -> None:
                     help="torch intra-op threads (0: torch's default). With 2 threads on a 2-core "
                          "machine that has any other load, SB3 slows down 10-20x; 1 is robust and "
                          "about as fast on these tiny MLPs")
+    ap.add_argument("--config", choices=sorted(CONFIGS), default="purejaxrl",
+                    help="CartPole sizes and lr (peer_configs.py)")
     args = ap.parse_args()
+    globals().update(CONFIGS[args.config])
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)
 
@@ -133,6 +139,7 @@ def main() -> None:
         mismatches.append("value clipping disabled (--no-vf-clip)")
     result = {
         "peer": "sb3",
+        "config": args.config,
         "seeds": args.seeds,
         "total_steps": total,
         "compile_s": 0.0,
