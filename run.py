@@ -274,17 +274,19 @@ def train(args):
     total_iterations = config.num_iterations
     stop_at = args.stop_at or total_iterations
 
-    objective = {}
+    make_kwargs = {}
     if args.objective != "ppo":
         chosen = learned_objective.from_spec(args.objective, config.num_iterations)
-        objective = {"objective": chosen.fn}
-    agent = module.make(config, show_progress=not args.no_progress, **objective)
-    objective_params = chosen.params if objective else None
-    keys, hparams = population.distribute(
-        (member_keys(members), stacked_hparams(module, config, members)), len(members))
+        make_kwargs["objective"] = chosen.fn
     # every leaf of the state and metrics has the member axis first: pin it to
     # the devices so each chunk's output has the sharding the program expects
     sharding = population.member_sharding(len(members))
+    if config.algo == "ppo":   # a small rollout per device can compile into one kernel
+        make_kwargs["runs_per_device"] = len(members) // sharding.mesh.devices.size
+    agent = module.make(config, show_progress=not args.no_progress, **make_kwargs)
+    objective_params = chosen.params if args.objective != "ppo" else None
+    keys, hparams = population.distribute(
+        (member_keys(members), stacked_hparams(module, config, members)), len(members))
     init = jax.jit(jax.vmap(agent.init, in_axes=(0, 0)), out_shardings=sharding)
     run_chunk = jax.jit(jax.vmap(lambda ts, hp: agent.run(ts, hp, None, objective_params, num_iterations=chunk)),
                         out_shardings=sharding)

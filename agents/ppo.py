@@ -169,10 +169,17 @@ class Agent(NamedTuple):
 
 
 def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, objective=ppo_clip,
-         show_progress: bool = False) -> Agent:
+         show_progress: bool = False, runs_per_device: int | None = None) -> Agent:
     """Build the agent's pure functions. `objective(objective_params, ratio,
     advantage, progress)` returns per-sample policy losses; when a call passes
-    objective_params=None, PPO-clip's clip_eps hyperparameter is used."""
+    objective_params=None, PPO-clip's clip_eps hyperparameter is used.
+
+    `runs_per_device`: how many runs one device's program will vmap together
+    (run.py passes its members per device). Given, on CPU under run.py's
+    XLA setting (`src/xla_cpu.py`), and small enough, the rollout's policy is
+    evaluated without dots so that the rollout loop compiles into one kernel.
+    None keeps the dots: a large vmapped population's rollout stays op by op,
+    where the dot form is the faster one."""
     config = config.validate()
     if env is None:
         env, env_params = envs.make(config.env, **config.env_kwargs)
@@ -185,8 +192,10 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
     step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
     # Without dots the rollout loop can become one XLA:CPU kernel, which is
     # faster; where the loop stays op by op, the dot form is the faster one
-    if (jax.default_backend() == "cpu" and xla_cpu.small_loop_bytes() >= xla_cpu.SMALL_LOOP_BYTES
-            and policy_without_dots_fits(num_envs, obs_dim, config.hidden, envs.action_dim(env, env_params))):
+    if (runs_per_device is not None and jax.default_backend() == "cpu"
+            and xla_cpu.small_loop_bytes() >= xla_cpu.SMALL_LOOP_BYTES
+            and policy_without_dots_fits(runs_per_device * num_envs, obs_dim, config.hidden,
+                                         envs.action_dim(env, env_params))):
         policy = functools.partial(policy_without_dots, network)
     else:
         policy = functools.partial(network.apply, method=ActorCritic.policy)

@@ -98,7 +98,7 @@ def one_variant(variant, rounds):
     sizes = {"epochs1": {"num_epochs": 1}, "epochs1_mb1": {"num_epochs": 1, "num_minibatches": 1}}
     size = next((v for k, v in sizes.items() if variant.endswith(k)), {})
     config = ppo.PPOConfig(env="CartPole-v1", total_steps=STEPS, **size)
-    agent = ppo.make(config)
+    agent = ppo.make(config, runs_per_device=1)   # one run, as run.py makes it for --seeds 1
     hparams = ppo.hparams_from(config)
     start = time.perf_counter()
     train = jax.jit(agent.train).lower(jax.random.key(0), hparams).compile()

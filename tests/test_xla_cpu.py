@@ -43,7 +43,7 @@ if sys.argv[1] == "on":
 import jax
 import agents.ppo as ppo
 config = ppo.PPOConfig(env="CartPole-v1", num_envs=4, num_steps=16, total_steps=4 * 16 * 2)
-agent = ppo.make(config)
+agent = ppo.make(config, runs_per_device=int(sys.argv[2]))
 hp = ppo.hparams_from(config)
 text = jax.jit(agent.train).lower(jax.random.key(0), hp).compile().as_text()
 # the rollout loop stacks (num_steps, num_envs, obs_dim) observations
@@ -52,11 +52,14 @@ print(json.dumps({"rollout_is_one_kernel": any("f32[16,4,4]" in line for line in
 """
 
 
-@pytest.mark.parametrize("setting, expected", [("on", True), ("off", False)])
-def test_ppo_rollout_loop_compiles_into_one_kernel_with_the_setting(setting, expected):
+@pytest.mark.parametrize("setting, runs_per_device, expected", [
+    ("on", 1, True), ("off", 1, False),
+    ("on", 8, False),   # 8 x 4 envs x 64 x 64 is past the dot-free limit: the policy keeps its dots
+])
+def test_ppo_rollout_loop_compiles_into_one_kernel_with_the_setting(setting, runs_per_device, expected):
     env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
-    out = subprocess.run([sys.executable, "-c", CHILD, setting], cwd=ROOT, env=env, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", CHILD, setting, str(runs_per_device)], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1])["rollout_is_one_kernel"] is expected
