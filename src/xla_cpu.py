@@ -1,10 +1,10 @@
 """XLA:CPU settings that must be in place before JAX starts its backend."""
 import os
 
-# XLA:CPU runs each op of a loop body as its own call (a few microseconds of
-# dispatch each) unless the whole loop is small enough to become one compiled
-# kernel. The default limit (about 1 kB) admits little more than a random-key
-# loop; 1 MB admits a PPO rollout of up to about 16 CartPole-sized envs per
+# XLA:CPU runs each op of a loop body as its own call, paying dispatch per op
+# and per trip, unless the whole loop is small enough to become one compiled
+# kernel. The default limit is small (most random-key loops qualify, a PPO
+# rollout does not); 1 MB admits a rollout of up to 16 CartPole envs per
 # device (with `networks.policy_without_dots`), and keeps out large batches,
 # whose ops are worth XLA's multi-threaded kernels. benchmarks/RESULTS.md.
 SMALL_LOOP_BYTES = 1 << 20
