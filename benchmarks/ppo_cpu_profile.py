@@ -90,9 +90,9 @@ def one_variant(variant, rounds):
     elif variant == "unroll_update4":
         unroll_scans(4, 2, 4)         # epoch and minibatch scans
     sys.path.insert(0, str(ROOT))
-    if variant.startswith("small_loops"):
-        from src.xla_cpu import compile_small_loops
-        compile_small_loops()    # before JAX starts, as run.py does
+    if variant.startswith("small_loops") or variant in SMALL_WHILE:
+        from src.xla_cpu import SMALL_LOOP_BYTES, compile_small_loops
+        compile_small_loops(SMALL_WHILE.get(variant, SMALL_LOOP_BYTES))    # before JAX starts, as run.py does
     import jax
     import agents.ppo as ppo
     sizes = {"epochs1": {"num_epochs": 1}, "epochs1_mb1": {"num_epochs": 1, "num_minibatches": 1}}
@@ -261,13 +261,8 @@ def main():
             + (["bound:"] if args.bound else []))
     results = {}
     for job in jobs:
-        env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-        threshold = SMALL_WHILE.get(job.partition(":")[2])
-        if threshold:   # must be set before jax starts, hence per process
-            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_extra_options="
-                                f"xla_cpu_small_while_loop_byte_threshold={threshold}").strip()
         proc = subprocess.run([sys.executable, __file__, "--child", job, "--rounds", str(args.rounds)],
-                              capture_output=True, text=True, env=env)
+                              capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not line:
             sys.exit(f"{job} failed:\n{proc.stderr[-2000:]}")
