@@ -155,6 +155,38 @@ def ppo_clip(clip_eps, ratio, advantage, progress):
     return -jnp.minimum(ratio * advantage, clipped * advantage)
 
 
+def normalize_advantages(advantage):
+    """Zero mean, unit (population) standard deviation over the minibatch; the
+    1e-8 keeps a constant advantage finite."""
+    return (advantage - advantage.mean()) / (advantage.std() + 1e-8)
+
+
+def clipped_value_loss(value, old_value, target, clip_eps):
+    """Half the squared error to the target, the worse of the new value and the
+    value kept within clip_eps of the one the rollout was collected with: the
+    critic gains nothing by moving further than that in one update."""
+    value_clipped = old_value + jnp.clip(value - old_value, -clip_eps, clip_eps)
+    return 0.5 * jnp.maximum((value - target) ** 2, (value_clipped - target) ** 2).mean()
+
+
+def ppo_losses(objective, objective_params, new_log_prob, old_log_prob, value, old_value, advantage, target,
+               ent, hparams, progress_frac):
+    """PPO's loss (to minimise) from the network's outputs on a minibatch:
+    objective + vf_coef * value loss - ent_coef * entropy (the bonus is
+    subtracted, so descent raises the entropy). `ent` is the per-sample policy
+    entropy. Returns (total, metrics)."""
+    ratio = jnp.exp(new_log_prob - old_log_prob)
+    advantage = normalize_advantages(advantage)
+    policy_loss = objective(objective_params, ratio, advantage, progress_frac).mean()
+    value_loss = clipped_value_loss(value, old_value, target, hparams.clip_eps)
+    ent = ent.mean()
+    total = policy_loss + hparams.vf_coef * value_loss - hparams.ent_coef * ent
+    aux = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": ent,
+           "approx_kl": ((ratio - 1.0) - jnp.log(ratio)).mean(),
+           "clip_frac": (jnp.abs(ratio - 1.0) > hparams.clip_eps).mean()}
+    return total, aux
+
+
 class Agent(NamedTuple):
     config: PPOConfig
     env: object
@@ -286,17 +318,8 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
     def loss_fn(flat_params, unravel, batch, hparams, objective_params, progress_frac):
         obs, action, old_log_prob, old_value, advantage, target = batch[:6]
         dist, value = network.apply(unravel(flat_params), obs)
-        new_log_prob = log_prob(dist, action, discrete)
-        ratio = jnp.exp(new_log_prob - old_log_prob)
-        advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
-        policy_loss = objective(objective_params, ratio, advantage, progress_frac).mean()
-        value_clipped = old_value + jnp.clip(value - old_value, -hparams.clip_eps, hparams.clip_eps)
-        value_loss = 0.5 * jnp.maximum((value - target) ** 2, (value_clipped - target) ** 2).mean()
-        ent = entropy(dist, discrete).mean()
-        total = policy_loss + hparams.vf_coef * value_loss - hparams.ent_coef * ent
-        aux = {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": ent,
-               "approx_kl": ((ratio - 1.0) - jnp.log(ratio)).mean(),
-               "clip_frac": (jnp.abs(ratio - 1.0) > hparams.clip_eps).mean()}
+        total, aux = ppo_losses(objective, objective_params, log_prob(dist, action, discrete), old_log_prob, value,
+                                old_value, advantage, target, entropy(dist, discrete), hparams, progress_frac)
         if config.sa_kappa > 0:   # static: plain PPO compiles the same program as without SA-PPO
             reg = sa_regulariser(unravel(flat_params), obs, batch[6], progress_frac)
             total = total + config.sa_kappa * reg

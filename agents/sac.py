@@ -230,6 +230,59 @@ def temperature_loss(log_alpha, entropy, target_entropy):
     return log_alpha * (jax.lax.stop_gradient(entropy) - target_entropy)
 
 
+def soft_value_discrete(next_logp, next_qs, alpha):
+    """V(s') = sum_a pi(a|s') (min_i Q_i(s', a) - alpha log pi(a|s')): the exact
+    expectation over the actions. `next_logp` [..., |A|] is log pi, `next_qs`
+    [2, ..., |A|] the twin target critics; the smaller of the two curbs the
+    overestimation a max over noisy estimates builds up."""
+    next_q = next_qs.min(axis=0)
+    return jnp.sum(jnp.exp(next_logp) * (next_q - alpha * next_logp), axis=-1)
+
+
+def soft_value_continuous(next_qs, next_logp, alpha):
+    """V(s') ~ min_i Q_i(s', a') - alpha log pi(a'|s') for one sampled a' ~ pi(.|s')."""
+    return next_qs.min(axis=0) - alpha * next_logp
+
+
+def soft_q_target(reward, terminated, gamma, next_v):
+    """r + gamma (1 - terminated) V(s'): termination cuts the bootstrap, truncation
+    does not (the buffer stores terminated only)."""
+    return reward + gamma * (1.0 - terminated) * next_v
+
+
+def q_of_actions(qs, action):
+    """Discrete: the twin critics' [2, B, |A|] values at the taken actions [B] -> [2, B]."""
+    return jnp.take_along_axis(qs, action.astype(jnp.int32)[None, :, None], axis=-1)[..., 0]
+
+
+def critic_loss_of(q, target):
+    """Half the squared error of each critic [2, B] to the shared target [B],
+    averaged over the batch and summed over the twins."""
+    return 0.5 * jnp.sum(jnp.mean((q - target[None]) ** 2, axis=-1))
+
+
+def actor_loss_discrete(logp, qs, alpha):
+    """E_s sum_a pi(a|s) (alpha log pi(a|s) - min_i Q_i(s, a)), to minimise: descent
+    moves probability towards high Q and keeps entropy. The critics are constants
+    here. Returns (loss, the policy's mean entropy)."""
+    probs = jnp.exp(logp)
+    q = jax.lax.stop_gradient(qs.min(axis=0))
+    loss = jnp.sum(probs * (alpha * logp - q), axis=-1).mean()
+    ent = -jnp.sum(probs * logp, axis=-1).mean()
+    return loss, ent
+
+
+def actor_loss_continuous(logp, qs, alpha):
+    """E_s [alpha log pi(a|s) - min_i Q_i(s, a)] for reparameterised a ~ pi(.|s),
+    to minimise: descent moves the actions up the critics' slope (the critics'
+    own parameters are not updated by it). `logp` [B], `qs` [2, B] at those
+    actions. Returns (loss, the entropy estimate -mean log pi)."""
+    q = qs.min(axis=0)
+    loss = (alpha * logp - q).mean()
+    ent = -logp.mean()
+    return loss, ent
+
+
 # ----------------------------------------------------------------------------- agent
 
 class Stored(NamedTuple):
@@ -403,36 +456,27 @@ def make(config: SACConfig, env=None, env_params=None, reward_fn=env_reward, obj
         if discrete:
             logits = actor.apply(params["actor"], data.next_obs)
             next_logp = jax.nn.log_softmax(logits)
-            next_q = critic.apply(target_params, data.next_obs).min(axis=0)
-            next_v = jnp.sum(jnp.exp(next_logp) * (next_q - alpha * next_logp), axis=-1)
+            next_v = soft_value_discrete(next_logp, critic.apply(target_params, data.next_obs), alpha)
         else:
             mean, log_std = actor.apply(params["actor"], data.next_obs)
             next_action, next_logp = squashed_sample(key, mean, log_std)
-            next_v = critic.apply(target_params, data.next_obs, next_action).min(axis=0) - alpha * next_logp
-        target = jax.lax.stop_gradient(data.reward + hparams.gamma * (1.0 - data.terminated) * next_v)
+            next_v = soft_value_continuous(critic.apply(target_params, data.next_obs, next_action), next_logp, alpha)
+        target = jax.lax.stop_gradient(soft_q_target(data.reward, data.terminated, hparams.gamma, next_v))
         if discrete:
-            qs = critic.apply(critic_params, data.obs)
-            q = jnp.take_along_axis(qs, data.action.astype(jnp.int32)[None, :, None], axis=-1)[..., 0]
+            q = q_of_actions(critic.apply(critic_params, data.obs), data.action)
         else:
             q = critic.apply(critic_params, data.obs, data.action)
-        loss = 0.5 * jnp.sum(jnp.mean((q - target[None]) ** 2, axis=-1))
+        loss = critic_loss_of(q, target)
         return loss, q.mean()
 
     def actor_loss(actor_params, params, data, key):
         alpha = jnp.exp(params["log_alpha"])
         if discrete:
             logp = jax.nn.log_softmax(actor.apply(actor_params, data.obs))
-            probs = jnp.exp(logp)
-            q = jax.lax.stop_gradient(critic.apply(params["critic"], data.obs).min(axis=0))
-            loss = jnp.sum(probs * (alpha * logp - q), axis=-1).mean()
-            ent = -jnp.sum(probs * logp, axis=-1).mean()
-        else:
-            mean, log_std = actor.apply(actor_params, data.obs)
-            action, logp = squashed_sample(key, mean, log_std)
-            q = critic.apply(params["critic"], data.obs, action).min(axis=0)
-            loss = (alpha * logp - q).mean()
-            ent = -logp.mean()
-        return loss, ent
+            return actor_loss_discrete(logp, critic.apply(params["critic"], data.obs), alpha)
+        mean, log_std = actor.apply(actor_params, data.obs)
+        action, logp = squashed_sample(key, mean, log_std)
+        return actor_loss_continuous(logp, critic.apply(params["critic"], data.obs, action), alpha)
 
     def apply_adam(name, grads, params, opt_state, lr):
         updates, state = adam.update(grads, opt_state[name], params[name])

@@ -76,6 +76,30 @@ def test_ppo_clip_as_drift_equals_agents_ppo_clip():
                                ppo.ppo_clip(0.2, ratio, advantage, 0.0), rtol=1e-6, atol=1e-6)
 
 
+def test_ppo_clip_as_drift_matches_hand_computation():
+    """The drift form against a case-by-case reference (not against agents/ppo.py,
+    which could carry the same mistake): a positive advantage gains nothing from
+    r above 1 + eps, a negative one nothing from r below 1 - eps."""
+    eps = 0.2
+    ratio = np.array([0.5, 0.9, 1.0, 1.1, 1.5] * 2, np.float32)
+    advantage = np.array([2.0] * 5 + [-1.0] * 5, np.float32)
+    want_loss, want_drift, want_grad = [], [], []
+    for r, a in zip(ratio.tolist(), advantage.tolist()):
+        kept = min(r, 1 + eps) if a >= 0 else max(r, 1 - eps)
+        want_loss.append(-kept * a)
+        want_drift.append(r * a - kept * a)
+        want_grad.append(-a if kept == r else 0.0)
+    # e.g. r = 1.5, A = 2: drift (1.5 - 1.2) * 2 = 0.6; r = 0.5, A = -1: drift (0.5 - 0.8) * -1 = 0.3
+    np.testing.assert_allclose([want_drift[4], want_drift[5]], [0.6, 0.3], rtol=1e-6)
+    np.testing.assert_allclose(lo.ppo_clip_drift(jnp.asarray(ratio), jnp.asarray(advantage), eps), want_drift,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(lo.ppo_clip(eps, jnp.asarray(ratio), jnp.asarray(advantage), 0.0), want_loss,
+                               rtol=1e-5, atol=1e-6)
+    grad = jax.vmap(jax.grad(lo.ppo_clip, argnums=1), in_axes=(None, 0, 0, None))(
+        jnp.float32(eps), jnp.asarray(ratio), jnp.asarray(advantage), 0.0)
+    np.testing.assert_allclose(grad, want_grad, atol=1e-6)
+
+
 def test_drift_fitted_to_ppo_clip_approximates_it():
     params, losses = lo.fit_to_ppo_clip(jax.random.PRNGKey(5), steps=600)
     assert losses[-1] < 0.1 * losses[0]

@@ -1,4 +1,5 @@
 import dataclasses
+import math
 import os
 
 import jax
@@ -11,6 +12,7 @@ from agents import ppo
 from envs.rewards import scaled_reward
 from src import checkpoint
 from src.config import ConfigError, override
+from src.networks import ActorCritic, entropy, log_prob
 from tests.helpers import TraceCounter, tree_equal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,6 +22,146 @@ SMALL = ppo.PPOConfig(total_steps=4 * 32 * 6, num_envs=4, num_steps=32, hidden=(
 def small_agent(**changes):
     config = dataclasses.replace(SMALL, **changes)
     return ppo.make(config), ppo.hparams_from(config)
+
+
+# ----------------------------------------------------------------------------- losses by hand
+# numpy references written case by case, independent of the module's own formulas
+
+CLIP = 0.2
+# ratios on both sides of the clip range (none on its edges, where the gradient is a matter of convention)
+RATIOS = np.array([0.5, 0.9, 1.0, 1.1, 1.5] * 2, np.float32)
+ADVANTAGES = np.array([2.0] * 5 + [-1.0] * 5, np.float32)
+
+
+def np_ppo_clip(ratio, advantage, eps):
+    """Per-sample loss and its derivative in r: a positive advantage gains
+    nothing from r above 1 + eps, a negative one nothing from r below 1 - eps."""
+    loss, grad = [], []
+    for r, a in zip(ratio.tolist(), advantage.tolist()):
+        if a >= 0:
+            loss.append(-min(r, 1 + eps) * a)
+            grad.append(-a if r < 1 + eps else 0.0)
+        else:
+            loss.append(-max(r, 1 - eps) * a)
+            grad.append(-a if r > 1 - eps else 0.0)
+    return np.array(loss), np.array(grad)
+
+
+def np_clipped_value_loss(value, old_value, target, eps):
+    total = 0.0
+    for v, old, t in zip(value.tolist(), old_value.tolist(), target.tolist()):
+        clipped = old + min(max(v - old, -eps), eps)
+        total += 0.5 * max((v - t) ** 2, (clipped - t) ** 2)
+    return total / len(value)
+
+
+def np_normalize(advantage):
+    mean = sum(advantage.tolist()) / len(advantage)
+    std = math.sqrt(sum((a - mean) ** 2 for a in advantage.tolist()) / len(advantage))
+    return np.array([(a - mean) / (std + 1e-8) for a in advantage.tolist()])
+
+
+def test_ppo_clip_matches_hand_computation():
+    want, want_grad = np_ppo_clip(RATIOS, ADVANTAGES, CLIP)
+    np.testing.assert_allclose(ppo.ppo_clip(CLIP, jnp.asarray(RATIOS), jnp.asarray(ADVANTAGES), 0.0), want, rtol=1e-6)
+    # e.g. r = 1.5, A = 2: clipped at 1.2, loss -2.4 and no gradient; r = 0.5, A = -1: clipped at 0.8, loss 0.8
+    np.testing.assert_allclose(want[[4, 5]], [-2.4, 0.8], rtol=1e-6)
+    grad = jax.vmap(jax.grad(ppo.ppo_clip, argnums=1), in_axes=(None, 0, 0, None))(
+        jnp.float32(CLIP), jnp.asarray(RATIOS), jnp.asarray(ADVANTAGES), 0.0)
+    np.testing.assert_allclose(grad, want_grad, atol=1e-7)
+
+
+def test_advantage_normalisation_by_hand():
+    advantage = np.array([1.0, 2.0, 3.0, 6.0], np.float32)
+    # mean 3, population variance (4 + 1 + 0 + 9) / 4 = 3.5
+    np.testing.assert_allclose(np_normalize(advantage), np.array([-2.0, -1.0, 0.0, 3.0]) / math.sqrt(3.5), rtol=1e-7)
+    np.testing.assert_allclose(ppo.normalize_advantages(jnp.asarray(advantage)), np_normalize(advantage), rtol=1e-6)
+    # a constant advantage stays finite (zero)
+    assert not np.asarray(ppo.normalize_advantages(jnp.full((4,), 5.0))).any()
+
+
+def test_clipped_value_loss_by_hand():
+    old_value = np.array([0.0, 0.0, 0.5], np.float32)
+    value = np.array([1.0, -1.0, 0.6], np.float32)
+    target = np.array([1.0, 1.0, 0.0], np.float32)
+    # 1: moved past the clip onto the target: the clipped 0.2 counts, 0.5 * 0.8^2 = 0.32
+    # 2: moved past the clip away from it: the unclipped -1 counts, 0.5 * 2^2 = 2
+    # 3: within the clip range: 0.5 * 0.6^2 = 0.18
+    want = (0.32 + 2.0 + 0.18) / 3
+    np.testing.assert_allclose(np_clipped_value_loss(value, old_value, target, CLIP), want, rtol=1e-6)
+    got = ppo.clipped_value_loss(jnp.asarray(value), jnp.asarray(old_value), jnp.asarray(target), CLIP)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_total_loss_by_hand_and_entropy_bonus_is_subtracted():
+    rng = np.random.default_rng(0)
+    new_log_prob = np.log(RATIOS) + np.float32(-0.7)
+    old_log_prob = np.full_like(RATIOS, -0.7)
+    advantage = ADVANTAGES * np.float32(3.0) + np.float32(1.0)
+    value, old_value, target = (rng.normal(size=10).astype(np.float32) for _ in range(3))
+    ent = rng.uniform(0.1, 1.0, size=10).astype(np.float32)
+    hp = ppo.hparams_from(dataclasses.replace(SMALL, clip_eps=CLIP, vf_coef=0.5, ent_coef=0.01))
+
+    def total(ent):
+        return ppo.ppo_losses(ppo.ppo_clip, hp.clip_eps, jnp.asarray(new_log_prob), jnp.asarray(old_log_prob),
+                              jnp.asarray(value), jnp.asarray(old_value), jnp.asarray(advantage),
+                              jnp.asarray(target), ent, hp, 0.0)
+
+    loss, aux = total(jnp.asarray(ent))
+    ratio = np.exp(new_log_prob.astype(np.float64) - old_log_prob)
+    policy_loss = np_ppo_clip(ratio, np_normalize(advantage), CLIP)[0].mean()
+    value_loss = np_clipped_value_loss(value, old_value, target, CLIP)
+    np.testing.assert_allclose(aux["policy_loss"], policy_loss, rtol=1e-5)
+    np.testing.assert_allclose(aux["value_loss"], value_loss, rtol=1e-5)
+    np.testing.assert_allclose(aux["entropy"], ent.mean(), rtol=1e-6)
+    np.testing.assert_allclose(aux["approx_kl"], np.mean(ratio - 1 - np.log(ratio)), rtol=1e-4)
+    np.testing.assert_allclose(aux["clip_frac"], 0.4)   # 0.5 and 1.5 in both halves
+    np.testing.assert_allclose(loss, policy_loss + 0.5 * value_loss - 0.01 * ent.mean(), rtol=1e-5)
+    # more entropy lowers the loss: descent raises the entropy
+    grad = jax.grad(lambda e: total(e)[0])(jnp.asarray(ent))
+    np.testing.assert_allclose(grad, np.full(10, -0.01 / 10), rtol=1e-6)
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_one_update_step_raises_the_surrogate_and_the_entropy_bonus_raises_entropy(discrete):
+    """One gradient step of PPO's loss on a fixed batch, through the real
+    network: the surrogate mean(r * normalised A) rises from its value 1 * 0 at
+    the rollout's policy; with only the entropy bonus, the entropy rises."""
+    network = ActorCritic(3, discrete, (16, 16))
+    obs = jax.random.normal(jax.random.PRNGKey(0), (64, 4))
+    params = network.init(jax.random.PRNGKey(1), obs[0])
+    # a policy far from uniform (the actor head starts at 0.01 scale), where the entropy has a slope
+    head = params["params"]["actor"]["Dense_2"]
+    params["params"]["actor"]["Dense_2"] = {**head, "kernel": 100.0 * head["kernel"]}
+    dist, value = network.apply(params, obs)
+    action = jax.random.categorical(jax.random.PRNGKey(2), dist) if discrete else \
+        dist[0] + jax.random.normal(jax.random.PRNGKey(2), dist[0].shape)
+    old_log_prob = log_prob(dist, action, discrete)
+    advantage = jax.random.normal(jax.random.PRNGKey(3), (64,))
+    target = value + jax.random.normal(jax.random.PRNGKey(4), (64,))
+
+    def loss(params, hp, advantage):
+        dist, new_value = network.apply(params, obs)
+        return ppo.ppo_losses(ppo.ppo_clip, hp.clip_eps, log_prob(dist, action, discrete), old_log_prob, new_value,
+                              value, advantage, target, entropy(dist, discrete), hp, 0.0)[0]
+
+    def surrogate(params):
+        ratio = jnp.exp(log_prob(network.apply(params, obs)[0], action, discrete) - old_log_prob)
+        return float(jnp.mean(ratio * jnp.asarray(np_normalize(np.asarray(advantage)), jnp.float32)))
+
+    def mean_entropy(params):
+        return float(entropy(network.apply(params, obs)[0], discrete).mean())
+
+    def sgd_step(hp, advantage, lr=1e-2):
+        grads = jax.grad(loss)(params, hp, advantage)
+        return jax.tree.map(lambda p, g: p - lr * g, params, grads)
+
+    base = ppo.hparams_from(dataclasses.replace(SMALL, ent_coef=0.0))
+    assert abs(surrogate(params)) < 1e-5
+    assert surrogate(sgd_step(base, advantage)) > 1e-4
+    bonus_only = base.replace(ent_coef=jnp.float32(1.0), vf_coef=jnp.float32(0.0))
+    stepped = sgd_step(bonus_only, jnp.zeros((64,)))
+    assert mean_entropy(stepped) > mean_entropy(params) + 1e-4
 
 
 def test_same_seed_same_numbers_and_other_seed_other_numbers():

@@ -12,7 +12,10 @@ import pytest
 
 import envs
 from agents import sac
+from envs.core import Box
+from envs.probes import ProbeEnv
 from envs.rewards import scaled_reward
+from envs.wrappers import ClipAction, EpisodeStats, FlattenObservation
 from src import config as cfg
 from src.config import ConfigError
 
@@ -63,28 +66,165 @@ def test_temperature_loss_sign_and_fixed_point():
     assert grad(log_alpha, jnp.float32(-1.0), jnp.float32(-1.0)) == 0
     # the entropy is a fixed input: no gradient flows into the policy through it
     assert jax.grad(sac.temperature_loss, argnums=1)(log_alpha, jnp.float32(-2.0), jnp.float32(-1.0)) == 0
+    # the value: log(alpha) * (entropy - target)
+    np.testing.assert_allclose(sac.temperature_loss(log_alpha, jnp.float32(-2.0), jnp.float32(-1.0)),
+                               0.3 * (-2.0 - -1.0), rtol=1e-6)
 
 
-def test_squashed_log_prob_is_the_change_of_variables():
-    mean = jnp.array([[0.3, -1.0], [2.0, 0.0]])
-    log_std = jnp.array([[-0.5, 0.2], [0.0, -1.0]])
-    key = jax.random.PRNGKey(3)
-    action, logp = sac.squashed_sample(key, mean, log_std)
-    assert action.shape == (2, 2) and bool(jnp.all(jnp.abs(action) < 1))
-    u = jnp.arctanh(action)
-    expected = jnp.sum(jax.scipy.stats.norm.logpdf(u, mean, jnp.exp(log_std)) - jnp.log(1 - action**2), axis=-1)
-    np.testing.assert_allclose(logp, expected, rtol=1e-4, atol=1e-4)
-    # far into the tails tanh saturates; the stable form stays finite
-    _, logp = sac.squashed_sample(key, jnp.full((1, 2), 30.0), jnp.zeros((1, 2)))
-    assert bool(jnp.isfinite(logp).all())
+# Hand computations of the losses on a tiny batch (B = 3 states, |A| = 3 actions),
+# in numpy and plain loops, independent of the module's own helpers. The twin
+# critics disagree in both directions, so min and max of the two differ.
+ALPHA = 0.3
+GAMMA = 0.9
+LOGITS = np.array([[0.2, -1.0, 0.5], [1.5, 0.0, -0.3], [-0.7, 0.4, 0.1]], np.float32)
+TWIN_Q = np.array([[[1.0, -2.0, 0.5], [3.0, 0.2, -1.0], [0.0, 1.0, 2.0]],
+                   [[0.4, -1.0, 1.5], [2.0, 0.9, -0.5], [0.3, -1.0, 2.5]]], np.float32)   # [2, B, |A|]
+REWARD = np.array([1.0, -0.5, 2.0], np.float32)
+TERMINATED = np.array([0.0, 1.0, 0.0], np.float32)
 
 
-def test_squashed_density_integrates_to_one():
-    # 1-D: average of exp(logp(a)) over a uniform grid on (-1, 1) times its width
-    a = jnp.linspace(-0.999, 0.999, 20001)
-    u = jnp.arctanh(a)
-    density = jnp.exp(jax.scipy.stats.norm.logpdf(u, 0.4, 0.7) - jnp.log(1 - a**2))
-    assert abs(float(jnp.trapezoid(density, a)) - 1.0) < 1e-2
+def np_log_softmax(logits):
+    out = np.zeros_like(logits, dtype=np.float64)
+    for b, row in enumerate(logits):
+        total = sum(math.exp(x) for x in row)
+        out[b] = [x - math.log(total) for x in row]
+    return out
+
+
+def np_soft_value_discrete(logits, twin_q, alpha):
+    logp = np_log_softmax(logits)
+    values = []
+    for b in range(logits.shape[0]):
+        values.append(sum(math.exp(logp[b, a]) * (min(twin_q[0, b, a], twin_q[1, b, a]) - alpha * logp[b, a])
+                          for a in range(logits.shape[1])))
+    return np.array(values)
+
+
+def test_soft_value_discrete_is_the_expectation_of_the_twin_minimum():
+    got = sac.soft_value_discrete(jax.nn.log_softmax(LOGITS), jnp.asarray(TWIN_Q), ALPHA)
+    np.testing.assert_allclose(got, np_soft_value_discrete(LOGITS, TWIN_Q, ALPHA), rtol=1e-5, atol=1e-6)
+
+
+def test_soft_value_continuous_is_the_twin_minimum_less_alpha_logp():
+    twin_q = np.array([[1.0, -2.0, 0.5], [0.4, -1.0, 1.5]], np.float32)   # [2, B] at sampled actions
+    logp = np.array([-0.5, 1.2, 0.3], np.float32)
+    want = [min(twin_q[0, b], twin_q[1, b]) - ALPHA * logp[b] for b in range(3)]
+    np.testing.assert_allclose(sac.soft_value_continuous(jnp.asarray(twin_q), jnp.asarray(logp), ALPHA), want,
+                               rtol=1e-6)
+
+
+def test_soft_q_target_bootstraps_unless_terminated():
+    next_v = np.array([10.0, 10.0, -4.0], np.float32)
+    got = sac.soft_q_target(jnp.asarray(REWARD), jnp.asarray(TERMINATED), GAMMA, jnp.asarray(next_v))
+    # state 1 terminated: its target is the reward alone
+    np.testing.assert_allclose(got, [1.0 + 0.9 * 10.0, -0.5, 2.0 + 0.9 * -4.0], rtol=1e-6)
+
+
+def test_discrete_critic_target_and_loss_by_hand():
+    """The closure's discrete critic loss, assembled from the helpers as make()
+    assembles it: the target bootstraps from the target critics' soft value,
+    each online critic is regressed on it at the action taken."""
+    next_logits = LOGITS[::-1].copy()
+    online_q = TWIN_Q + np.float32(0.25) * np.arange(9, dtype=np.float32).reshape(3, 3)
+    action = np.array([2, 0, 1])
+    next_v = sac.soft_value_discrete(jax.nn.log_softmax(next_logits), jnp.asarray(TWIN_Q), ALPHA)
+    target = sac.soft_q_target(jnp.asarray(REWARD), jnp.asarray(TERMINATED), GAMMA, next_v)
+    q = sac.q_of_actions(jnp.asarray(online_q), jnp.asarray(action))
+    loss = sac.critic_loss_of(q, target)
+
+    v = np_soft_value_discrete(next_logits, TWIN_Q, ALPHA)
+    want_target = [REWARD[b] + (GAMMA * v[b] if not TERMINATED[b] else 0.0) for b in range(3)]
+    want_q = [[online_q[i, b, action[b]] for b in range(3)] for i in range(2)]
+    want_loss = sum(0.5 * sum((want_q[i][b] - want_target[b]) ** 2 for b in range(3)) / 3 for i in range(2))
+    np.testing.assert_allclose(target, want_target, rtol=1e-5)
+    np.testing.assert_allclose(q, want_q, rtol=1e-6)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+
+
+def test_continuous_critic_loss_by_hand():
+    q = np.array([[0.5, 2.0, -1.0], [1.5, 0.0, -2.0]], np.float32)
+    target = np.array([1.0, 1.0, -1.5], np.float32)
+    want = 0.5 * ((0.5**2 + 1.0**2 + 0.5**2) / 3 + (0.5**2 + 1.0**2 + 0.5**2) / 3)
+    np.testing.assert_allclose(sac.critic_loss_of(jnp.asarray(q), jnp.asarray(target)), want, rtol=1e-6)
+
+
+def test_discrete_actor_loss_by_hand():
+    logp = np_log_softmax(LOGITS)
+    want_loss = np.mean([sum(math.exp(logp[b, a]) * (ALPHA * logp[b, a] - min(TWIN_Q[0, b, a], TWIN_Q[1, b, a]))
+                             for a in range(3)) for b in range(3)])
+    want_ent = np.mean([-sum(math.exp(logp[b, a]) * logp[b, a] for a in range(3)) for b in range(3)])
+    loss, ent = sac.actor_loss_discrete(jax.nn.log_softmax(LOGITS), jnp.asarray(TWIN_Q), ALPHA)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    np.testing.assert_allclose(ent, want_ent, rtol=1e-5)
+    # the critics are constants of the actor's loss
+    grad_q = jax.grad(lambda q: sac.actor_loss_discrete(jax.nn.log_softmax(LOGITS), q, ALPHA)[0])(jnp.asarray(TWIN_Q))
+    assert not np.asarray(grad_q).any()
+
+
+def test_continuous_actor_loss_by_hand():
+    twin_q = np.array([[1.0, -2.0, 0.5], [0.4, -1.0, 1.5]], np.float32)
+    logp = np.array([-0.5, 1.2, 0.3], np.float32)
+    want_loss = np.mean([ALPHA * logp[b] - min(twin_q[0, b], twin_q[1, b]) for b in range(3)])
+    loss, ent = sac.actor_loss_continuous(jnp.asarray(logp), jnp.asarray(twin_q), ALPHA)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+    np.testing.assert_allclose(ent, -np.mean(logp), rtol=1e-6)
+    # the gradient wrt the critics' values is -1/B on the smaller of each pair:
+    # descent on the actor's loss pushes the actions towards higher min-Q
+    grad_q = jax.grad(lambda q: sac.actor_loss_continuous(jnp.asarray(logp), q, ALPHA)[0])(jnp.asarray(twin_q))
+    np.testing.assert_allclose(grad_q, [[0, -1 / 3, -1 / 3], [-1 / 3, 0, 0]], atol=1e-7)
+
+
+# One actor gradient step on a fixed batch, through the real networks and the
+# reparameterised sample: it must raise the min-Q of the policy's own actions
+# (alpha = 0, so the actor's loss is exactly -min-Q) and lower the actor loss.
+
+def _actor_step(loss_of, actor_params, lr=1e-2):
+    loss, grads = jax.value_and_grad(loss_of)(actor_params)
+    return loss, jax.tree.map(lambda p, g: p - lr * g, actor_params, grads)
+
+
+def test_continuous_actor_step_raises_min_q_of_its_actions():
+    actor, critic = sac.Actor(2, False, (16, 16)), sac.TwinQ(1, (16, 16))
+    obs = jax.random.normal(jax.random.PRNGKey(0), (64, 3))
+    actor_params = actor.init(jax.random.PRNGKey(1), obs[0])
+    critic_params = critic.init(jax.random.PRNGKey(2), obs[0], jnp.zeros((2,)))
+    noise_key = jax.random.PRNGKey(3)   # the same reparameterisation noise before and after
+
+    def min_q(actor_params):
+        action, _ = sac.squashed_sample(noise_key, *actor.apply(actor_params, obs))
+        return critic.apply(critic_params, obs, action).min(axis=0).mean()
+
+    def loss_of(actor_params, alpha):
+        action, logp = sac.squashed_sample(noise_key, *actor.apply(actor_params, obs))
+        return sac.actor_loss_continuous(logp, critic.apply(critic_params, obs, action), alpha)[0]
+
+    before = float(min_q(actor_params))
+    loss, stepped = _actor_step(lambda p: loss_of(p, 0.0), actor_params)
+    np.testing.assert_allclose(loss, -before, rtol=1e-5)
+    assert float(min_q(stepped)) > before + 1e-4
+    # with an entropy term the step still lowers the actor loss
+    loss, stepped = _actor_step(lambda p: loss_of(p, 0.5), actor_params)
+    assert float(loss_of(stepped, 0.5)) < float(loss) - 1e-4
+
+
+def test_discrete_actor_step_raises_expected_min_q():
+    actor, critic = sac.Actor(3, True, (16, 16)), sac.TwinQ(3, (16, 16))
+    obs = jax.random.normal(jax.random.PRNGKey(0), (64, 4))
+    actor_params = actor.init(jax.random.PRNGKey(1), obs[0])
+    qs = critic.apply(critic.init(jax.random.PRNGKey(2), obs[0]), obs)   # [2, 64, 3]
+
+    def expected_min_q(actor_params):
+        return jnp.sum(jax.nn.softmax(actor.apply(actor_params, obs)) * qs.min(axis=0), axis=-1).mean()
+
+    def loss_of(actor_params, alpha):
+        return sac.actor_loss_discrete(jax.nn.log_softmax(actor.apply(actor_params, obs)), qs, alpha)[0]
+
+    before = float(expected_min_q(actor_params))
+    loss, stepped = _actor_step(lambda p: loss_of(p, 0.0), actor_params, lr=0.1)
+    np.testing.assert_allclose(loss, -before, rtol=1e-5)
+    assert float(expected_min_q(stepped)) > before + 1e-4
+    loss, stepped = _actor_step(lambda p: loss_of(p, 0.5), actor_params, lr=0.1)
+    assert float(loss_of(stepped, 0.5)) < float(loss) - 1e-4
 
 
 # ----------------------------------------------------------------------------- config
@@ -257,6 +397,90 @@ def test_discrete_step_with_a_reward_function():
         x, theta = data.next_obs[i, 0], data.next_obs[i, 2]
         assert abs(x) > 2.4 or abs(theta) > 12 * 2 * math.pi / 360
         assert not np.allclose(data.next_obs[i], data.obs[i + config.num_envs])
+
+
+# ----------------------------------------------------------------------------- learning proxies (fast)
+
+BANDIT_BEST = 0.5
+
+
+class ContinuousBandit(ProbeEnv):
+    """probe/constant with one continuous action a in [-1, 1] and reward
+    1 - 4 (a - 0.5)^2: one step from obs 0, then termination. The best action
+    lies inside the box, so the policy has to follow the critic's slope to it."""
+
+    def __init__(self):
+        super().__init__("constant")
+        self.name = "probe/continuous_bandit"
+
+    def _reward(self, state, action):
+        return (1.0 - 4.0 * (action[0] - BANDIT_BEST) ** 2).astype(jnp.float32)
+
+    def action_space(self, params):
+        return Box(-1.0, 1.0, (1,), jnp.float32)
+
+
+# 4 envs x 1 step per iteration, 4 gradient steps per iteration, 100 iterations
+PROBE = sac.SACConfig(env="probe/action", total_steps=400, num_envs=4, num_steps=1, updates_per_step=1.0,
+                      buffer_size=400, sgd_batch_size=32, learning_starts=32, hidden=(16, 16), lr=3e-3,
+                      gamma=0.9)
+PROBE_SEEDS = (0, 1)
+
+
+def _train_seeds(agent, config):
+    hp = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(PROBE_SEEDS),)), sac.hparams_from(config))
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.array(PROBE_SEEDS))
+    init = jax.jit(jax.vmap(agent.init))(keys, hp)
+    state, metrics = jax.jit(jax.vmap(agent.train))(keys, hp)
+    return init, state
+
+
+@pytest.fixture(scope="module")
+def action_probe():
+    """Discrete SAC on probe/action (reward 1 iff action 0, one step): 2 seeds."""
+    agent = sac.make(PROBE)
+    return agent, *_train_seeds(agent, PROBE)
+
+
+@pytest.fixture(scope="module")
+def bandit():
+    """Continuous SAC on the one-step bandit above: 2 seeds."""
+    env = EpisodeStats(ClipAction(FlattenObservation(ContinuousBandit())))
+    config = dataclasses.replace(PROBE, env="probe/continuous_bandit")
+    agent = sac.make(config, env, env.default_params)
+    return agent, *_train_seeds(agent, config)
+
+
+def test_discrete_sac_learns_the_action_probe(action_probe):
+    """The policy moves to the rewarded action (a flipped actor loss moves it
+    away), and both critics learn Q = (1, 0): the episode ends after the step,
+    so nothing is bootstrapped (dropping the terminal mask inflates Q)."""
+    agent, init, state = action_probe
+    obs = jnp.zeros((1, 1))
+    for i in range(len(PROBE_SEEDS)):
+        params = jax.tree.map(lambda x: x[i], state.params)
+        first = jax.tree.map(lambda x: x[i], init.params)
+        p0 = float(jax.nn.softmax(agent.network["actor"].apply(params["actor"], obs))[0, 0])
+        p0_first = float(jax.nn.softmax(agent.network["actor"].apply(first["actor"], obs))[0, 0])
+        assert p0 > 0.8 and p0 > p0_first + 0.2, (i, p0, p0_first)
+        q = np.asarray(agent.network["critic"].apply(params["critic"], obs))[:, 0]   # [2 critics, 2 actions]
+        np.testing.assert_allclose(q, [[1.0, 0.0], [1.0, 0.0]], atol=0.15, err_msg=f"seed {PROBE_SEEDS[i]}")
+
+
+def test_continuous_sac_learns_the_bandit(bandit):
+    """The deterministic action moves from about 0 to the best action 0.5 (a
+    flipped actor loss drives it to -1), and the critics value it at its
+    reward, about 1 (no bootstrap past the termination)."""
+    agent, init, state = bandit
+    obs = jnp.zeros((1, 1))
+    for i in range(len(PROBE_SEEDS)):
+        params = jax.tree.map(lambda x: x[i], state.params)
+        first = jax.tree.map(lambda x: x[i], init.params)
+        action = float(agent.act(params, obs, None, deterministic=True)[0, 0])
+        action_first = float(agent.act(first, obs, None, deterministic=True)[0, 0])
+        assert abs(action - BANDIT_BEST) < 0.15 < abs(action_first - BANDIT_BEST), (i, action, action_first)
+        q = np.asarray(agent.network["critic"].apply(params["critic"], obs, jnp.full((1, 1), BANDIT_BEST)))
+        np.testing.assert_allclose(q[:, 0], [1.0, 1.0], atol=0.15, err_msg=f"seed {PROBE_SEEDS[i]}")
 
 
 # ----------------------------------------------------------------------------- learning (slow)
