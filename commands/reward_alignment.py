@@ -171,7 +171,8 @@ def main(argv):
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or os.path.join("runs", f"reward-alignment-{config.env.replace('/', '_')}-{config.heuristic}-{stamp}")
     os.makedirs(out, exist_ok=True)
-    cfg.save_yaml(config, os.path.join(out, "config.yaml"))
+    # with the methods run (not the dataclass's default), so that `--config RUN_DIR/config.yaml` runs them all again
+    cfg.save_yaml(dataclasses.replace(config, method=",".join(configs)), os.path.join(out, "config.yaml"))
 
     results, curves, rows = {}, {}, []
     for method, method_config in configs.items():

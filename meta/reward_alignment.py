@@ -221,6 +221,22 @@ def implicit_gradient(inner_loss: Callable, theta, phi, outer_grad_theta, alpha,
     return jax.tree.map(jnp.negative, cross)
 
 
+# ----------------------------------------------------------------------------- evolution strategies
+
+def antithetic_es_gradient(fitness: Callable, size: int, noise_key, pair_key, pairs: int, sigma: float):
+    """Antithetic ES estimate of d/dx E[fitness(x + delta, key)] at delta = 0, x
+    a flat vector of `size`: `pairs` pairs delta = +-sigma*eps, eps ~ N(0, I),
+    both members of a pair given the same key from `pair_key` (common random
+    numbers: whatever the key alone decides cancels within the pair).
+    fitness(delta, key) -> scalar, vmapped over the pairs."""
+    eps = jax.random.normal(noise_key, (pairs, size), jnp.float32)
+    pair_keys = jax.random.split(pair_key, pairs)
+    members = jax.vmap(fitness)
+    plus = members(sigma * eps, pair_keys)
+    minus = members(-sigma * eps, pair_keys)
+    return ((plus - minus)[:, None] * eps).sum(0) / (2.0 * sigma * pairs)
+
+
 # ----------------------------------------------------------------------------- the RL pieces
 
 class Batch(NamedTuple):
@@ -270,6 +286,7 @@ class Aligner(NamedTuple):
     collect_inner: Callable     # ts -> (ts after, PPO's next batch with primary rewards)
     inner_loss: Callable
     env_steps_per_block: int
+    estimators: dict            # all three estimators by name (`estimate` is config.estimator's), for tests
 
 
 def make(config: AlignmentConfig, show_progress: bool = False) -> Aligner:
@@ -391,8 +408,6 @@ def make(config: AlignmentConfig, show_progress: bool = False) -> Aligner:
     def estimate_es(ts, reward_params, hparams, key):
         flat, unravel = ravel_pytree(reward_params)
         noise_key, pair_key, key = jax.random.split(key, 3)
-        eps = jax.random.normal(noise_key, (config.es_pairs, flat.size), jnp.float32)
-        pair_keys = jax.random.split(pair_key, config.es_pairs)
 
         def member(delta, member_key):
             rp = unravel(flat + delta)
@@ -402,15 +417,13 @@ def make(config: AlignmentConfig, show_progress: bool = False) -> Aligner:
             _, batch = collect(t, jax.random.fold_in(member_key, 1))
             return fitness(batch)
 
-        members = jax.vmap(member)
-        plus = members(config.es_sigma * eps, pair_keys)
-        minus = members(-config.es_sigma * eps, pair_keys)
-        grad = ((plus - minus)[:, None] * eps).sum(0) / (2.0 * config.es_sigma * config.es_pairs)
+        grad = antithetic_es_gradient(member, flat.size, noise_key, pair_key, config.es_pairs, config.es_sigma)
         # the real learner takes one rollout too, so ES reports the same fitness as the others
         ts, batch = outer_batch(ts, key)
         return unravel(grad), ts, {"outer_fitness": fitness(batch)}
 
-    estimate = {"implicit": estimate_implicit, "unrolled": estimate_unrolled, "es": estimate_es}[config.estimator]
+    estimators = {"implicit": estimate_implicit, "unrolled": estimate_unrolled, "es": estimate_es}
+    estimate = estimators[config.estimator]
     inner_before = config.outer_every - (config.unroll if config.estimator == "unrolled" else 0)
 
     def block(state: State):
@@ -455,7 +468,7 @@ def make(config: AlignmentConfig, show_progress: bool = False) -> Aligner:
         return state, metrics
 
     return Aligner(config, agent, heuristic, init, block, train, estimate, collect, collect_inner, inner_loss,
-                   env_steps_per_block)
+                   env_steps_per_block, estimators)
 
 
 def summarize(metrics, final_frac: float = 0.1):

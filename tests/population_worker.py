@@ -1,8 +1,11 @@
-"""Subprocess side of tests/test_population.py (JAX's device count and process
-group are fixed at start-up, so each layout needs its own process).
+"""Subprocess side of tests/test_population.py and of the run.py tests (JAX's
+device count, process group and compilation cache are fixed at start-up, so
+each setting needs its own process).
 
     python -m tests.population_worker sharded [ppo]        # XLA_FLAGS gives 2 host devices
     python -m tests.population_worker distributed PORT ID  # one of 2 jax.distributed processes
+    python -m tests.population_worker train OUT ARGS...    # run.py train sharded vs one device
+    python -m tests.population_worker cli STEPS_JSON       # run.py calls in turn, one process
 
 Prints one JSON line.
 """
@@ -82,6 +85,68 @@ def distributed(port, process_id):
     return info
 
 
+def train(out, *args):
+    """`run.py train ARGS --out OUT` as run.py runs it, its population sharded
+    over this process's host devices (XLA_FLAGS gives 2), against the same
+    population as run.py would run it on one device: the whole training
+    program jitted on device 0 alone (runs_per_device = every member, as
+    run.py passes with one device). Asserts here that the run really used 2
+    devices; returns both results."""
+    import contextlib
+    import io
+
+    import run   # sets run.py's XLA flags; the device count given in XLA_FLAGS stays
+    from src import config as cfg
+    from src import population, rundir
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        summary = run.main(["train", *args, "--out", out])
+    members = rundir.read_members(out)
+    sharding = population.member_sharding(len(members))
+    assert jax.device_count() == 2, jax.devices()
+    assert sharding.mesh.devices.size == 2, sharding
+    assert f"{len(members)} runs" in printed.getvalue() and "2 device(s)" in printed.getvalue(), printed.getvalue()
+
+    module, config, _ = run.load_run(out)
+    agent = module.make(config, runs_per_device=len(members))
+    one = jax.devices()[0]
+    keys = jax.device_put(run.member_keys(members), one)
+    hparams = jax.device_put(run.stacked_hparams(module, config, members), one)
+    _, metrics = jax.jit(jax.vmap(lambda k, hp: agent.train(k, hp, None, None)))(keys, hparams)
+    assert all(leaf.devices() == {one} for leaf in jax.tree.leaves(metrics))
+    metrics = jax.device_get(metrics)
+    rows = rundir.read_metrics(out)
+    names = sorted(k for k in metrics if k != "env_steps")
+    sharded = {k: [r[k] for r in rows] for k in names}
+    # metrics.csv lists iteration-major, member-minor: the same order as metrics[k].T
+    single = {k: np.asarray(metrics[k], np.float64).T.ravel().tolist() for k in names}
+    return {"summary_final_returns": summary["final_returns"], "printed": printed.getvalue(),
+            "devices": int(sharding.mesh.devices.size), "members": len(members),
+            "sharded": sharded, "single": single}
+
+
+def cli(steps_json):
+    """run.py's entry point (`run.main(argv)`) for each argv of a JSON list,
+    in turn, in this process, each preceded by the line `=== run.py ARGV`;
+    a step ["copy", SRC, DST] copies a directory. With JAX_COMPILATION_CACHE_DIR
+    set the calls share their compiled programs (a program is compiled once,
+    then loaded), which a run that resumes from disk cannot tell apart from
+    a new process."""
+    import shutil
+
+    import run
+    steps = json.loads(steps_json)
+    for step in steps:
+        if step[0] == "copy":
+            shutil.copytree(step[1], step[2])
+            continue
+        print("=== run.py " + " ".join(step), flush=True)
+        run.main(step)
+    print("=== end", flush=True)
+    return {"steps": len(steps)}
+
+
 if __name__ == "__main__":
     mode, *rest = sys.argv[1:]
-    print(json.dumps({"sharded": sharded, "distributed": distributed}[mode](*rest)))
+    print(json.dumps({"sharded": sharded, "distributed": distributed, "train": train, "cli": cli}[mode](*rest)))

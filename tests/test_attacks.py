@@ -1,5 +1,7 @@
-"""Observation attacks: the ball, the policy's input, closed-form worst cases,
-ordering on a trained CartPole victim, determinism, one trace per attack, bad input."""
+"""Observation attacks: the ball, the policy's input, each attack's objective
+and its optimum over the ball against numpy on a tiny fixed victim,
+closed-form worst cases, ordering on a trained CartPole victim (slow; a fast
+proxy is in tests/test_robust.py), determinism, one trace per attack, bad input."""
 import dataclasses
 
 import jax
@@ -66,36 +68,148 @@ def linear_discrete(w, b):
                           normalize=lambda vp, o: o, discrete=True)
 
 
-@pytest.mark.parametrize("norm", ["linf", "l2"])
-def test_fgsm_and_pgd_find_the_closed_form_worst_perturbation_of_a_linear_policy(norm):
-    # two actions with logits x @ w + b: the clean action a* loses most when
-    # (w_other - w_a*) . delta is largest: eps*sign(d) (L-inf) or eps*d/|d| (L2)
-    w = jnp.array([[1.0, -2.0], [0.5, 0.3], [-1.5, 1.0], [0.2, 0.9]])
-    victim = linear_discrete(w, jnp.zeros(2))
-    threat = attacks.ThreatModel(norm=norm)
-    obs = jax.random.normal(jax.random.PRNGKey(0), (16, 4))
-    clean_action = jnp.argmax(obs @ w, -1)
-    d = jnp.where(clean_action[:, None] == 0, (w[:, 1] - w[:, 0])[None], (w[:, 0] - w[:, 1])[None])
-    eps = 0.25
-    worst = eps * jnp.sign(d) if norm == "linf" else eps * d / jnp.linalg.norm(d, axis=-1, keepdims=True)
-    keys = jax.random.split(jax.random.PRNGKey(1), 16)
-    for name in ("fgsm", "pgd"):
-        attack = attacks.make_attack(name, threat, victim, steps=20)
-        delta = jax.vmap(lambda k, x: attack(k, None, x, eps))(keys, obs)
-        if name == "fgsm" or norm == "linf":   # exactly the corner / the point on the sphere
-            np.testing.assert_allclose(delta, worst, atol=1e-5, err_msg=name)
-        else:   # projected L2 steps approach it geometrically from the random start
-            gain, best = jnp.sum(delta * d, -1), jnp.sum(worst * d, -1)
-            assert float((gain / best).min()) >= 0.95 and float((gain / best).mean()) >= 0.98, name
-    # the critic attack on V(x) = x . w[:, 0] moves against its gradient
-    critic = attacks.make_attack("critic", threat, victim, steps=20)
-    delta = jax.vmap(lambda k, x: critic(k, None, x, eps))(keys, obs)
-    v = w[:, 0]
-    best = -eps * jnp.sign(v) if norm == "linf" else -eps * v / jnp.linalg.norm(v)
+# a tiny fixed victim: 3 actions with logits z @ W + b and critic V = z @ v, on
+# the normalised input z = (o - MU) / SD (SD anisotropic, so that the raw and
+# the normalised ball differ in shape)
+W = np.array([[1.0, -2.0, 0.5], [0.5, 0.3, -1.2], [-1.5, 1.0, 0.8]])
+B = np.array([0.2, -0.1, 0.0])
+V = np.array([0.7, -0.4, 1.1])
+MU, SD = np.array([0.5, -1.0, 2.0]), np.array([0.5, 2.0, 4.0])
+
+
+def log_softmax(logits):
+    logits = logits - logits.max(-1, keepdims=True)
+    return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+
+
+def objectives(x, units):
+    """Each attack's objective and its gradient, as numpy functions of delta
+    (shape [..., len(x), 3]) for the observations x (threat-model units): what
+    the attack must raise. In raw units the chain rule through (o - MU) / SD
+    divides the gradient in z by SD."""
+    z = (lambda d: x + d) if units == "normalised" else (lambda d: (x + d - MU) / SD)
+    scale = 1.0 if units == "normalised" else SD
+    clean = log_softmax(z(0.0) @ W + B)
+    chosen = np.argmax(clean, -1)
+    probs = lambda d: np.exp(log_softmax(z(d) @ W + B))  # noqa: E731
+    # (objective, gradient): in the logits, the gradient of -log softmax_a is
+    # softmax - onehot(a), that of KL(clean || softmax) is softmax - clean
+    return {
+        "fgsm": (lambda d: -log_softmax(z(d) @ W + B)[..., np.arange(len(x)), chosen],
+                 lambda d: (probs(d) - np.eye(3)[chosen]) @ W.T / scale),
+        "mad": (lambda d: np.sum(np.exp(clean) * (clean - log_softmax(z(d) @ W + B)), -1),
+                lambda d: (probs(d) - np.exp(clean)) @ W.T / scale),
+        "critic": (lambda d: -(z(d) @ V), lambda d: np.broadcast_to(-V / scale, np.shape(d)))}
+
+
+def brute_force_max(objective, eps, norm):
+    """The objectives are convex in delta (logsumexp of an affine map, or
+    linear), so the maximum over the ball lies at a corner (L-inf) or on the
+    sphere (L2, searched over 20000 near-uniform directions)."""
     if norm == "linf":
-        np.testing.assert_allclose(delta, jnp.broadcast_to(best, delta.shape), atol=1e-6)
+        points = eps * np.array(np.meshgrid(*[[-1.0, 1.0]] * 3)).reshape(3, -1).T
     else:
-        assert float((delta @ v).max()) <= 0.95 * float(best @ v)
+        i = np.arange(20000) + 0.5
+        polar, azimuth = np.arccos(1 - 2 * i / 20000), np.pi * (1 + 5**0.5) * i
+        points = eps * np.stack([np.cos(azimuth) * np.sin(polar), np.sin(azimuth) * np.sin(polar), np.cos(polar)], -1)
+    return objective(points[:, None, :]).max(0)
+
+
+BALLS = [("linf", "normalised"), ("l2", "normalised"), ("linf", "raw"), ("l2", "raw")]
+RADIUS, OBS, DRAWS = 0.3, 8, 2000
+RAW = MU + SD * np.asarray(jax.random.normal(jax.random.PRNGKey(37), (OBS, 3)))   # all 3 actions chosen
+BIG = np.array([3.0, -0.2, 1.5])                                                 # a learned adversary's pre-tanh action
+
+
+def attack_inputs(units):
+    return RAW if units == "raw" else (RAW - MU) / SD        # the attacks' input, in the threat model's units
+
+
+@pytest.fixture(scope="module")
+def tiny_victim_deltas():
+    """Every attack's delta on the tiny fixed victim for every ball: one compiled program."""
+    victim = attacks.Victim(policy=lambda vp, z: z @ W + B, value=lambda vp, z: z @ V,
+                            normalize=lambda vp, o: (o - MU) / SD, discrete=True)
+
+    @jax.jit
+    def run(inputs):
+        keys = jax.random.split(jax.random.PRNGKey(1), OBS)
+        out = {}
+        for (norm, units), x in zip(BALLS, inputs):
+            threat = attacks.ThreatModel(norm=norm, units=units)
+            for name in ("fgsm", "pgd", "mad", "critic"):
+                attack = attacks.make_attack(name, threat, victim, steps=20)
+                out[norm, units, name] = jax.vmap(lambda k, xi: attack(k, None, xi, RADIUS))(keys, x)
+            learned = attacks.make_attack("learned", threat, victim, adversary=lambda p, o: p * o)
+            out[norm, units, "learned"] = jax.vmap(lambda xi: learned(None, None, xi, RADIUS, BIG / xi))(x)
+            random = attacks.make_attack("random", threat, victim)
+            out[norm, units, "random"] = jax.vmap(lambda k: random(k, None, x[0], RADIUS))(
+                jax.random.split(jax.random.PRNGKey(2), DRAWS))
+        return out
+
+    out = run([jnp.asarray(attack_inputs(units), jnp.float32) for _, units in BALLS])
+    return {key: np.asarray(value, np.float64) for key, value in out.items()}
+
+
+@pytest.mark.parametrize("norm,units", BALLS)
+def test_each_attack_raises_its_own_objective_to_the_optimum_of_the_ball(norm, units, tiny_victim_deltas):
+    """On the tiny fixed victim, against numpy: FGSM is exactly eps times the
+    steepest-ascent direction of the hand-derived gradient (through the
+    normalisation in raw units); PGD, MAD and the critic attack end where no
+    move within the ball raises their objective to first order, PGD and the
+    critic attack within 10% of the brute-force optimum, none beyond it; the
+    learned attack is the projection of eps * tanh(a); the random one is
+    uniform in the ball; every delta lies in the ball in the threat model's units."""
+    eps, n, x = RADIUS, OBS, attack_inputs(units)
+    names = ("fgsm", "pgd", "mad", "critic")
+    deltas = {name: tiny_victim_deltas[norm, units, name] for name in (*names, "learned", "random")}
+    size = (lambda d: np.abs(d).max(-1)) if norm == "linf" else (lambda d: np.linalg.norm(d, axis=-1))
+    for name, delta in deltas.items():
+        assert size(delta).max() <= eps * (1 + 1e-5), name
+
+    objective = objectives(x, units)
+    # FGSM: eps times the steepest-ascent direction of the gradient at 0 (FGSM
+    # takes it at a tiny random offset: these observations have no component
+    # so small that the offset could turn its sign, and an L2 direction moves by ~1e-4)
+    grad = objective["fgsm"][1](np.zeros_like(x))
+    assert np.abs(grad).min() > 0.01
+    steepest = np.sign(grad) if norm == "linf" else grad / np.linalg.norm(grad, axis=-1, keepdims=True)
+    np.testing.assert_allclose(deltas["fgsm"], eps * steepest, atol=1e-5 if norm == "linf" else 1e-3 * eps)
+    for name in names:
+        f, gradient = objective["fgsm" if name == "pgd" else name]
+        gain, best = f(deltas[name]) - f(0.0), brute_force_max(f, eps, norm) - f(0.0)
+        assert np.all(gain > 0), (name, gain)                 # one attack raises its own objective
+        assert np.all(gain <= best * (1 + 1e-3) + 1e-5), (name, gain, best)
+        if name == "fgsm":
+            continue
+        # first-order optimality: from delta no move within the ball raises the
+        # objective to first order, i.e. g . delta = eps * |g|_dual (L1 for L-inf)
+        g = gradient(deltas[name])
+        dual = np.abs(g).sum(-1) if norm == "linf" else np.linalg.norm(g, axis=-1)
+        aligned = np.sum(g * deltas[name], -1) / (eps * dual)   # about 0.3 or less with the step's sign flipped
+        assert aligned.min() >= 0.9 and aligned.mean() >= 0.97, (name, aligned)
+        if name != "mad":   # MAD's KL has several local maxima over the ball; here PGD finds the global one
+            assert (gain / best).min() >= 0.9 and (gain / best).mean() >= 0.97, (name, gain / best)
+    # the critic attack on a linear V moves against V's gradient (v, and v / SD
+    # in raw units): exactly so at the L-inf corner
+    if norm == "linf":
+        v = V / (1.0 if units == "normalised" else SD)
+        np.testing.assert_allclose(deltas["critic"], np.broadcast_to(-eps * np.sign(v), (n, 3)), atol=1e-6)
+    # the learned attack: eps * tanh(a), projected onto the ball
+    expected = eps * np.tanh(BIG)
+    if norm == "l2":
+        expected = expected * min(1.0, eps / np.linalg.norm(expected))
+    np.testing.assert_allclose(deltas["learned"], np.broadcast_to(expected, (n, 3)), rtol=1e-5, atol=1e-6)
+    # the random attack: uniform in the ball, centred. L-inf: each coordinate
+    # U(-eps, eps) (mean |.| = eps / 2); L2 in 3 dimensions: P(|delta| <= r eps) = r^3 (mean 3 eps / 4)
+    random = deltas["random"]
+    assert np.abs(random.mean(0)).max() < 0.05 * eps
+    if norm == "linf":
+        np.testing.assert_allclose(np.abs(random).mean(0), eps / 2, rtol=0.05)
+        assert size(random).min() < 0.5 * eps
+    else:
+        np.testing.assert_allclose(size(random).mean(), 0.75 * eps, rtol=0.03)
+        assert np.quantile(size(random), 0.125) == pytest.approx(0.5 * eps, rel=0.1)
 
 
 def test_pgd_and_mad_find_the_top_singular_direction_of_a_linear_gaussian_policy():
@@ -109,9 +223,10 @@ def test_pgd_and_mad_find_the_top_singular_direction_of_a_linear_gaussian_policy
     s1 = float(jnp.linalg.svd(a, compute_uv=False)[0])
     obs = jax.random.normal(jax.random.PRNGKey(0), (8, 3))
     eps = 0.2
-    for name in ("pgd", "mad"):
-        attack = attacks.make_attack(name, threat, victim, steps=30)
-        delta = jax.vmap(lambda k, x: attack(k, None, x, eps))(jax.random.split(jax.random.PRNGKey(1), 8), obs)
+    keys = jax.random.split(jax.random.PRNGKey(1), 8)
+    deltas = jax.jit(lambda: {name: jax.vmap(lambda k, x: attacks.make_attack(name, threat, victim, steps=30)(
+        k, None, x, eps))(keys, obs) for name in ("pgd", "mad")})()   # one compiled program
+    for name, delta in deltas.items():
         gain = jnp.linalg.norm(delta @ a.T, axis=-1)
         ratio = gain / (eps * s1)   # a random direction averages about 0.7 here
         assert float(ratio.min()) >= 0.95 and float(ratio.mean()) >= 0.98, name
@@ -131,23 +246,29 @@ def test_kl_matches_closed_forms():
 def test_clipped_kl_and_deviation_match_quadrature_and_the_gaussian_inside_the_box():
     from scipy import integrate, stats
     cases = [(0.3, -1.0, -0.2, -0.5), (1.4, -1.2, 0.7, -1.2), (-2.0, 0.0, 0.5, -0.3), (0.0, -3.0, 0.1, -3.0)]
-    for mp, lp, mq, lq in cases:   # KL of the clipped distributions: two point masses and the density between
+    mp, lp, mq, lq = (jnp.array(c)[:, None] for c in zip(*cases))   # one action dimension, the cases as a batch
+    p = (jnp.array([0.1, 1.0]), jnp.array([0.0, -1.0]))
+    q = (jnp.array([0.5, 0.0]), jnp.array([0.3, 0.2]))
+
+    @jax.jit
+    def ours():   # one compiled program
+        return (attacks.clipped_kl((mp, lp), (mq, lq), -1.0, 1.0), attacks.clipped_kl(p, q, -jnp.inf, jnp.inf),
+                attacks.kl(p, q, False), attacks.clipped_action_deviation(p, q, -2.0, 2.0),
+                attacks.action_deviation(p, q, False),
+                attacks.clipped_action_deviation((jnp.array([1.5]), jnp.array([-1.0])),
+                                                 (jnp.array([0.8]), jnp.array([-1.0])), -1.0, 1.0))
+
+    clipped, unbounded, gaussian, deviation_inside, deviation, at_bound = ours()
+    for (mp, lp, mq, lq), got in zip(cases, clipped):   # KL of the clipped distributions: two point masses and the density between
         p, q = stats.norm(mp, np.exp(lp)), stats.norm(mq, np.exp(lq))
         atoms = p.cdf(-1) * np.log(p.cdf(-1) / q.cdf(-1)) + p.sf(1) * np.log(p.sf(1) / q.sf(1))
         inner = integrate.quad(lambda a: p.pdf(a) * (p.logpdf(a) - q.logpdf(a)), -1, 1, points=[mp, mq], limit=200)[0]
-        got = attacks.clipped_kl((jnp.array([mp]), jnp.array([lp])), (jnp.array([mq]), jnp.array([lq])), -1.0, 1.0)
         np.testing.assert_allclose(float(got), atoms + inner, rtol=1e-4)
-    p = (jnp.array([0.1, 1.0]), jnp.array([0.0, -1.0]))
-    q = (jnp.array([0.5, 0.0]), jnp.array([0.3, 0.2]))
-    np.testing.assert_allclose(attacks.clipped_kl(p, q, -jnp.inf, jnp.inf), attacks.kl(p, q, False), rtol=1e-5)
+    np.testing.assert_allclose(unbounded, gaussian, rtol=1e-5)
     # the deviation objective: the Gaussian one for a clean mean inside the box,
     # minus the log of the perturbed mass beyond the bound for a clipped clean mean
-    np.testing.assert_allclose(attacks.clipped_action_deviation(p, q, -2.0, 2.0),
-                               attacks.action_deviation(p, q, False), rtol=1e-6)
-    at_bound = attacks.clipped_action_deviation((jnp.array([1.5]), jnp.array([-1.0])),
-                                                (jnp.array([0.8]), jnp.array([-1.0])), -1.0, 1.0)
+    np.testing.assert_allclose(deviation_inside, deviation, rtol=1e-6)
     np.testing.assert_allclose(float(at_bound), -np.log(stats.norm(0.8, np.exp(-1.0)).sf(1.0)), rtol=1e-5)
-
 
 def test_on_a_saturated_policy_only_the_clipped_objectives_change_the_clipped_action():
     # mean(x) = 1.1 + u + u^2 / 2 with u = x . w: the clean action (u = 0) is
@@ -173,12 +294,18 @@ def test_on_a_saturated_policy_only_the_clipped_objectives_change_the_clipped_ac
     keys = jax.random.split(jax.random.PRNGKey(1), n)
     bounds = (jnp.array([-1.0]), jnp.array([1.0]))
 
-    def clipped_change(name, action_bounds):
-        attack = attacks.make_attack(name, threat, victim, steps=10, action_bounds=action_bounds)
-        delta = jax.vmap(lambda k, x: attack(k, None, x, eps))(keys, obs)
-        mean = victim.policy(None, obs + delta)[0][:, 0]
-        return 1.0 - jnp.clip(mean, -1.0, 1.0)
+    @jax.jit
+    def clipped_changes():   # every attack with and without the bounds: one compiled program
+        changes = {}
+        for name in ("pgd", "fgsm", "mad"):
+            for clipped in (False, True):
+                attack = attacks.make_attack(name, threat, victim, steps=10, action_bounds=bounds if clipped else None)
+                delta = jax.vmap(lambda k, x: attack(k, None, x, eps))(keys, obs)
+                changes[name, clipped] = 1.0 - jnp.clip(victim.policy(None, obs + delta)[0][:, 0], -1.0, 1.0)
+        return changes
 
+    changes = clipped_changes()
+    clipped_change = lambda name, action_bounds: changes[name, action_bounds is not None]  # noqa: E731
     for name in ("pgd", "fgsm", "mad"):
         unclipped = clipped_change(name, None)
         assert float((unclipped < 1e-6).mean()) > 0.3 and float(unclipped.mean()) < 0.7 * best, name
@@ -236,6 +363,39 @@ def test_per_episode_budget_is_never_exceeded():
     assert not tree_equal(spent, run(0.3)[2])
     assert counted.count == 1
 
+
+
+def test_action_target_adds_the_attacks_delta_to_the_continuous_action():
+    # a linear Gaussian policy on Pendulum. A learned adversary that always
+    # outputs the same pre-tanh action a shifts every action by eps * tanh(a):
+    # the same episodes as a victim whose mean is shifted by that much, run
+    # unattacked. A random attack under a per-episode L2 budget spends at most eps^2.
+    env, params = envs.make("Pendulum-v1")
+    gain = jnp.array([[-1.0], [0.5], [-0.3]])
+    victim = attacks.Victim(policy=lambda vp, x: (x @ gain + vp, jnp.full(x.shape[:-1] + (1,), -1.0)), value=None,
+                            normalize=lambda vp, o: o, discrete=False)   # vparams: the shift of the mean
+    eps, a = 0.5, 0.8
+    step = attacks.ThreatModel(target="action")
+    learned = attacks.make_attack("learned", step, victim, adversary=lambda p, o: jnp.full((1,), p))
+    episode = attacks.ThreatModel(norm="l2", budget="episode", target="action")
+    random = attacks.make_attack("random", episode, victim)
+    key = jax.random.PRNGKey(0)
+
+    def go(attack, threat, shift, e):
+        return attacks.evaluate(env, params, victim, shift, attack, threat, key, e, 4, 50, adv_params=jnp.float32(a),
+                                with_spent=True)
+
+    @jax.jit
+    def run(shifts, radii):   # one program for the learned adversary's three runs
+        return jax.vmap(lambda s, e: go(learned, step, s, e))(shifts, radii), go(random, episode, 0.0, eps)
+
+    (returns, _, spent), budgeted = run(jnp.array([0.0, eps * np.tanh(a), 0.0]), jnp.array([eps, 0.0, 0.0]))
+    attacked, reference, clean = returns
+    np.testing.assert_allclose(attacked, reference, rtol=1e-5)
+    assert not np.allclose(attacked, clean, rtol=1e-3)                 # the shift matters on Pendulum
+    np.testing.assert_allclose(spent[0], 50 * (eps * np.tanh(a)) ** 2, rtol=1e-5)   # spent at every step
+    assert float(jnp.abs(spent[1:]).max()) == 0.0
+    assert float(budgeted[2].max()) <= eps**2 * (1 + 1e-5) and float(budgeted[2].min()) > 0.5 * eps**2
 
 # ----------------------------------------------------------------------------- a trained CartPole victim
 

@@ -135,6 +135,25 @@ def test_positive_value_loss_against_a_hand_computation():
     assert expected > 0
 
 
+def test_positive_value_loss_of_a_truncated_and_a_terminated_level_by_hand():
+    """Two levels, T = 3, one step each, gamma 0.5, lambda 0.5. Level 0 ends
+    by termination at t = 1, level 1 by a time-out there (bootstrapped from
+    V(s'_1) = 2.0, the real last observation's value, while the trace is still
+    cut). Rewards 1, 0, 1; values 1, 1, 1; next values 1, 2, 1.
+      deltas, level 0: 1 + 0.5 - 1 = 0.5, 0 + 0 - 1 = -1, 1 + 0.5 - 1 = 0.5
+      deltas, level 1: 0.5, 0 + 1 - 1 = 0, 0.5
+      A_2 = 0.5 both; A_1 = delta_1 (trace cut): -1 and 0;
+      A_0 = 0.5 + 0.25 A_1: 0.25 and 0.5
+    PVL = mean max(A, 0): (0.25 + 0 + 0.5) / 3 = 0.25 and (0.5 + 0 + 0.5) / 3 = 1/3."""
+    rewards = np.array([[1.0, 1.0], [0.0, 0.0], [1.0, 1.0]], np.float32)
+    values = np.ones((3, 2), np.float32)
+    next_values = np.array([[1.0, 1.0], [2.0, 2.0], [1.0, 1.0]], np.float32)
+    terminated = np.array([[False, False], [True, False], [False, False]])
+    done = np.array([[False, False], [True, True], [False, False]])
+    got = ed.positive_value_loss(rewards, values, next_values, terminated, done, 0.5, 0.5)
+    np.testing.assert_allclose(got, [0.25, 1 / 3], rtol=1e-6)
+
+
 def test_max_mc_and_rollout_returns_against_a_hand_computation():
     done = TERMINATED[:, None]
     episode_return = np.array([0.0, 0.0, 1.0, 0.0, 0.0, 0.5], np.float32)[:, None]
@@ -265,6 +284,67 @@ def test_cli_bad_input_fails_before_compiling(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(root, "run.py"), "meta", "ued", "--method", "bogus"],
                           capture_output=True, text=True, timeout=120, cwd=root)
     assert proc.returncode == 2 and "error: unknown method 'bogus'" in proc.stderr
+
+
+UED_CLI = ["--method", "plr", "--score", "pvl", "--seeds", "1", "--no-progress",
+           "--set", "num_envs=4", "--set", "num_steps=16", "--set", "num_minibatches=1", "--set", "num_epochs=1",
+           "--set", "hidden=[16]", "--set", "capacity=16", "--set", "replay_prob=0.5", "--set", "num_iterations=4",
+           "--set", "eval_every=2", "--set", "eval_episodes=2",
+           "--set", "space_kwargs={height: 9, width: 9, max_walls: 10, max_steps: 32}"]
+
+
+def test_cli_plr_run_end_to_end_replays_when_the_coin_says(tmp_path):
+    """`run.py meta ued` as a user runs it (PLR, tiny): the run directory's
+    files and contents, and PLR's replay-or-new choice against the coin flips
+    run.py documents (iteration i replays iff uniform(coin_i) < replay_prob,
+    coin_i = split(fold_in(PRNGKey(seed), 7919), iterations)[i]): a replay
+    only rescores, a new batch adds num_envs levels to the buffer. The fast
+    stand-in for the slow every-method and CLI tests above and below."""
+    import csv
+    import json
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "ued"
+    proc = subprocess.run([sys.executable, "run.py", "meta", "ued", *UED_CLI, "--out", str(out)], cwd=root,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {"config.yaml", "metrics.csv", "held_out.csv", "held_out.png", "summary.json", "buffer_00000.png",
+            "buffer_00002.png", "buffer_00004.png"} <= set(os.listdir(out))
+    from src import config as cfg
+    config = cfg.from_dict(ed.UEDConfig, cfg.load_yaml(out / "config.yaml"))
+    assert (config.method, config.capacity, config.num_envs, config.buffer_iterations) == ("plr", 16, 4, (0, 2, 4))
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4] and {r["seed"] for r in rows} == {"0"}
+    assert [int(r["env_steps"]) for r in rows] == [64, 128, 192, 256]                 # 4 envs x 16 steps each
+    assert [int(r["env_steps_total"]) for r in rows] == [128, 256, 384, 512]          # + one scoring rollout
+    coins = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(0), 7919), 4)
+    replayed = [float(jax.random.uniform(k) < 0.5) for k in coins]
+    assert 0 < sum(replayed) < 4                                                      # both branches ran
+    assert [float(r["replayed"]) for r in rows] == replayed
+    expected_size = np.minimum(16, 4 + 4 * np.cumsum(1 - np.array(replayed)))       # prefilled with one batch
+    assert [float(r["buffer_size"]) for r in rows] == expected_size.tolist()
+    # positive value loss is a mean of max(advantage, 0): never negative, and not all zero
+    scores = np.array([float(r["buffer_mean_score"]) for r in rows])
+    assert (scores >= 0).all() and (scores > 0).any()
+    assert all(np.isfinite(float(r[k])) for r in rows for k in ("entropy", "value_loss", "solvable_trained"))
+    with open(out / "held_out.csv") as f:
+        held = list(csv.DictReader(f))
+    from envs import levels
+    space = levels.make("maze", height=9, width=9, max_walls=10, max_steps=32)
+    assert [(int(r["iteration"]), r["level"]) for r in held] == [(i, n) for i in (0, 2, 4)
+                                                                  for n in space.held_out_names]
+    assert all(0.0 <= float(r["solve_rate"]) <= 1.0 for r in held)
+    with open(out / "summary.json") as f:
+        summary = json.load(f)
+    assert (summary["method"], summary["iterations"], summary["seeds"]) == ("plr", 4, [0])
+    assert summary["env_steps_trained"] == 256 and summary["env_steps_total"] == 512
+    assert set(summary["held_out_solve_rate_per_level"]) == set(space.held_out_names)
+    last = [float(r["solve_rate"]) for r in held if r["iteration"] == "4"]
+    assert summary["held_out_solve_rate_mean"] == pytest.approx(np.mean(last))
+    assert "plr on maze: held-out solve rate" in proc.stdout
 
 
 @pytest.mark.slow

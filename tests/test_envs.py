@@ -116,8 +116,96 @@ def test_brax_termination_resets_and_never_steps_past_done():
 
 def test_brax_ant_episode_ends_without_nans():
     env, params = envs.make("brax/ant", episode_length=1000)
-    _, _, reward, terminated, truncated, _ = map(np.asarray, run_steps(env, params, jnp.ones(8), 150))
-    assert np.isfinite(reward).all()
+    obs, nobs, reward, terminated, truncated, final = map(np.asarray, run_steps(env, params, jnp.ones(8), 150))
+    assert np.isfinite(reward).all() and np.isfinite(obs).all() and np.isfinite(final).all()
+    # 150 steps of a 1000-step limit: nothing may be cut off by time
+    assert not truncated.any()
+    # where an episode ended the final observation is the real last one, the
+    # next a reset; everywhere else the two agree
+    ends = np.flatnonzero(terminated)
+    np.testing.assert_array_equal(final[~terminated], nobs[~terminated])
+    for t in ends:
+        assert not np.allclose(final[t], nobs[t])
+
+
+# ----------------------------------------------------------------------------- CartPole by hand
+
+# gym's CartPole-v1 constants (gym/envs/classic_control/cartpole.py)
+GRAVITY, MASSCART, MASSPOLE, LENGTH, FORCE_MAG, TAU = 9.8, 1.0, 0.1, 0.5, 10.0, 0.02
+THETA_LIMIT, X_LIMIT = 12 * 2 * np.pi / 360, 2.4
+
+
+def cartpole_by_hand(obs, action):
+    """One Euler step of gym's CartPole equations, in float32 numpy."""
+    x, x_dot, theta, theta_dot = (np.float32(v) for v in obs)
+    f32 = np.float32
+    total, pml = f32(MASSCART + MASSPOLE), f32(MASSPOLE * LENGTH)
+    force = f32(FORCE_MAG) if action == 1 else f32(-FORCE_MAG)
+    cos, sin = np.cos(theta), np.sin(theta)
+    temp = (force + pml * theta_dot ** 2 * sin) / total
+    theta_acc = (f32(GRAVITY) * sin - cos * temp) / (f32(LENGTH) * (f32(4.0 / 3.0) - f32(MASSPOLE) * cos ** 2 / total))
+    x_acc = temp - pml * theta_acc * cos / total
+    new = np.array([x + f32(TAU) * x_dot, x_dot + f32(TAU) * x_acc, theta + f32(TAU) * theta_dot,
+                    theta_dot + f32(TAU) * theta_acc], np.float32)
+    fell = abs(new[0]) > X_LIMIT or abs(new[2]) > THETA_LIMIT
+    return new, fell
+
+
+def run_actions(env, params, actions, key=0):
+    """Steps `actions` (one per step) from a reset; (obs before, obs after,
+    reward, terminated, truncated, final_observation, episode_return)."""
+    obs, state = env.reset(jax.random.PRNGKey(key), params)
+
+    def body(carry, xs):
+        obs, state = carry
+        k, action = xs
+        nobs, state, reward, terminated, truncated, info = env.step(k, state, action, params)
+        return (nobs, state), (obs, nobs, reward, terminated, truncated, info["final_observation"],
+                               info["episode_return"])
+
+    keys = jax.random.split(jax.random.PRNGKey(key + 1), len(actions))
+    return map(np.asarray, jax.jit(lambda ks, acts: jax.lax.scan(body, (obs, state), (ks, acts))[1])(
+        keys, jnp.asarray(actions, jnp.int32)))
+
+
+def test_cartpole_pushed_one_way_terminates_where_the_equations_say():
+    env, params = envs.make("CartPole-v1")
+    obs, nobs, reward, terminated, truncated, final, ep_return = run_actions(env, params, [1] * 30)
+    # the hand-computed episode: always push right until the pole falls
+    state, expected = obs[0], []
+    for t in range(30):
+        state, fell = cartpole_by_hand(state, 1)
+        expected.append(state)
+        if fell:
+            break
+    end = t
+    assert 5 < end < 20                                     # the pole falls (left) well before any limit
+    assert terminated[end] and not terminated[:end].any() and not truncated.any()
+    np.testing.assert_allclose(final[:end + 1], np.array(expected), rtol=1e-5, atol=1e-6)
+    assert final[end][2] < -THETA_LIMIT                     # it fell to the left: the real last observation
+    np.testing.assert_allclose(final[:end], nobs[:end])    # before the end the final observation is the next one
+    assert np.abs(nobs[end]).max() <= 0.05                  # after it the next observation is a fresh reset
+    np.testing.assert_array_equal(obs[end + 1], nobs[end])
+    assert reward[:end + 1].tolist() == [1.0] * (end + 1) and ep_return[end] == end + 1
+
+
+def test_cartpole_time_limit_truncates_and_does_not_terminate():
+    env, params = envs.make("CartPole-v1")
+    params = params.replace(max_steps_in_episode=5)
+    actions = [1, 0] * 8                                    # keeps the pole up: no termination in 16 steps
+    obs, nobs, reward, terminated, truncated, final, ep_return = run_actions(env, params, actions)
+    assert not terminated.any()
+    np.testing.assert_array_equal(np.flatnonzero(truncated), [4, 9, 14])
+    for start, end in ((0, 4), (5, 9), (10, 14)):
+        state = obs[start]
+        for t in range(start, end + 1):
+            state, fell = cartpole_by_hand(state, actions[t])
+            assert not fell
+            np.testing.assert_allclose(final[t], state, rtol=1e-5, atol=1e-6)
+        # the time-out's final observation is the real 5th state, not the reset that follows
+        assert not np.allclose(final[end], nobs[end]) and np.abs(nobs[end]).max() <= 0.05
+        assert ep_return[end] == 5.0
+    np.testing.assert_array_equal(obs[5], nobs[4])
 
 
 def test_episode_statistics_on_discounting_probe():

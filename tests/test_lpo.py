@@ -1,7 +1,11 @@
 """`run.py meta lpo` and `run.py train --objective`: bad input fails before
-compiling; a tiny end-to-end run (slow) resumes bit-identically."""
+compiling; a tiny end-to-end run stops, resumes and ends as the uninterrupted
+run does, is reevaluated, and (slow) a longer one trains with the result."""
+import csv
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -80,6 +84,120 @@ def test_tiny_meta_training_resumes_bit_identically_and_trains_with_the_result(t
     result = run.main(["train", "--objective", f"learned:{a}", "--out", str(tmp_path / "t"), "--seeds", "2",
                        "--total-steps", "512", "--set", "num_steps=32", "--set", "hidden=[8]", "--no-progress"])
     assert result["objective"] == f"learned:{a}" and result["members"] == 2
+
+
+# ----------------------------------------------------------------------------- tiny runs through the CLI
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# 16 inner iterations of 2 envs x 16 steps, 2 minibatches (with one, the ratio
+# is always 1 and every drift, zero there, trains alike); a random initial
+# drift (the fit to PPO-clip takes longer than the run) and big ES steps
+CLI_TINY = ["--pop", "4", "--generations", "2", "--seeds", "1", "--no-progress",
+            "--set", "init=random", "--set", "sigma=0.3", "--set", "lr=0.3", "--set", "eval_seeds=2",
+            "--set", "checkpoint_every=1", "--set", "inner.total_steps=512", "--set", "inner.num_envs=2",
+            "--set", "inner.num_steps=16", "--set", "inner.hidden=[8]", "--set", "inner.num_epochs=1",
+            "--set", "inner.num_minibatches=2", "--set", "inner.lr=0.02"]
+
+
+def read_rows(out):
+    with open(os.path.join(out, "fitness.csv")) as f:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+
+def read_json(out, name):
+    with open(os.path.join(out, name)) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def lpo_runs(tmp_path_factory):
+    """`run.py meta lpo` calls as a user makes them: a tiny run stopped after
+    generation 1 (a copy of its directory kept), resumed to the end; the same
+    run uninterrupted; the first one reevaluated. One process runs them in
+    turn (tests/population_worker.py `cli`) with a JAX compilation cache
+    directory, so each program compiles once (a process per call would add
+    start-up time, not coverage: all that carries over is on disk)."""
+    root = tmp_path_factory.mktemp("lpo")
+    a, b, stopped = str(root / "a"), str(root / "b"), str(root / "a_stopped")
+    steps = [["meta", "lpo", *CLI_TINY, "--out", a, "--stop-at", "1"], ["copy", a, stopped],
+             ["meta", "lpo", "--out", a, "--resume", "--no-progress"],
+             ["meta", "lpo", *CLI_TINY, "--out", b],
+             ["meta", "lpo", "--out", a, "--reevaluate", "CartPole-v1", "--reeval-seeds", "2"]]
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(root / "jax-cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    proc = subprocess.run([sys.executable, "-m", "tests.population_worker", "cli", json.dumps(steps)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = dict(zip(["stopped", "resumed", "whole", "reevaluated"],
+                       proc.stdout.split("=== end")[0].split("=== run.py ")[1:]))
+    after_stop = {"rows": read_rows(stopped), "checkpoint": read_json(stopped, "checkpoint.json"),
+                  "summary": read_json(stopped, "summary.json")}
+    return a, b, {**printed, "after_stop": after_stop}
+
+
+def test_cli_run_stops_resumes_and_ends_as_the_uninterrupted_run(lpo_runs):
+    from meta import learned_objective as lo
+    a, b, runs = lpo_runs
+    stopped = runs["after_stop"]
+    assert [r["generation"] for r in stopped["rows"]] == ["1"] and stopped["checkpoint"] == {"generation": 1}
+    assert stopped["summary"]["generation"] == 1 and stopped["summary"]["complete"] is False
+    assert "train_envs" not in stopped["summary"]              # the final comparison waits for the end
+    # resumed: one more generation, the first kept as it was
+    rows = read_rows(a)
+    assert [r["generation"] for r in rows] == ["1", "2"] and rows[0] == stopped["rows"][0]
+    assert read_json(a, "checkpoint.json") == {"generation": 2}
+    summary = read_json(a, "summary.json")
+    assert summary["generation"] == 2 and summary["complete"] is True
+    assert os.path.exists(os.path.join(a, "fitness.png"))
+    # ... and bit-identical to the run that never stopped
+    assert rows == read_rows(b)
+    (kind_a, pa), (kind_b, pb) = lo.load(a), lo.load(b)
+    assert kind_a == kind_b == "learned"
+    np.testing.assert_array_equal(pa["w1"], pb["w1"])
+    np.testing.assert_array_equal(pa["w2"], pb["w2"])
+    whole = read_json(b, "summary.json")
+    assert summary["train_envs"] == whole["train_envs"]
+    # the final comparison: PPO-clip, the initial and the final drift on eval_seeds = 2 seeds each
+    result = summary["train_envs"]["CartPole-v1"]
+    assert set(result) == {"ppo_clip", "initial", "learned"}
+    for name in result:
+        assert len(result[name]["returns"]) == 2 and np.isfinite(result[name]["returns"]).all()
+    assert result["learned"]["paired_vs_ppo_clip"]["final"]["diff"] == pytest.approx(
+        np.mean(result["learned"]["returns"]) - np.mean(result["ppo_clip"]["returns"]))
+    # the objective matters in these inner runs (else the comparison says nothing)
+    assert len({tuple(result[name]["auc"]["values"]) for name in result}) == 3
+    assert "generation 2 mean" in runs["resumed"] and "train_envs CartPole-v1 (2 seeds)" in runs["resumed"]
+
+
+def test_cli_reevaluate_compares_on_fresh_seeds(lpo_runs):
+    a, _, runs = lpo_runs
+    res = read_json(a, "reeval_CartPole-v1_2_2026.json")
+    assert set(res) == {"ppo_clip", "initial", "learned"}
+    for name, r in res.items():
+        assert len(r["returns"]) == 2 and np.isfinite(r["returns"]).all()
+        assert r["mean"] == pytest.approx(np.mean(r["returns"])) and len(r["auc"]["values"]) == 2
+    for window in ("final", "auc"):
+        paired = res["learned"]["paired_vs_initial"][window]
+        values = {"final": lambda n: res[n]["returns"], "auc": lambda n: res[n]["auc"]["values"]}[window]
+        assert paired["n"] == 2 and paired["diff"] == pytest.approx(
+            np.mean(np.subtract(values("learned"), values("initial"))), abs=1e-6)
+    # fresh seeds (key 2026), not the ones of the run's own final comparison
+    own = read_json(a, "summary.json")["train_envs"]["CartPole-v1"]
+    assert res["ppo_clip"]["auc"]["values"] != own["ppo_clip"]["auc"]["values"]
+    assert "-> reeval_CartPole-v1_2_2026.json" in runs["reevaluated"]
+
+
+def test_train_with_the_dpo_objective(tmp_path):
+    out = str(tmp_path / "dpo")
+    summary = run.main(["train", "--objective", "dpo", "--out", out, "--seeds", "2", "--total-steps", "512",
+                        "--set", "num_envs=2", "--set", "num_steps=16", "--set", "hidden=[8]",
+                        "--set", "num_minibatches=2", "--no-progress"])
+    assert summary["objective"] == "dpo" and summary["members"] == 2 and summary["complete"]
+    assert np.isfinite(summary["final_returns"]).all()
+    assert read_json(out, "summary.json")["objective"] == "dpo"
+    with open(os.path.join(out, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 16 * 2 and all(np.isfinite(float(r["policy_loss"])) for r in rows)
 
 
 @pytest.mark.parametrize("name", ["lpo_cartpole", "lpo_cartpole_auc", "lpo_brax_ant", "lpo_temporal_minatar"])

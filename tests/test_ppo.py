@@ -125,43 +125,51 @@ def test_total_loss_by_hand_and_entropy_bonus_is_subtracted():
 @pytest.mark.parametrize("discrete", [True, False])
 def test_one_update_step_raises_the_surrogate_and_the_entropy_bonus_raises_entropy(discrete):
     """One gradient step of PPO's loss on a fixed batch, through the real
-    network: the surrogate mean(r * normalised A) rises from its value 1 * 0 at
-    the rollout's policy; with only the entropy bonus, the entropy rises."""
+    network: the surrogate mean(r * normalised A) rises from its value 0 at
+    the rollout's policy (r = 1); with only the entropy bonus, the entropy
+    rises. Parameters are drawn in numpy and the whole check is one jitted
+    program (op by op, the network's init and gradients compile per primitive)."""
     network = ActorCritic(3, discrete, (16, 16))
-    obs = jax.random.normal(jax.random.PRNGKey(0), (64, 4))
-    params = network.init(jax.random.PRNGKey(1), obs[0])
-    # a policy far from uniform (the actor head starts at 0.01 scale), where the entropy has a slope
-    head = params["params"]["actor"]["Dense_2"]
-    params["params"]["actor"]["Dense_2"] = {**head, "kernel": 100.0 * head["kernel"]}
-    dist, value = network.apply(params, obs)
-    action = jax.random.categorical(jax.random.PRNGKey(2), dist) if discrete else \
-        dist[0] + jax.random.normal(jax.random.PRNGKey(2), dist[0].shape)
-    old_log_prob = log_prob(dist, action, discrete)
-    advantage = jax.random.normal(jax.random.PRNGKey(3), (64,))
-    target = value + jax.random.normal(jax.random.PRNGKey(4), (64,))
-
-    def loss(params, hp, advantage):
-        dist, new_value = network.apply(params, obs)
-        return ppo.ppo_losses(ppo.ppo_clip, hp.clip_eps, log_prob(dist, action, discrete), old_log_prob, new_value,
-                              value, advantage, target, entropy(dist, discrete), hp, 0.0)[0]
-
-    def surrogate(params):
-        ratio = jnp.exp(log_prob(network.apply(params, obs)[0], action, discrete) - old_log_prob)
-        return float(jnp.mean(ratio * jnp.asarray(np_normalize(np.asarray(advantage)), jnp.float32)))
-
-    def mean_entropy(params):
-        return float(entropy(network.apply(params, obs)[0], discrete).mean())
-
-    def sgd_step(hp, advantage, lr=1e-2):
-        grads = jax.grad(loss)(params, hp, advantage)
-        return jax.tree.map(lambda p, g: p - lr * g, params, grads)
-
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(64, 4)).astype(np.float32)
+    # every parameter standard normal: a policy far from uniform, where the entropy has a slope
+    shapes = jax.eval_shape(network.init, jax.random.PRNGKey(0), obs[0])
+    params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+    advantage = rng.normal(size=64).astype(np.float32)
+    normalised = np_normalize(advantage).astype(np.float32)
     base = ppo.hparams_from(dataclasses.replace(SMALL, ent_coef=0.0))
-    assert abs(surrogate(params)) < 1e-5
-    assert surrogate(sgd_step(base, advantage)) > 1e-4
     bonus_only = base.replace(ent_coef=jnp.float32(1.0), vf_coef=jnp.float32(0.0))
-    stepped = sgd_step(bonus_only, jnp.zeros((64,)))
-    assert mean_entropy(stepped) > mean_entropy(params) + 1e-4
+
+    def check():
+        dist, value = network.apply(params, obs)
+        action = jax.random.categorical(jax.random.PRNGKey(2), dist) if discrete else \
+            dist[0] + jnp.exp(dist[1]) * jax.random.normal(jax.random.PRNGKey(2), dist[0].shape)
+        old_log_prob = log_prob(dist, action, discrete)
+        target = value + jax.random.normal(jax.random.PRNGKey(4), (64,))
+
+        def loss(params, hp, advantage):
+            dist, new_value = network.apply(params, obs)
+            return ppo.ppo_losses(ppo.ppo_clip, hp.clip_eps, log_prob(dist, action, discrete), old_log_prob,
+                                  new_value, value, advantage, target, entropy(dist, discrete), hp, 0.0)[0]
+
+        def surrogate(params):
+            ratio = jnp.exp(log_prob(network.apply(params, obs)[0], action, discrete) - old_log_prob)
+            return jnp.mean(ratio * normalised)
+
+        def mean_entropy(params):
+            return entropy(network.apply(params, obs)[0], discrete).mean()
+
+        def sgd_step(hp, advantage, lr=1e-2):
+            grads = jax.grad(loss)(params, hp, advantage)
+            return jax.tree.map(lambda p, g: p - lr * g, params, grads)
+
+        return (surrogate(params), surrogate(sgd_step(base, advantage)),
+                mean_entropy(params), mean_entropy(sgd_step(bonus_only, jnp.zeros((64,)))))
+
+    surrogate_before, surrogate_after, entropy_before, entropy_after = map(float, jax.jit(check)())
+    assert abs(surrogate_before) < 1e-5
+    assert surrogate_after > 1e-4, surrogate_after
+    assert entropy_after > entropy_before + 1e-4, (entropy_before, entropy_after)
 
 
 def test_same_seed_same_numbers_and_other_seed_other_numbers():

@@ -8,10 +8,11 @@ import numpy as np
 import optax
 import pytest
 import scipy.optimize
+from jax.flatten_util import ravel_pytree
 
+from envs.rewards import Transition
 from meta import reward_alignment as ra
 from src.config import ConfigError
-from src.networks import ActorCritic
 from tests.helpers import TraceCounter, tree_equal
 
 
@@ -93,6 +94,31 @@ def test_implicit_gradient_matches_finite_differences_on_a_nonlinear_problem():
     np.testing.assert_allclose(got, fd, rtol=2e-3, atol=2e-4)
 
 
+# ----------------------------------------------------------------------------- hand computations
+# Written out here with numpy loops / closed forms, not taken from the module,
+# so that a test comparing the estimators with them compares two computations.
+
+def hand_returns(rewards, done, gamma):
+    """Discounted returns-to-go inside the window, cut where an episode ends."""
+    rewards, done = np.asarray(rewards, np.float64), np.asarray(done, np.float64)
+    returns = np.zeros_like(rewards)
+    for e in range(rewards.shape[1]):
+        g = 0.0
+        for t in reversed(range(rewards.shape[0])):
+            g = rewards[t, e] + gamma * (1.0 - done[t, e]) * g
+            returns[t, e] = g
+    return returns
+
+
+def hand_primary_advantage(rewards, done, gamma):
+    """Returns-to-go minus their mean over envs at each time step, divided by
+    the standard deviation of the result over the whole batch."""
+    returns = hand_returns(rewards, done, gamma)
+    T, E = returns.shape
+    adv = np.array([[returns[t, e] - sum(returns[t]) / E for e in range(E)] for t in range(T)])
+    return adv / (np.sqrt(np.mean((adv - adv.mean()) ** 2)) + 1e-8)
+
+
 def test_discounted_returns_and_primary_advantage_against_a_python_loop():
     rng = np.random.default_rng(0)
     rewards = rng.normal(size=(7, 3)).astype(np.float32)
@@ -105,13 +131,285 @@ def test_discounted_returns_and_primary_advantage_against_a_python_loop():
             expected[t, e] = g
     np.testing.assert_allclose(ra.discounted_returns(jnp.asarray(rewards), jnp.asarray(done), 0.9), expected,
                                rtol=1e-5, atol=1e-6)
+    # the primary advantage, by hand: (G[t, e] - mean over e' of G[t, e']) / std over the batch
+    obs = np.zeros((7, 3, 2), np.float32)
+    batch = ra.Batch(Transition(obs, np.zeros((7, 3), np.int32), obs, rewards, done > 0, {}), done > 0,
+                     np.zeros((7, 3), np.float32), np.zeros((7, 3), np.float32))
+    centred = expected - expected.mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(ra.primary_advantage(batch, 0.9), centred / centred.std(), rtol=1e-4, atol=1e-5)
+    for gamma in (0.5, 0.99):
+        np.testing.assert_allclose(ra.primary_advantage(batch, gamma), hand_primary_advantage(rewards, done, gamma),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def mlp_by_hand(layers, x, xp=jnp):
+    """A one-hidden-layer tanh MLP from its flax parameters (ActorCritic's actor or critic)."""
+    h = xp.tanh(x @ layers["Dense_0"]["kernel"] + layers["Dense_0"]["bias"])
+    return h @ layers["Dense_1"]["kernel"] + layers["Dense_1"]["bias"]
+
+
+def log_policy_by_hand(params, obs, action, xp=jnp):
+    """log pi(a|s) and the policy's entropy, from the actor's logits."""
+    logits = mlp_by_hand(params["params"]["actor"], obs, xp)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    logp = shifted - xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))
+    entropy = -(xp.exp(logp) * logp).sum(axis=-1)
+    return xp.take_along_axis(logp, action[..., None].astype(np.int32), axis=-1)[..., 0], entropy
+
+
+def surrogate_by_hand(params, obs, action, advantage, xp=jnp):
+    """The REINFORCE surrogate of the primary return, mean(log pi(a|s) * A):
+    its gradient in the policy's parameters is the estimate of dJ/dtheta."""
+    return xp.mean(log_policy_by_hand(params, obs, action, xp)[0] * advantage)
+
+
+def gae_weights_by_hand(done):
+    """GAE as a weighted sum, A[t] = sum_{k>=t} (gamma*lambda)^(k-t) alive[t, k] delta[k],
+    alive[t, k] = 1 when no episode ends at steps t..k-1: returns k - t ([T, T]) and alive ([E, T, T])."""
+    done = np.asarray(done, np.float64)
+    T, E = done.shape
+    alive = np.zeros((E, T, T))
+    for e in range(E):
+        for t in range(T):
+            product = 1.0
+            for k in range(t, T):
+                alive[e, t, k] = product
+                product *= 1.0 - done[k, e]
+    lag = np.maximum(np.arange(T)[None, :] - np.arange(T)[:, None], 0)
+    return jnp.asarray(lag, jnp.float32), jnp.asarray(alive, jnp.float32)
+
+
+# ----------------------------------------------------------------------------- the estimators on a small problem
+# A 3x3 gridworld with the misleading heuristic (+0.2 for entering the
+# distractor cell (2, 0), index 6 of the one-hot observation). Each estimator's
+# gradient is compared with central finite differences, coordinate by
+# coordinate (21 of them: the phi1 and phi2 tables of 9 cells and their
+# biases, psi), of the outer objective it differentiates, written out here.
+# The outer gradient is taken on PPO's own next batch (reuse_rollout); the
+# outer optimiser is `normalized`, whose first step is outer_lr * g / |g|, so
+# the step a block takes and its `outer_grad_norm` give the gradient g back.
+
+SMALL = ra.AlignmentConfig(env="gridworld/barfi", env_kwargs={"size": 3}, heuristic="gridworld-bad", seeds=1,
+                           total_steps=100 * 128, num_envs=8, num_steps=16, num_epochs=1, num_minibatches=2,
+                           hidden=(8,), gamma=0.9, lr=1e-2, anneal_lr=False, reuse_rollout=True,
+                           estimator="unrolled", unroll=1, outer_every=1, warmup=3, outer_optimizer="normalized",
+                           outer_lr=1e-2)
+DISTRACTOR = 6
+
+
+def central_differences(values, eps):
+    """values: f at x + eps*e_i for each coordinate i, then at x - eps*e_i."""
+    values = np.asarray(values, np.float64)
+    d = len(values) // 2
+    return (values[:d] - values[d:]) / (2 * eps)
+
+
+def coordinate_steps(x, eps):
+    basis = np.eye(x.size, dtype=x.dtype)
+    return np.concatenate([x + eps * basis, x - eps * basis])
+
+
+@pytest.fixture(scope="module")
+def small_run():
+    """Four BARFI blocks on SMALL: each one PPO iteration (the unrolled
+    estimator's) and an outer step, the first three warm-up blocks that leave
+    phi alone (they fill PPO's Adam moments: Adam's first step, ~lr * sign(g),
+    is too steep in phi for finite differences). The states before and after
+    each block, the last block's metrics, and `collect_inner` compiled."""
+    aligner = ra.make(SMALL)
+    block = jax.jit(aligner.block)
+    states = [aligner.init(jax.random.PRNGKey(1))]
+    for _ in range(SMALL.warmup + 1):
+        state, metrics = block(states[-1])
+        states.append(state)
+    return aligner, states, metrics, jax.jit(aligner.collect_inner)
+
+
+@pytest.fixture(scope="module")
+def implicit_problem(small_run):
+    """The implicit estimate at the warmed-up learner, and the outer objective
+    its truncated Neumann series differentiates: the primary surrogate after
+    `neumann_terms` gradient steps of size `neumann_alpha` on the inner loss
+    L(theta, phi), written out here:
+        L = -mean(log pi_theta(a|s) * GAE(r_phi, gamma_phi)) - ent_coef * mean(entropy)
+        r_phi = phi1(s) + r_p + phi2(s) * 0.2 * [s' is the distractor],  gamma_phi = sigmoid(psi)
+    with GAE against the rollout policy's critic. (N steps of size alpha move
+    theta by -alpha sum_k (I - alpha H)^k dL/dtheta to first order, so dJ/dphi
+    through them is the Neumann estimate -(d2L/dphi dtheta) w, up to
+    O(alpha |H|) relative.)"""
+    aligner, states, _, collect_inner = small_run
+    cfg, state = SMALL, states[SMALL.warmup]
+    grad, ts_after, _ = jax.jit(lambda ts, rp: aligner.estimators["implicit"](ts, rp, None, jax.random.PRNGKey(9)))(
+        state.ts, state.reward_params)
+    _, batch = collect_inner(state.ts)
+    with jax.enable_x64(True):   # float32 would resolve differences of ~1e-6 in J only to ~1%
+        f64 = lambda tree: jax.tree.map(  # noqa: E731
+            lambda a: jnp.asarray(a, jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else jnp.asarray(a), tree)
+        tr, done, params = f64(batch.transition), batch.done, f64(state.ts.params)
+        advantage = jnp.asarray(hand_primary_advantage(tr.reward, done, cfg.gamma))
+        critic = params["params"]["critic"]
+        value, next_value = mlp_by_hand(critic, tr.obs)[..., 0], mlp_by_hand(critic, tr.next_obs)[..., 0]
+        aux = 0.2 * (jnp.argmax(tr.next_obs, axis=-1) == DISTRACTOR)
+        not_terminated = 1.0 - tr.terminated.astype(jnp.float64)
+        lag, alive = f64(gae_weights_by_hand(done))
+        flat_theta, unravel_theta = ravel_pytree(params)
+        flat_phi, unravel_phi = ravel_pytree(f64(state.reward_params))
+
+        def inner_loss(theta, phi):
+            p = unravel_phi(phi)
+            r_phi = (tr.obs @ p["phi1"]["w"] + p["phi1"]["b"] + tr.reward
+                     + (tr.obs @ p["phi2"]["w"] + p["phi2"]["b"]) * aux)
+            gamma = 1.0 / (1.0 + jnp.exp(-p["psi"]))
+            delta = r_phi + gamma * next_value * not_terminated - value
+            adv = jnp.einsum("tk,etk,ke->te", (gamma * cfg.gae_lambda) ** lag, alive, delta)
+            logp, ent = log_policy_by_hand(unravel_theta(theta), tr.obs, tr.action)
+            return -jnp.mean(logp * adv) - cfg.ent_coef * jnp.mean(ent)
+
+        def objective(phi):
+            theta = jax.lax.fori_loop(
+                0, cfg.neumann_terms, lambda _, th: th - cfg.neumann_alpha * jax.grad(inner_loss)(th, phi), flat_theta)
+            return surrogate_by_hand(unravel_theta(theta), tr.obs, tr.action, advantage)
+
+        eps = 1e-3
+        fd = central_differences(jax.jit(jax.vmap(objective))(coordinate_steps(np.asarray(flat_phi), eps)), eps)
+    return state, ts_after, batch, np.asarray(ravel_pytree(grad)[0], np.float64), fd
+
+
+def test_implicit_estimate_matches_finite_differences_of_its_outer_objective(implicit_problem):
+    _, _, batch, grad, fd = implicit_problem
+    assert float(batch.transition.reward.sum()) >= 2      # the goal was reached: the primary gradient is not zero
+    assert np.abs(fd).max() > 1e-5 and np.abs(fd[10:]).max() > 0        # phi2 / psi matter too
+    np.testing.assert_allclose(grad, fd, rtol=2e-2, atol=2e-3 * np.abs(fd).max())
+
+
+def test_reused_rollout_costs_no_env_steps_and_leaves_the_learner_state_alone(small_run, implicit_problem):
+    """The outer gradient on PPO's own next batch (the one `collect_inner`
+    replays, checked against `agent.step` below) takes no extra env steps and
+    hands PPO back the TrainState it got, so PPO trains on those transitions."""
+    aligner = small_run[0]
+    state, ts_after = implicit_problem[:2]
+    assert SMALL.outer_env_steps == 0
+    assert dataclasses.replace(SMALL, reuse_rollout=False).outer_env_steps == SMALL.outer_rollout * SMALL.num_envs
+    assert SMALL.num_iterations == dataclasses.replace(SMALL, method="primary").num_iterations
+    assert aligner.env_steps_per_block == SMALL.outer_every * SMALL.batch_size
+    for a, b in zip(jax.tree.leaves(ts_after), jax.tree.leaves(state.ts), strict=True):    # (numpy: no compiling)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.fixture(scope="module")
+def unrolled_problem(small_run):
+    """The last block's unrolled gradient (through its one real PPO iteration),
+    and the objective it is the gradient of: the primary surrogate, on the
+    batch the estimator scored (held fixed: gradients do not flow into the
+    data), of the policy after one PPO iteration from the block's state with
+    reward r_phi and discount gamma_phi; at phi +- eps along each coordinate
+    and after the block's step."""
+    aligner, states, metrics, collect_inner = small_run
+    cfg, state = SMALL, states[SMALL.warmup]
+    flat_phi, unravel_phi = ravel_pytree(state.reward_params)
+    x = np.asarray(flat_phi)
+    step = np.asarray(ravel_pytree(states[-1].reward_params)[0]) - x
+    base_hparams = ra.ppo.hparams_from(cfg.ppo_config())
+
+    @jax.jit
+    @jax.vmap
+    def ppo_iteration(phi):
+        rp = unravel_phi(phi)
+        ts, ppo_metrics = aligner.agent.step(state.ts, base_hparams.replace(gamma=1.0 / (1.0 + jnp.exp(-rp["psi"]))),
+                                             rp)
+        return ts.params, ppo_metrics["episodes_finished"]
+
+    eps = 1e-2
+    params, finished = ppo_iteration(jnp.asarray(np.concatenate([x[None], (x + step)[None], coordinate_steps(x, eps)])))
+    _, batch = collect_inner(states[-1].ts)      # the batch PPO collects next: the estimator's
+    tr = jax.tree.map(np.asarray, batch.transition)
+    advantage = hand_primary_advantage(tr.reward, batch.done, cfg.gamma)
+    params = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    values = np.array([surrogate_by_hand(jax.tree.map(lambda a: a[i], params), tr.obs, tr.action, advantage, np)
+                       for i in range(len(finished))])
+    grad = step * float(metrics["outer_grad_norm"][0]) / cfg.outer_lr
+    return batch, grad, central_differences(values[2:], eps), step, values[0], values[1], int(finished[0])
+
+
+def test_unrolled_estimate_matches_finite_differences_through_the_ppo_update(unrolled_problem):
+    batch, grad, fd = unrolled_problem[:3]
+    assert float(batch.transition.reward.sum()) >= 2
+    assert np.abs(fd).max() > 1e-4 and np.abs(fd[10:]).max() > 0
+    np.testing.assert_allclose(grad, fd, rtol=3e-2, atol=2e-3 * np.abs(fd).max())
+
+
+def test_one_outer_step_raises_the_outer_objective(unrolled_problem):
+    """BARFI ascends the primary return: the block's step on phi raises the
+    outer objective, by |dJ/dphi| * outer_lr to first order."""
+    _, _, fd, step, before, after, _ = unrolled_problem
+    np.testing.assert_allclose(np.linalg.norm(step), SMALL.outer_lr, rtol=1e-3)
+    assert after > before
+    np.testing.assert_allclose(after - before, np.linalg.norm(fd) * SMALL.outer_lr, rtol=0.1)
+
+
+def test_collect_inner_replays_the_batch_ppo_trains_on(small_run, unrolled_problem):
+    """The outer step's reused batch is PPO's own next batch: replayed from the
+    same TrainState it ends in exactly the env states PPO's iteration (inside
+    the block) ends in, iteration after iteration, with as many finished
+    episodes as `agent.step` counts."""
+    _, states, _, collect_inner = small_run
+    finished = 0
+    for before, after in zip(states[:-1], states[1:]):
+        replayed, batch = collect_inner(before.ts)
+        assert batch.done.shape == (SMALL.num_steps, SMALL.num_envs)
+        for a, b in zip(jax.tree.leaves((replayed.env_state, replayed.obs)),
+                        jax.tree.leaves((after.ts.env_state, after.ts.obs))):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        finished += int(batch.done.sum())
+    assert int(batch.done.sum()) == unrolled_problem[-1]
+    assert finished > 0
+
+
+# ----------------------------------------------------------------------------- evolution strategies
+
+def test_antithetic_es_gradient_agrees_with_the_gradient_in_expectation_and_pairs_share_their_noise():
+    """On f(x) = -1/2 |A x - b|^2 + 0.3 sin(c.x) the expected estimate is the
+    gradient of f smoothed by N(0, sigma^2): the exact gradient of the
+    quadratic part and exp(-sigma^2 |c|^2 / 2) times that of the sine. Noise
+    that depends on the pair's key alone cancels within a pair."""
+    rng = np.random.default_rng(0)
+    A, b, c = rng.normal(size=(4, 5)), rng.normal(size=4), rng.normal(size=5) / 2
+    x0 = rng.normal(size=5)
+    sigma, pairs, repeats = 0.1, 4, 2000
+    expected = -A.T @ (A @ x0 - b) + 0.3 * np.cos(c @ x0) * c * np.exp(-sigma ** 2 * c @ c / 2)
+    A32, b32, c32, x32 = (jnp.asarray(v, jnp.float32) for v in (A, b, c, x0))
+
+    def f(delta):
+        x = x32 + delta
+        return -0.5 * jnp.sum((A32 @ x - b32) ** 2) + 0.3 * jnp.sin(c32 @ x)
+
+    def estimates(keys, noise):
+        def one(key):
+            noise_key, pair_key = jax.random.split(key)
+            fitness = lambda d, k: f(d) + noise * jax.random.normal(k)  # noqa: E731
+            return ra.antithetic_es_gradient(fitness, 5, noise_key, pair_key, pairs, sigma)
+        return jax.vmap(one)(keys)
+
+    keys = jax.random.split(jax.random.PRNGKey(0), repeats)
+    clean, noisy = jax.jit(estimates)(keys, 0.0), jax.jit(estimates)(keys, 100.0)
+    np.testing.assert_allclose(noisy, clean, rtol=1e-3, atol=1e-3)
+    clean = np.asarray(clean, np.float64)
+    se = clean.std(axis=0, ddof=1) / np.sqrt(repeats)
+    assert np.all(np.abs(clean.mean(axis=0) - expected) < 4 * se)
+    mean = clean.mean(axis=0)
+    assert mean @ expected / (np.linalg.norm(mean) * np.linalg.norm(expected)) > 0.99
+    # a single estimate of 4 pairs already points the right way more often than not
+    assert np.mean(clean @ expected > 0) > 0.75
 
 
 # ----------------------------------------------------------------------------- the whole loop, tiny
 
-TINY = ra.AlignmentConfig(env="gridworld/barfi", env_kwargs={"size": 4}, heuristic="gridworld-bad", seeds=2,
-                          total_steps=3 * (8 * 8 * 2 + 8 * 4), num_envs=8, num_steps=8, num_epochs=1,
-                          num_minibatches=1, hidden=(16,), outer_every=2, outer_rollout=4, warmup=1,
+# 16 seeds of 20 blocks (2 PPO iterations, then an outer step on a separate
+# 16-step rollout) on the 3x3 gridworld with the misleading heuristic: also a
+# fast stand-in for the slow reproduction tests below.
+TINY = ra.AlignmentConfig(env="gridworld/barfi", env_kwargs={"size": 3}, heuristic="gridworld-bad", seeds=16,
+                          total_steps=20 * (8 * 8 * 2 + 8 * 16), num_envs=8, num_steps=8, num_epochs=1,
+                          num_minibatches=1, hidden=(16,), outer_every=2, outer_rollout=16, warmup=1,
                           outer_lr=0.1)
 
 
@@ -136,99 +434,39 @@ def test_barfi_loop_is_one_program_with_reproducible_seeds(tiny_run):
 
 def test_barfi_loop_learns_phi_after_warm_up_and_counts_every_env_step(tiny_run):
     aligner, _, (state, metrics), _, _ = tiny_run
-    assert TINY.num_blocks == 3 and TINY.num_iterations == 6
+    assert TINY.num_blocks == 20 and TINY.num_iterations == 40
     for value in metrics.values():
         assert value.shape == (TINY.seeds, TINY.num_iterations)
-    per_block = TINY.outer_every * TINY.batch_size + TINY.outer_rollout * TINY.num_envs
-    np.testing.assert_array_equal(metrics["env_steps"][0], [64, 160, 224, 320, 384, 480])
-    assert metrics["env_steps"][0, -1] == TINY.num_blocks * per_block == aligner.env_steps_per_block * 3
+    # 64 steps per PPO iteration, and the outer rollout's 8 x 16 at the end of every second one
+    np.testing.assert_array_equal(metrics["env_steps"][0, :6], [64, 256, 320, 512, 576, 768])
+    assert metrics["env_steps"][0, -1] == 20 * 256 == aligner.env_steps_per_block * 20
     # the warm-up block leaves phi at its initial value, later blocks move it
     assert np.allclose(metrics["phi2_mean"][:, :2], 1.0)
     assert not np.allclose(metrics["phi2_mean"][:, -1], 1.0)
     # (a block whose rollout never reaches the goal has a zero primary gradient)
     assert np.all(np.isfinite(metrics["outer_grad_norm"])) and np.all((metrics["outer_grad_norm"] > 0).any(axis=1))
-    assert np.all(np.asarray(state.block) == 3)
+    assert np.all(np.asarray(state.block) == 20)
 
 
-def test_implicit_estimate_is_the_neumann_formula_on_the_inner_loss():
-    """The estimator's gradient equals -(d2L/dphi dtheta) w with w the
-    Neumann series of the inner loss's Hessian, recomputed here from
-    explicit Hessian matrices on the same rollout."""
-    cfg = dataclasses.replace(TINY, env_kwargs={"size": 3}, hidden=(8,), outer_rollout=16)
-    aligner = ra.make(cfg)
-    state = aligner.init(jax.random.PRNGKey(3))
-    key = jax.random.PRNGKey(4)
-    grad, _, _ = jax.jit(lambda ts, rp: aligner.estimate(ts, rp, None, key))(state.ts, state.reward_params)
-    _, batch = jax.jit(aligner.collect)(state.ts, key)
-    from jax.flatten_util import ravel_pytree
-    flat_theta, unravel_t = ravel_pytree(state.ts.params)
-    flat_phi, unravel_p = ravel_pytree(state.reward_params)
-    L = lambda th, ph: aligner.inner_loss(unravel_t(th), unravel_p(ph), batch)  # noqa: E731
-    H = np.asarray(jax.jit(jax.hessian(L, argnums=0))(flat_theta, flat_phi), np.float64)
-    cross = np.asarray(jax.jit(jax.jacfwd(jax.grad(L, argnums=0), argnums=1))(flat_theta, flat_phi), np.float64)
-    logp = lambda th: aligner.agent.network.apply(unravel_t(th), batch.transition.obs, method=ActorCritic.policy)  # noqa: E731
-    adv = np.asarray(ra.primary_advantage(batch, cfg.gamma))
-    from src.networks import log_prob
-    v = np.asarray(jax.jit(jax.grad(lambda th: jnp.mean(log_prob(logp(th), batch.transition.action, True) * adv)))(flat_theta),
-                   np.float64)
-    alpha = cfg.neumann_alpha
-    w = alpha * sum(np.linalg.matrix_power(np.eye(len(v)) - alpha * H, k) @ v for k in range(cfg.neumann_terms))
-    expected = -cross.T @ w
-    got = ravel_pytree(grad)[0]
-    assert np.linalg.norm(expected) > 0
-    np.testing.assert_allclose(got, expected, rtol=2e-3, atol=1e-3 * np.abs(expected).max())
+def test_barfi_learns_to_trust_the_misleading_heuristic_less_where_it_misleads(tiny_run):
+    """A fast proxy for the slow reproduction test below (BARFI recovers from
+    the bad gridworld heuristic): in 19 outer steps, on both sets of 16 seeds,
+    the learned weight phi2(s) on the distractor bonus falls on the cells it
+    is collected from (the distractor (2, 0) and its neighbours (1, 0), (2, 1))
+    relative to the other cells. (Recorded: -0.30 +- 0.09 and -0.53 +- 0.08,
+    13 and 15 seeds of 16 below zero; a flipped outer step makes it positive.)"""
+    _, _, (state, _), _, (other, _) = tiny_run
+    feeding = [6, 3, 7]
+    elsewhere = [i for i in range(9) if i not in feeding]
+    for reward_params in (state.reward_params, other.reward_params):
+        w = np.asarray(reward_params["phi2"]["w"])
+        drop = w[:, feeding].mean(axis=1) - w[:, elsewhere].mean(axis=1)
+        se = drop.std(ddof=1) / np.sqrt(len(drop))
+        assert drop.mean() < -max(2 * se, 0.1), (drop.mean(), se)
+        assert np.mean(drop < 0) >= 0.7, drop
 
 
-# ----------------------------------------------------------------------------- the reused (inner) rollout
-
-def test_collect_inner_replays_the_batch_ppo_trains_on():
-    """The outer step's reused batch is PPO's own next batch: replayed from the
-    same TrainState it ends in exactly the env states `agent.step` ends in, with
-    as many finished episodes, iteration after iteration."""
-    cfg = dataclasses.replace(TINY, heuristic="gridworld-good", reuse_rollout=True)
-    aligner = ra.make(cfg)
-    state = aligner.init(jax.random.PRNGKey(0))
-    hparams = ra.ppo.hparams_from(cfg.ppo_config())
-
-    @jax.jit
-    def replay_then_step(ts):
-        after, batch = aligner.collect_inner(ts)
-        ts_next, metrics = aligner.agent.step(ts, hparams, state.reward_params)
-        return after, batch, ts_next, metrics
-
-    ts, finished = state.ts, 0
-    for _ in range(4):
-        after, batch, ts_next, metrics = replay_then_step(ts)
-        assert batch.done.shape == (cfg.num_steps, cfg.num_envs)
-        for a, b in zip(jax.tree.leaves((after.env_state, after.obs)), jax.tree.leaves((ts_next.env_state,
-                                                                                        ts_next.obs))):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-        assert int(batch.done.sum()) == int(metrics["episodes_finished"])
-        finished += int(metrics["episodes_finished"])
-        ts = ts_next
-    assert finished > 0
-
-
-def test_reused_rollout_costs_no_env_steps_and_leaves_the_learner_state_alone():
-    cfg = dataclasses.replace(TINY, reuse_rollout=True)
-    assert cfg.outer_env_steps == 0 and TINY.outer_env_steps == TINY.outer_rollout * TINY.num_envs
-    assert cfg.num_iterations == dataclasses.replace(cfg, method="primary").num_iterations
-    aligner = ra.make(cfg)
-    assert aligner.env_steps_per_block == cfg.outer_every * cfg.batch_size
-    state = aligner.init(jax.random.PRNGKey(1))
-    # the gradient is the separate-rollout estimator's on the very batch PPO collects next
-    separate = ra.make(dataclasses.replace(cfg, reuse_rollout=False, outer_rollout=cfg.num_steps))
-    _, rollout_key = jax.random.split(state.ts.key)
-
-    @jax.jit
-    def both(ts, rp):
-        return aligner.estimate(ts, rp, None, jax.random.PRNGKey(2)), separate.estimate(ts, rp, None, rollout_key)
-
-    (grad, ts, _), (expected, _, _) = both(state.ts, state.reward_params)
-    assert tree_equal(ts, state.ts)
-    for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(expected)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-
+# ----------------------------------------------------------------------------- the outer optimiser
 
 def test_normalized_outer_optimizer_is_scale_free_and_moves_along_the_gradient():
     """One global scale: a gradient and 1000 times it give the same step, of

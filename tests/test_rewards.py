@@ -91,6 +91,61 @@ def test_potential_is_zero_at_termination_but_not_at_a_time_out():
     assert float(fn(None, tr._replace(terminated=jnp.bool_(True)))) == pytest.approx(1.0 - 2.0)
 
 
+# ----------------------------------------------------------------------------- every builder on a tiny batch, by hand
+
+# three transitions: an ordinary step, a termination, and a time-out (which is
+# not a termination: its s' keeps its potential)
+TINY = Transition(obs=jnp.array([[1.0, 2.0], [0.5, -1.0], [3.0, 0.0]]), action=jnp.array([1, 0, 1]),
+                  next_obs=jnp.array([[2.0, 0.0], [4.0, 4.0], [-1.0, 2.0]]), reward=jnp.array([1.0, -0.5, 2.0]),
+                  terminated=jnp.array([False, True, False]), info={})
+
+
+def on_tiny(reward_fn, params):
+    return np.asarray(jax.jit(jax.vmap(reward_fn, in_axes=(None, 0)))(params, TINY))
+
+
+def test_potential_shaping_on_a_tiny_batch_by_hand():
+    """Phi(p, s) = p . s with p = (0.5, -1): Phi(s) = (-1.5, 1.25, 1.5) and
+    Phi(s') = (1, -2, -2.5). With gamma 0.9, F = gamma Phi(s') (1 - terminated) - Phi(s):
+    0.9 + 1.5 = 2.4; -1.25 (terminated: Phi(s') counts 0); -2.25 - 1.5 = -3.75."""
+    potential = lambda p, obs: jnp.dot(obs, p)  # noqa: E731
+    np.testing.assert_allclose(on_tiny(rewards.potential_shaping(potential, 0.9), jnp.array([0.5, -1.0])),
+                               [1.0 + 2.4, -0.5 - 1.25, 2.0 - 3.75], rtol=1e-6)
+    np.testing.assert_allclose(
+        jax.vmap(lambda tr: rewards.shaping_term(potential, jnp.array([0.5, -1.0]), tr, 0.9))(TINY),
+        [2.4, -1.25, -3.75], rtol=1e-6)
+    # gamma enters only through Phi(s'): with gamma = 0.5, 0.5 + 1.5 = 2; -1.25; -1.25 - 1.5 = -2.75
+    np.testing.assert_allclose(on_tiny(rewards.potential_shaping(potential, 0.5), jnp.array([0.5, -1.0])),
+                               [3.0, -1.75, -0.75], rtol=1e-6)
+
+
+def aux_tiny(tr):
+    """obs[0] * (+1 for action 1, -1 for action 0): (1, -0.5, 3) on TINY."""
+    return tr.obs[0] * (tr.action * 2.0 - 1.0)
+
+
+def test_sums_blends_and_learned_rewards_on_a_tiny_batch_by_hand():
+    np.testing.assert_allclose(on_tiny(rewards.naive_sum(aux_tiny), None), [2.0, -1.0, 5.0], rtol=1e-6)
+    # 0.5 r - 2 aux
+    np.testing.assert_allclose(on_tiny(rewards.weighted_blend(aux_tiny), rewards.blend_params(0.5, -2.0)),
+                               [0.5 - 2.0, -0.25 + 1.0, 1.0 - 6.0], rtol=1e-6)
+    # r_phi = phi1(s) + r + phi2(s) aux with phi1(s) = s_0 + 0.5 = (1.5, 1, 3.5), phi2(s) = s_1 - 1 = (1, -2, -1)
+    params = {"phi1": {"w": jnp.array([1.0, 0.0]), "b": jnp.float32(0.5)},
+              "phi2": {"w": jnp.array([0.0, 1.0]), "b": jnp.float32(-1.0)}, "psi": jnp.float32(0.0)}
+    np.testing.assert_allclose(on_tiny(rewards.learned_reward(aux_tiny), params),
+                               [1.5 + 1.0 + 1.0, 1.0 - 0.5 + 1.0, 3.5 + 2.0 - 3.0], rtol=1e-6)
+    assert float(rewards.learned_gamma(params)) == 0.5
+    # a reward network with no hidden layer: r + w . [s, onehot(a), s', aux] + b, w picking
+    # s_0 + 2 onehot(a)_1 - aux, b = 0.25: (1 + 2 - 1, 0.5 + 0 + 0.5, 3 + 2 - 3) + 0.25
+    net = rewards.init_reward_network(jax.random.PRNGKey(0), 2, 2, hidden=())
+    net[-1]["w"] = jnp.array([[1.0], [0.0], [0.0], [2.0], [0.0], [0.0], [-1.0]])
+    net[-1]["b"] = jnp.array([0.25])
+    np.testing.assert_allclose(on_tiny(rewards.reward_network(2, discrete=True, aux=aux_tiny), net),
+                               [1.0 + 2.25, -0.5 + 1.25, 2.0 + 2.25], rtol=1e-6)
+    np.testing.assert_allclose(on_tiny(rewards.env_reward, None), [1.0, -0.5, 2.0])
+    np.testing.assert_allclose(on_tiny(rewards.scaled_reward, {"scale": 2.0, "shift": -1.0}), [1.0, -2.0, 3.0])
+
+
 # ----------------------------------------------------------------------------- blends and learned rewards
 
 def batch_of_transitions(seed, n=32, obs_dim=4):
@@ -198,6 +253,79 @@ def test_gridworld_heuristics_point_where_they_should():
     corner = grid.size - 1
     farm = Transition(cell(corner, 0), 0, cell(corner, 0), 0.0, False, {})
     assert float(bad(farm)) > 0 and float(bad(towards)) == 0
+
+
+def tr_of(obs, action, next_obs=None):
+    obs = jnp.asarray(obs, jnp.float32)
+    return Transition(obs, jnp.asarray(action), obs if next_obs is None else jnp.asarray(next_obs, jnp.float32),
+                      jnp.float32(0.0), jnp.bool_(False), {})
+
+
+def test_every_heuristic_against_its_formula_by_hand():
+    """Each aux reward and potential on hand-picked transitions, numbers
+    worked out from the descriptions (not from the code)."""
+    import math
+    h = lambda name: heuristics.HEURISTICS[name]  # noqa: E731
+    aux = lambda name, *a: float(h(name).aux(tr_of(*a)))  # noqa: E731
+    pot = lambda name, obs: float(h(name).potential(None, jnp.asarray(obs, jnp.float32)))  # noqa: E731
+    # CartPole: PD signal theta + 0.5 theta_dot + 0.05 x + 0.1 x_dot = 0.05 + 0.05 + 0.005 - 0.02 = 0.085 > 0: push right
+    right = [0.1, -0.2, 0.05, 0.1]
+    left = [0.0, 0.0, -0.1, 0.0]                             # signal -0.1: push left
+    assert int(heuristics.pid_action(jnp.asarray(right))) == 1 and int(heuristics.pid_action(jnp.asarray(left))) == 0
+    assert [aux("cartpole-pid", right, a) for a in (0, 1)] == [-1.0, 1.0]
+    assert [aux("cartpole-pid", left, a) for a in (0, 1)] == [1.0, -1.0]
+    assert [aux("cartpole-pid-inverse", right, a) for a in (0, 1)] == [1.0, -1.0]
+    assert pot("cartpole-pid", right) == pytest.approx(-0.085, abs=1e-6)
+    assert pot("cartpole-pid-inverse", right) == pytest.approx(0.085, abs=1e-6)
+    # MountainCar: +1 for pushing (action 0 left, 2 right) along the velocity
+    assert [aux("mountaincar-bang-bang", [-0.5, 0.02], a) for a in (0, 1, 2)] == [0.0, 0.0, 1.0]
+    assert [aux("mountaincar-bang-bang", [-0.5, -0.02], a) for a in (0, 1, 2)] == [1.0, 0.0, 0.0]
+    height = lambda x: 0.55 + 0.45 * math.sin(3 * x)  # noqa: E731
+    assert aux("mountaincar-height", [-0.5, 0.0], 1, [0.5, 0.0]) == pytest.approx(2 * height(0.5), abs=1e-5)
+    assert pot("mountaincar-bang-bang", [-0.5, 0.035]) == pytest.approx(0.5 * 0.5 ** 2 + height(-0.5), abs=1e-5)
+    assert pot("mountaincar-height", [0.3, 0.01]) == pytest.approx(2 * height(0.3), abs=1e-5)
+    # Pendulum (cos, sin, theta_dot): upright = cos of the next state, spin = |theta_dot| / 8
+    assert aux("pendulum-upright", [-1, 0, 2], [0.0], [0.6, 0.8, -4.0]) == pytest.approx(0.6)
+    assert aux("pendulum-spin", [-1, 0, 2], [0.0], [0.6, 0.8, -4.0]) == pytest.approx(0.5)
+    assert pot("pendulum-upright", [-1.0, 0.0, 2.0]) == -1.0 and pot("pendulum-spin", [-1.0, 0.0, 2.0]) == 0.25
+    # gridworld 6 x 6, goal (5, 5), distractor (5, 0): Manhattan distance from (0, 0) is 10, from (1, 0) 9
+    env, _ = envs.make("gridworld/barfi")
+    cell = lambda x, y: np.asarray(env.unwrapped.observe(jnp.array([x, y])))  # noqa: E731
+    assert env.unwrapped.size == 6
+    assert aux("gridworld-good", cell(0, 0), 0, cell(1, 0)) == pytest.approx(0.1)
+    assert aux("gridworld-good", cell(1, 0), 2, cell(0, 0)) == pytest.approx(-0.1)
+    assert pot("gridworld-good", cell(0, 0)) == pytest.approx(-1.0) and pot("gridworld-good", cell(5, 5)) == 0.0
+    assert aux("gridworld-bad", cell(4, 0), 0, cell(5, 0)) == pytest.approx(0.2)
+    assert aux("gridworld-bad", cell(5, 0), 0, cell(4, 0)) == 0.0
+    assert pot("gridworld-bad", cell(5, 0)) == pytest.approx(0.2) and pot("gridworld-bad", cell(0, 5)) == 0.0
+    # halfcheetah: -+0.1 |a|^2 with |a|^2 = 1 + 4 + 0.25
+    assert aux("halfcheetah-control-cost", [0.0], [1.0, -2.0, 0.5]) == pytest.approx(-0.525)
+    assert aux("halfcheetah-control-bonus", [0.0], [1.0, -2.0, 0.5]) == pytest.approx(0.525)
+    assert {n: x.good for n, x in heuristics.HEURISTICS.items()} == {
+        "cartpole-pid": True, "cartpole-pid-inverse": False, "mountaincar-bang-bang": True,
+        "mountaincar-height": False, "pendulum-upright": True, "pendulum-spin": False, "gridworld-good": True,
+        "gridworld-bad": False, "halfcheetah-control-cost": True, "halfcheetah-control-bonus": False}
+
+
+def test_heuristic_potential_shaping_at_the_goal_by_hand():
+    """gridworld-good as potential-based shaping, gamma 0.9. Phi = -0.1 x
+    distance to the goal (5, 5): -0.3 at (4, 3), -0.2 at (4, 4). A step
+    (4, 3) -> (4, 4) earns 0.9 * -0.2 + 0.3 = 0.12; the terminating step
+    (4, 4) -> goal earns -Phi(s) = 0.2. Phi(goal) = 0 would hide a missing
+    terminal mask, so the same potential + 1 is shaped too: 0.9 * 0.8 - 0.7
+    = 0.02, and -0.8 at the goal (0.1 without the mask)."""
+    env, _ = envs.make("gridworld/barfi")
+    cell = lambda x, y: env.unwrapped.observe(jnp.array([x, y]))  # noqa: E731
+    good = heuristics.get("gridworld-good", "gridworld/barfi").potential
+    shifted = lambda p, obs: good(p, obs) + 1.0  # noqa: E731
+    batch = Transition(jnp.stack([cell(4, 3), cell(4, 4)]), jnp.array([1, 0]), jnp.stack([cell(4, 4), cell(5, 5)]),
+                       jnp.zeros(2), jnp.array([False, True]), {})
+
+    def shaped(phi):
+        return np.asarray(jax.vmap(rewards.potential_shaping(phi, 0.9), in_axes=(None, 0))(None, batch))
+
+    np.testing.assert_allclose(shaped(good), [0.12, 0.2], rtol=1e-5)
+    np.testing.assert_allclose(shaped(shifted), [0.02, -0.8], rtol=1e-4)
 
 
 def test_unknown_heuristic_and_heuristic_for_another_env_fail_clearly():

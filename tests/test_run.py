@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import run
@@ -46,14 +47,30 @@ def test_train_eval_plot_leave_a_complete_run_directory(tmp_path):
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):
+    """Stopped at iteration 4 of 8, resumed; the same run uninterrupted. The
+    three calls run in one process (tests/population_worker.py `cli`) with a
+    JAX compilation cache directory, so the chunk program compiles once;
+    everything the resumed run carries over comes from disk."""
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
     chunks = ["--set", "checkpoint_every=2"]
-    run.main(["train", *SMALL, *chunks, "--out", str(tmp_path / "a"), "--stop-at", "4"])
-    with open(tmp_path / "a" / "summary.json") as f:
-        assert json.load(f)["complete"] is False
-    resumed = run.main(["train", "--resume", "--out", str(tmp_path / "a"), "--no-progress"])
-    whole = run.main(["train", *SMALL, *chunks, "--out", str(tmp_path / "b")])
+    steps = [["train", *SMALL, *chunks, "--out", a, "--stop-at", "4"], ["copy", a, a + "_stopped"],
+             ["train", "--resume", "--out", a, "--no-progress"], ["train", *SMALL, *chunks, "--out", b]]
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    proc = subprocess.run([sys.executable, "-m", "tests.population_worker", "cli", json.dumps(steps)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(os.path.join(a + "_stopped", "summary.json")) as f:
+        stopped = json.load(f)
+    assert stopped["complete"] is False and stopped["iterations"] == 4
+    with open(os.path.join(a + "_stopped", "metrics.csv")) as f:
+        assert {int(r["iteration"]) for r in csv.DictReader(f)} == {1, 2, 3, 4}
+    assert "resuming from iteration 4" in proc.stdout
+    with open(os.path.join(a, "summary.json")) as f, open(os.path.join(b, "summary.json")) as g:
+        resumed, whole = json.load(f), json.load(g)
+    assert resumed["complete"] and resumed["iterations"] == whole["iterations"] == 8
     assert resumed["final_returns"] == whole["final_returns"]
-    with open(tmp_path / "a" / "metrics.csv") as f, open(tmp_path / "b" / "metrics.csv") as g:
+    with open(os.path.join(a, "metrics.csv")) as f, open(os.path.join(b, "metrics.csv")) as g:
         assert f.read() == g.read()
 
 
@@ -75,18 +92,33 @@ def test_bad_input_stops_with_a_message_before_compiling(tmp_path, capsys, args,
     assert not os.path.exists(tmp_path / "x")
 
 
-def test_existing_run_directory_is_not_overwritten(tmp_path):
+def test_existing_run_directory_is_not_overwritten(tmp_path, capsys):
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "file").write_text("x")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as stop:
         run.main(["train", "--out", str(tmp_path / "used")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    # the problem, and both ways out
+    assert f"run directory {tmp_path / 'used'} is not empty" in err
+    assert "pass --resume to continue it or another --out" in err
+    assert os.listdir(tmp_path / "used") == ["file"]
 
 
-def test_resume_with_a_different_config_is_refused(tmp_path):
+def test_resume_with_a_different_config_is_refused(tmp_path, capsys):
     out = str(tmp_path / "r")
-    run.main(["train", *SMALL, "--out", out])
-    with pytest.raises(SystemExit):
-        run.main(["train", "--resume", "--out", out, "--seeds", "3"])
+    os.makedirs(out)
+    # the run's stored config is all --resume compares (before compiling anything)
+    _, config = run.build_config(run.parse_args(["train", *SMALL]))
+    cfg.save_yaml(config, os.path.join(out, "config.yaml"))
+    with pytest.raises(SystemExit) as stop:
+        run.main(["train", "--resume", "--out", out, *SMALL[:2], "--seeds", "3", *SMALL[4:]])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    # names the key that differs, and what to pass instead
+    assert f"the run in {out} has a different config (seeds)" in err
+    assert "pass only --out and --resume" in err
+    assert os.listdir(out) == ["config.yaml"]          # nothing written
 
 
 def test_eval_of_a_missing_run_fails_clearly(tmp_path, capsys):
@@ -98,13 +130,6 @@ def test_eval_of_a_missing_run_fails_clearly(tmp_path, capsys):
 def test_envs_command():
     listed = cli("envs")
     assert listed.returncode == 0 and "brax/ant" in listed.stdout and "CartPole-v1" in listed.stdout
-
-
-def test_progress_bar_reports_from_inside_jit(tmp_path):
-    done = cli("train", "--total-steps", "2048", "--seeds", "2", "--set", "num_steps=64", "--out", str(tmp_path / "p"))
-    assert done.returncode == 0, done.stderr
-    assert "8/8" in done.stderr          # tqdm writes to stderr
-    assert "final return" in done.stdout
 
 
 def _validate_preset(path):
@@ -140,17 +165,41 @@ def test_yaml_is_loaded_safely(tmp_path):
         cfg.load_yaml(evil)
 
 
-def test_sharded_population_equals_plain_vmap(tmp_path):
-    """run.py shards members over the CPU cores; the numbers must not change."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
+def test_sharded_population_equals_one_device(tmp_path):
+    """run.py shards members over the CPU cores; the numbers must not change.
 
-    from agents import ppo
-
-    summary = run.main(["train", *SMALL, "--out", str(tmp_path / "s")])
-    config = cfg.override(ppo.PPOConfig(total_steps=2048, seeds=2), ["num_steps=64", "hidden=[16]"])
-    agent = ppo.make(config)
-    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(2, dtype=jnp.uint32))
-    _, metrics = jax.jit(jax.vmap(agent.train, in_axes=(0, None)))(keys, ppo.hparams_from(config))
-    np.testing.assert_allclose(summary["final_returns"], np.asarray(metrics["episode_return"][:, -1]), rtol=1e-6)
+    JAX fixes its device count when it starts, and in a whole-suite run other
+    test modules start it first (with one device), so this runs in a
+    subprocess that forces 2 host devices (tests/population_worker.py `train`),
+    checks there that run.py's population really spans both, and compares
+    every metric of every iteration and member with the same population run
+    on one device. The fast stand-in for the slow sharded-PPO test of
+    tests/test_population.py. The run shows its progress bar, which is fed
+    from inside the compiled program (and must count each iteration once
+    with the members on two devices)."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PYTHONPATH": ROOT}
+    args = [a for a in SMALL if a != "--no-progress"]
+    proc = subprocess.run([sys.executable, "-m", "tests.population_worker", "train", str(tmp_path / "s"), *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 2 and result["members"] == 2 and "2 device(s)" in result["printed"]
+    assert "8/8" in proc.stderr and "9/8" not in proc.stderr       # tqdm writes to stderr
+    assert "final return" in result["printed"]
+    sharded, single = result["sharded"], result["single"]
+    assert set(sharded) == set(single) and {"episode_return", "entropy", "value_loss"} <= set(sharded)
+    # the same actions and episodes exactly; losses up to float32 rounding (the
+    # per-device programs batch and reduce the members differently)
+    for name in ("episode_return", "finished_return", "episodes_finished", "clip_frac"):
+        np.testing.assert_array_equal(np.array(sharded[name]), np.array(single[name]), err_msg=name)
+    for name in sharded:
+        a, b = np.array(sharded[name]), np.array(single[name])
+        # approx_kl (about 1e-5 here) and policy_loss (a mean of normalised
+        # advantages) are small differences of O(1) numbers: their rounding is absolute
+        atol = 1e-8 if name == "approx_kl" else 1e-6
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol, err_msg=name)
+    assert len(sharded["episode_return"]) == 8 * 2
+    # the two members differ (else equality would say little)
+    entropy = np.array(single["entropy"]).reshape(8, 2)
+    assert not np.array_equal(entropy[:, 0], entropy[:, 1])
+    np.testing.assert_array_equal(result["summary_final_returns"], np.array(sharded["episode_return"][-2:]))

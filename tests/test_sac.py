@@ -1,6 +1,8 @@
-"""SAC: its pure pieces, the agent contract (traces, seeds, sweeps), bad
-input, the brax inverted_pendulum preset, and (marked slow) learning on
-Pendulum-v1, CartPole-v1 and brax inverted_pendulum."""
+"""SAC: its pure pieces (the losses against hand computations, one actor step
+in the right direction), the agent contract (traces, seeds, sweeps), bad
+input, fast learning on one-step probes (discrete and continuous), the brax
+inverted_pendulum preset, and (marked slow) learning on Pendulum-v1,
+CartPole-v1 and brax inverted_pendulum."""
 import dataclasses
 import math
 import os
@@ -71,6 +73,31 @@ def test_temperature_loss_sign_and_fixed_point():
                                0.3 * (-2.0 - -1.0), rtol=1e-6)
 
 
+def test_squashed_log_prob_is_the_change_of_variables():
+    mean = jnp.array([[0.3, -1.0], [2.0, 0.0]])
+    log_std = jnp.array([[-0.5, 0.2], [0.0, -1.0]])
+    key = jax.random.PRNGKey(3)
+    action, logp = sac.squashed_sample(key, mean, log_std)
+    assert action.shape == (2, 2) and bool(jnp.all(jnp.abs(action) < 1))
+    u = jnp.arctanh(action)
+    expected = jnp.sum(jax.scipy.stats.norm.logpdf(u, mean, jnp.exp(log_std)) - jnp.log(1 - action**2), axis=-1)
+    np.testing.assert_allclose(logp, expected, rtol=1e-4, atol=1e-4)
+    # far into the tails tanh saturates; the stable form stays finite
+    _, logp = sac.squashed_sample(key, jnp.full((1, 2), 30.0), jnp.zeros((1, 2)))
+    assert bool(jnp.isfinite(logp).all())
+
+
+def test_squashed_density_integrates_to_one():
+    """The density squashed_sample reports at its own samples, integrated over
+    them (sorted: a dense random grid on (-1, 1)), is a probability density;
+    without the tanh Jacobian (or with it the wrong way round) it is not."""
+    n = 200_000
+    action, logp = sac.squashed_sample(jax.random.PRNGKey(0), jnp.full((n, 1), 0.4), jnp.full((n, 1), math.log(0.7)))
+    order = np.argsort(np.asarray(action[:, 0]))
+    a, density = np.asarray(action[order, 0], np.float64), np.exp(np.asarray(logp[order], np.float64))
+    assert abs(np.trapezoid(density, a) - 1.0) < 1e-2
+
+
 # Hand computations of the losses on a tiny batch (B = 3 states, |A| = 3 actions),
 # in numpy and plain loops, independent of the module's own helpers. The twin
 # critics disagree in both directions, so min and max of the two differ.
@@ -121,9 +148,9 @@ def test_soft_q_target_bootstraps_unless_terminated():
 
 
 def test_discrete_critic_target_and_loss_by_hand():
-    """The closure's discrete critic loss, assembled from the helpers as make()
-    assembles it: the target bootstraps from the target critics' soft value,
-    each online critic is regressed on it at the action taken."""
+    """The discrete critic loss, from the helpers in the order make() calls them:
+    the target bootstraps from the target critics' soft value, and each online
+    critic is regressed on it at the action taken."""
     next_logits = LOGITS[::-1].copy()
     online_q = TWIN_Q + np.float32(0.25) * np.arange(9, dtype=np.float32).reshape(3, 3)
     action = np.array([2, 0, 1])
@@ -176,18 +203,32 @@ def test_continuous_actor_loss_by_hand():
 
 # One actor gradient step on a fixed batch, through the real networks and the
 # reparameterised sample: it must raise the min-Q of the policy's own actions
-# (alpha = 0, so the actor's loss is exactly -min-Q) and lower the actor loss.
+# (alpha = 0, where the actor's loss is exactly -min-Q) and, with alpha > 0,
+# lower the actor loss. Parameters are drawn in numpy and each test is one
+# jitted program (op by op, flax's init and the gradients compile per primitive).
 
-def _actor_step(loss_of, actor_params, lr=1e-2):
-    loss, grads = jax.value_and_grad(loss_of)(actor_params)
-    return loss, jax.tree.map(lambda p, g: p - lr * g, actor_params, grads)
+def numpy_params(module, seed, *example):
+    """Parameters of `module`'s shapes, normal with 1/sqrt(fan-in) scale, from numpy."""
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), *example)
+    return jax.tree.map(lambda s: (rng.normal(size=s.shape) / math.sqrt(s.shape[0])).astype(np.float32), shapes)
+
+
+def _actor_step(score, loss_of, actor_params, lr):
+    """[alpha 0, alpha 0.5] of (score before, score after, loss before, loss
+    after) for one gradient-descent step on loss_of(actor_params, alpha)."""
+    def one(alpha):
+        loss, grads = jax.value_and_grad(loss_of)(actor_params, alpha)
+        stepped = jax.tree.map(lambda p, g: p - lr * g, actor_params, grads)
+        return score(actor_params), score(stepped), loss, loss_of(stepped, alpha)
+    return np.asarray(jax.jit(jax.vmap(one))(jnp.array([0.0, 0.5]))).T
 
 
 def test_continuous_actor_step_raises_min_q_of_its_actions():
     actor, critic = sac.Actor(2, False, (16, 16)), sac.TwinQ(1, (16, 16))
-    obs = jax.random.normal(jax.random.PRNGKey(0), (64, 3))
-    actor_params = actor.init(jax.random.PRNGKey(1), obs[0])
-    critic_params = critic.init(jax.random.PRNGKey(2), obs[0], jnp.zeros((2,)))
+    obs = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+    actor_params = numpy_params(actor, 1, obs[0])
+    critic_params = numpy_params(critic, 2, obs[0], np.zeros(2, np.float32))
     noise_key = jax.random.PRNGKey(3)   # the same reparameterisation noise before and after
 
     def min_q(actor_params):
@@ -198,20 +239,18 @@ def test_continuous_actor_step_raises_min_q_of_its_actions():
         action, logp = sac.squashed_sample(noise_key, *actor.apply(actor_params, obs))
         return sac.actor_loss_continuous(logp, critic.apply(critic_params, obs, action), alpha)[0]
 
-    before = float(min_q(actor_params))
-    loss, stepped = _actor_step(lambda p: loss_of(p, 0.0), actor_params)
-    np.testing.assert_allclose(loss, -before, rtol=1e-5)
-    assert float(min_q(stepped)) > before + 1e-4
-    # with an entropy term the step still lowers the actor loss
-    loss, stepped = _actor_step(lambda p: loss_of(p, 0.5), actor_params)
-    assert float(loss_of(stepped, 0.5)) < float(loss) - 1e-4
+    (q_before, q_after, loss, _), (_, _, loss_alpha, loss_alpha_after) = _actor_step(min_q, loss_of, actor_params, 0.1)
+    np.testing.assert_allclose(loss, -q_before, rtol=1e-5)
+    assert q_after > q_before + 1e-4, (q_before, q_after)
+    assert loss_alpha_after < loss_alpha - 1e-4, (loss_alpha, loss_alpha_after)
 
 
 def test_discrete_actor_step_raises_expected_min_q():
-    actor, critic = sac.Actor(3, True, (16, 16)), sac.TwinQ(3, (16, 16))
-    obs = jax.random.normal(jax.random.PRNGKey(0), (64, 4))
-    actor_params = actor.init(jax.random.PRNGKey(1), obs[0])
-    qs = critic.apply(critic.init(jax.random.PRNGKey(2), obs[0]), obs)   # [2, 64, 3]
+    actor = sac.Actor(3, True, (16, 16))
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(64, 4)).astype(np.float32)
+    qs = rng.normal(size=(2, 64, 3)).astype(np.float32)   # the twin critics' values, fixed
+    actor_params = numpy_params(actor, 1, obs[0])
 
     def expected_min_q(actor_params):
         return jnp.sum(jax.nn.softmax(actor.apply(actor_params, obs)) * qs.min(axis=0), axis=-1).mean()
@@ -219,12 +258,11 @@ def test_discrete_actor_step_raises_expected_min_q():
     def loss_of(actor_params, alpha):
         return sac.actor_loss_discrete(jax.nn.log_softmax(actor.apply(actor_params, obs)), qs, alpha)[0]
 
-    before = float(expected_min_q(actor_params))
-    loss, stepped = _actor_step(lambda p: loss_of(p, 0.0), actor_params, lr=0.1)
-    np.testing.assert_allclose(loss, -before, rtol=1e-5)
-    assert float(expected_min_q(stepped)) > before + 1e-4
-    loss, stepped = _actor_step(lambda p: loss_of(p, 0.5), actor_params, lr=0.1)
-    assert float(loss_of(stepped, 0.5)) < float(loss) - 1e-4
+    (q_before, q_after, loss, _), (_, _, loss_alpha, loss_alpha_after) = _actor_step(
+        expected_min_q, loss_of, actor_params, 0.1)
+    np.testing.assert_allclose(loss, -q_before, rtol=1e-5)
+    assert q_after > q_before + 1e-4, (q_before, q_after)
+    assert loss_alpha_after < loss_alpha - 1e-4, (loss_alpha, loss_alpha_after)
 
 
 # ----------------------------------------------------------------------------- config
@@ -420,67 +458,71 @@ class ContinuousBandit(ProbeEnv):
         return Box(-1.0, 1.0, (1,), jnp.float32)
 
 
-# 4 envs x 1 step per iteration, 4 gradient steps per iteration, 100 iterations
+# 4 envs x 1 step per iteration, 4 gradient steps per iteration, 100 iterations.
+# The observation is always 0, so the networks' outputs are their last biases,
+# which start at 0: the initial policy picks either action with probability
+# 0.5 (discrete), or has its deterministic action at 0 (continuous).
 PROBE = sac.SACConfig(env="probe/action", total_steps=400, num_envs=4, num_steps=1, updates_per_step=1.0,
-                      buffer_size=400, sgd_batch_size=32, learning_starts=32, hidden=(16, 16), lr=3e-3,
+                      buffer_size=400, sgd_batch_size=32, learning_starts=32, hidden=(16, 16), lr=1e-2,
                       gamma=0.9)
 PROBE_SEEDS = (0, 1)
 
 
-def _train_seeds(agent, config):
-    hp = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(PROBE_SEEDS),)), sac.hparams_from(config))
-    keys = jax.vmap(jax.random.PRNGKey)(jnp.array(PROBE_SEEDS))
-    init = jax.jit(jax.vmap(agent.init))(keys, hp)
-    state, metrics = jax.jit(jax.vmap(agent.train))(keys, hp)
-    return init, state
+def _train_seeds(agent, config, readout):
+    """readout(final params) per seed, as numpy; one compiled program (train,
+    then the readout) called per seed: vmapping over seeds triples SAC's
+    compilation time on CPU, and reading the networks op by op costs seconds."""
+    run = jax.jit(lambda key: readout(agent.train(key, sac.hparams_from(config))[0].params))
+    return [jax.tree.map(np.asarray, run(jax.random.PRNGKey(seed))) for seed in PROBE_SEEDS]
+
+
+OBS0 = jnp.zeros((1, 1))
 
 
 @pytest.fixture(scope="module")
 def action_probe():
-    """Discrete SAC on probe/action (reward 1 iff action 0, one step): 2 seeds."""
+    """Discrete SAC on probe/action (reward 1 iff action 0, one step), 2 seeds:
+    the final pi(0) and the twin Q-values of both actions at the only state."""
     agent = sac.make(PROBE)
-    return agent, *_train_seeds(agent, PROBE)
+
+    def readout(params):
+        return (jax.nn.softmax(agent.network["actor"].apply(params["actor"], OBS0))[0, 0],
+                agent.network["critic"].apply(params["critic"], OBS0)[:, 0])   # [2 critics, 2 actions]
+    return _train_seeds(agent, PROBE, readout)
 
 
 @pytest.fixture(scope="module")
 def bandit():
-    """Continuous SAC on the one-step bandit above: 2 seeds."""
+    """Continuous SAC on the one-step bandit above, 2 seeds: the final
+    deterministic action and the twin Q-values of the best action."""
     env = EpisodeStats(ClipAction(FlattenObservation(ContinuousBandit())))
     config = dataclasses.replace(PROBE, env="probe/continuous_bandit")
     agent = sac.make(config, env, env.default_params)
-    return agent, *_train_seeds(agent, config)
+
+    def readout(params):
+        return (agent.act(params, OBS0, None, deterministic=True)[0, 0],
+                agent.network["critic"].apply(params["critic"], OBS0, jnp.full((1, 1), BANDIT_BEST))[:, 0])
+    return _train_seeds(agent, config, readout)
 
 
 def test_discrete_sac_learns_the_action_probe(action_probe):
-    """The policy moves to the rewarded action (a flipped actor loss moves it
-    away), and both critics learn Q = (1, 0): the episode ends after the step,
-    so nothing is bootstrapped (dropping the terminal mask inflates Q)."""
-    agent, init, state = action_probe
-    obs = jnp.zeros((1, 1))
-    for i in range(len(PROBE_SEEDS)):
-        params = jax.tree.map(lambda x: x[i], state.params)
-        first = jax.tree.map(lambda x: x[i], init.params)
-        p0 = float(jax.nn.softmax(agent.network["actor"].apply(params["actor"], obs))[0, 0])
-        p0_first = float(jax.nn.softmax(agent.network["actor"].apply(first["actor"], obs))[0, 0])
-        assert p0 > 0.8 and p0 > p0_first + 0.2, (i, p0, p0_first)
-        q = np.asarray(agent.network["critic"].apply(params["critic"], obs))[:, 0]   # [2 critics, 2 actions]
-        np.testing.assert_allclose(q, [[1.0, 0.0], [1.0, 0.0]], atol=0.15, err_msg=f"seed {PROBE_SEEDS[i]}")
+    """The policy moves from 0.5 to the rewarded action (a flipped actor loss
+    moves it away), and both critics learn Q = (1, 0): the episode ends after
+    the step, so nothing is bootstrapped (dropping the terminal mask inflates Q)."""
+    for seed, (p0, q) in zip(PROBE_SEEDS, action_probe):
+        print("seed", seed, "pi(0)", p0, "Q", q.tolist())
+        assert p0 > 0.8, (seed, p0)
+        np.testing.assert_allclose(q, [[1.0, 0.0], [1.0, 0.0]], atol=0.1, err_msg=f"seed {seed}")
 
 
 def test_continuous_sac_learns_the_bandit(bandit):
-    """The deterministic action moves from about 0 to the best action 0.5 (a
-    flipped actor loss drives it to -1), and the critics value it at its
-    reward, about 1 (no bootstrap past the termination)."""
-    agent, init, state = bandit
-    obs = jnp.zeros((1, 1))
-    for i in range(len(PROBE_SEEDS)):
-        params = jax.tree.map(lambda x: x[i], state.params)
-        first = jax.tree.map(lambda x: x[i], init.params)
-        action = float(agent.act(params, obs, None, deterministic=True)[0, 0])
-        action_first = float(agent.act(first, obs, None, deterministic=True)[0, 0])
-        assert abs(action - BANDIT_BEST) < 0.15 < abs(action_first - BANDIT_BEST), (i, action, action_first)
-        q = np.asarray(agent.network["critic"].apply(params["critic"], obs, jnp.full((1, 1), BANDIT_BEST)))
-        np.testing.assert_allclose(q[:, 0], [1.0, 1.0], atol=0.15, err_msg=f"seed {PROBE_SEEDS[i]}")
+    """The deterministic action moves from 0 to the best action 0.5 (a flipped
+    actor loss drives it towards -1), and the critics value it at its reward,
+    about 1 (no bootstrap past the termination)."""
+    for seed, (action, q) in zip(PROBE_SEEDS, bandit):
+        print("seed", seed, "action", action, "Q", q.tolist())
+        assert abs(action - BANDIT_BEST) < 0.15, (seed, action)
+        np.testing.assert_allclose(q, [1.0, 1.0], atol=0.15, err_msg=f"seed {seed}")
 
 
 # ----------------------------------------------------------------------------- learning (slow)
