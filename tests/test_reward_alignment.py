@@ -1,5 +1,9 @@
 """Bi-level reward alignment: the implicit gradient's pieces against exact
-answers, the whole loop on a tiny problem, and bad input."""
+answers; the implicit and unrolled estimators against finite differences of
+the outer objective each differentiates (written out in the test, not taken
+from the module), and the outer step against that objective; the ES estimator
+against the gradient in expectation; the whole loop on a tiny problem, with a
+fast stand-in for the slow reproduction tests; and bad input."""
 import dataclasses
 
 import jax
