@@ -257,9 +257,10 @@ def run_tests(tree: Path, tests, timeout: float, junit: Path | None = None):
     return "killed", time.time() - start, tail[0]
 
 
-def fastest_first(junit: Path):
+def fastest_first(junit: Path, max_seconds: float):
     """The node ids of a passing run's tests, quickest first, so that `-x` stops a
-    killed mutant early."""
+    killed mutant early; tests slower than `max_seconds` (learning runs) are left
+    out, which can only let more mutants survive."""
     import xml.etree.ElementTree as ET
     cases = []
     for case in ET.parse(junit).iter("testcase"):
@@ -268,7 +269,7 @@ def fastest_first(junit: Path):
         parts = case.get("classname").split(".")   # "tests.test_x" or "tests.test_x.TestClass"
         node = "/".join(parts[:2]) + ".py::" + "::".join(parts[2:] + [case.get("name")])
         cases.append((float(case.get("time", 0.0)), node))
-    return [node for _, node in sorted(cases, key=lambda c: c[0])]
+    return [node for seconds, node in sorted(cases, key=lambda c: c[0]) if seconds <= max_seconds]
 
 
 def report(results, targets, seconds):
@@ -300,6 +301,8 @@ def main(argv=None):
     parser.add_argument("--list", action="store_true", help="list the mutants and stop")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per mutant's test run")
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once, each in its own copy")
+    parser.add_argument("--max-test-seconds", type=float, default=60.0,
+                        help="leave out tests slower than this in the unmutated run (learning runs)")
     parser.add_argument("--out", default=str(RESULTS / "mutation"), help="writes OUT.json and OUT.md")
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n]
@@ -327,7 +330,7 @@ def main(argv=None):
             status, seconds, tail = run_tests(trees[0], target.tests, args.timeout, junit)
             if status != "survived":
                 raise SystemExit(f"{target.name}: the unmutated tests do not pass ({status}: {tail})")
-            ordered[target.name] = fastest_first(junit)
+            ordered[target.name] = fastest_first(junit, args.max_test_seconds)
             print(f"{target.name}: unmutated tests pass in {seconds:.0f} s ({len(ordered[target.name])} tests)",
                   flush=True)
         free_trees = queue.Queue()
