@@ -96,7 +96,6 @@ def train(out, *args):
     import io
 
     import run   # sets run.py's XLA flags; the device count given in XLA_FLAGS stays
-    from src import config as cfg
     from src import population, rundir
 
     printed = io.StringIO()

@@ -259,7 +259,8 @@ def test_clipped_kl_and_deviation_match_quadrature_and_the_gaussian_inside_the_b
                                                  (jnp.array([0.8]), jnp.array([-1.0])), -1.0, 1.0))
 
     clipped, unbounded, gaussian, deviation_inside, deviation, at_bound = ours()
-    for (mp, lp, mq, lq), got in zip(cases, clipped):   # KL of the clipped distributions: two point masses and the density between
+    # KL of the clipped distributions: two point masses and the density between
+    for (mp, lp, mq, lq), got in zip(cases, clipped):
         p, q = stats.norm(mp, np.exp(lp)), stats.norm(mq, np.exp(lq))
         atoms = p.cdf(-1) * np.log(p.cdf(-1) / q.cdf(-1)) + p.sf(1) * np.log(p.sf(1) / q.sf(1))
         inner = integrate.quad(lambda a: p.pdf(a) * (p.logpdf(a) - q.logpdf(a)), -1, 1, points=[mp, mq], limit=200)[0]
@@ -269,6 +270,7 @@ def test_clipped_kl_and_deviation_match_quadrature_and_the_gaussian_inside_the_b
     # minus the log of the perturbed mass beyond the bound for a clipped clean mean
     np.testing.assert_allclose(deviation_inside, deviation, rtol=1e-6)
     np.testing.assert_allclose(float(at_bound), -np.log(stats.norm(0.8, np.exp(-1.0)).sf(1.0)), rtol=1e-5)
+
 
 def test_on_a_saturated_policy_only_the_clipped_objectives_change_the_clipped_action():
     # mean(x) = 1.1 + u + u^2 / 2 with u = x . w: the clean action (u = 0) is
@@ -364,7 +366,6 @@ def test_per_episode_budget_is_never_exceeded():
     assert counted.count == 1
 
 
-
 def test_action_target_adds_the_attacks_delta_to_the_continuous_action():
     # a linear Gaussian policy on Pendulum. A learned adversary that always
     # outputs the same pre-tanh action a shifts every action by eps * tanh(a):
@@ -396,6 +397,7 @@ def test_action_target_adds_the_attacks_delta_to_the_continuous_action():
     np.testing.assert_allclose(spent[0], 50 * (eps * np.tanh(a)) ** 2, rtol=1e-5)   # spent at every step
     assert float(jnp.abs(spent[1:]).max()) == 0.0
     assert float(budgeted[2].max()) <= eps**2 * (1 + 1e-5) and float(budgeted[2].min()) > 0.5 * eps**2
+
 
 # ----------------------------------------------------------------------------- a trained CartPole victim
 

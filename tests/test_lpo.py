@@ -187,19 +187,6 @@ def test_cli_reevaluate_compares_on_fresh_seeds(lpo_runs):
     assert "-> reeval_CartPole-v1_2_2026.json" in runs["reevaluated"]
 
 
-def test_train_with_the_dpo_objective(tmp_path):
-    out = str(tmp_path / "dpo")
-    summary = run.main(["train", "--objective", "dpo", "--out", out, "--seeds", "2", "--total-steps", "512",
-                        "--set", "num_envs=2", "--set", "num_steps=16", "--set", "hidden=[8]",
-                        "--set", "num_minibatches=2", "--no-progress"])
-    assert summary["objective"] == "dpo" and summary["members"] == 2 and summary["complete"]
-    assert np.isfinite(summary["final_returns"]).all()
-    assert read_json(out, "summary.json")["objective"] == "dpo"
-    with open(os.path.join(out, "metrics.csv")) as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == 16 * 2 and all(np.isfinite(float(r["policy_loss"])) for r in rows)
-
-
 @pytest.mark.parametrize("name", ["lpo_cartpole", "lpo_cartpole_auc", "lpo_brax_ant", "lpo_temporal_minatar"])
 def test_lpo_presets_load_and_validate(name):
     config = lpo.build_config(lpo.parser().parse_args(["--config", os.path.join(run.__file__.rsplit("/", 1)[0],

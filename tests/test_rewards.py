@@ -268,7 +268,8 @@ def test_every_heuristic_against_its_formula_by_hand():
     h = lambda name: heuristics.HEURISTICS[name]  # noqa: E731
     aux = lambda name, *a: float(h(name).aux(tr_of(*a)))  # noqa: E731
     pot = lambda name, obs: float(h(name).potential(None, jnp.asarray(obs, jnp.float32)))  # noqa: E731
-    # CartPole: PD signal theta + 0.5 theta_dot + 0.05 x + 0.1 x_dot = 0.05 + 0.05 + 0.005 - 0.02 = 0.085 > 0: push right
+    # CartPole: PD signal theta + 0.5 theta_dot + 0.05 x + 0.1 x_dot
+    #   = 0.05 + 0.05 + 0.005 - 0.02 = 0.085 > 0: push right
     right = [0.1, -0.2, 0.05, 0.1]
     left = [0.0, 0.0, -0.1, 0.0]                             # signal -0.1: push left
     assert int(heuristics.pid_action(jnp.asarray(right))) == 1 and int(heuristics.pid_action(jnp.asarray(left))) == 0

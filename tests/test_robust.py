@@ -96,7 +96,7 @@ def test_attacks_lower_a_trained_victims_return_and_pgd_le_fgsm_le_random(attack
     """The fast proxy for tests/test_attacks.py's slow claim on a bigger victim."""
     means = {name: np.asarray(attacked["table"][name]["mean"]) for name in ("random", "fgsm", "pgd")}
     clean = means["random"][0]
-    assert clean > 300, means                              # the victim has learned something to lose
+    assert clean > 250, means                              # the victim has learned something to lose
     assert means["pgd"][1] < 0.5 * clean, means            # and PGD at eps 0.2 takes most of it
     tol = 0.01 * clean                                     # (PGD may trail FGSM by a step in one episode)
     assert means["pgd"][1] <= means["fgsm"][1] + tol and means["fgsm"][1] <= means["random"][1] + tol, means
@@ -104,9 +104,13 @@ def test_attacks_lower_a_trained_victims_return_and_pgd_le_fgsm_le_random(attack
 
 @pytest.mark.slow
 def test_robust_cli_learned_adversary(run_dir):
-    run.main(["robust", run_dir, "--attacks", "random,learned", "--eps", "0,0.3", "--episodes", "3",
-              "--adversary-steps", "512", "--out", os.path.join(run_dir, "learned"), "--no-progress"])
-    assert check_table(os.path.join(run_dir, "learned"), ["random", "learned"])["adversary_steps"] == 512
+    # ~45 s of compiling on 2 cores, so slow only; 8192 adversary steps do not
+    # yet move this victim, 32768 topple it within ~50 steps
+    stored = run.main(["robust", run_dir, "--attacks", "random,learned", "--eps", "0,0.2", "--episodes", "16",
+                       "--adversary-steps", "32768", "--out", os.path.join(run_dir, "learned"), "--no-progress"])
+    assert check_table(os.path.join(run_dir, "learned"), ["random", "learned"])["adversary_steps"] == 32768
+    learned = np.asarray(stored["table"]["learned"]["mean"])
+    assert learned[1] < 0.5 * learned[0], learned   # the trained adversary takes most of the clean return
 
 
 def test_robust_cli_clipped_action_objective_on_a_continuous_victim(tmp_path):

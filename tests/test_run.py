@@ -20,13 +20,18 @@ def cli(*args):
 
 
 def test_train_eval_plot_leave_a_complete_run_directory(tmp_path):
+    """Also the one run of `train --objective dpo` (DPO's closed-form drift in
+    place of PPO-clip: nothing below depends on the objective)."""
     out = str(tmp_path / "run")
-    summary = run.main(["train", *SMALL, "--sweep", "lr=1e-3,3e-4", "--out", out, "--logger", "tensorboard"])
+    summary = run.main(["train", *SMALL, "--sweep", "lr=1e-3,3e-4", "--out", out, "--logger", "tensorboard",
+                        "--objective", "dpo"])
+    assert summary["objective"] == "dpo"
     assert {"config.yaml", "metrics.csv", "summary.json", "checkpoint", "learning_curve.png",
             "members.json", "tensorboard"} <= set(os.listdir(out))
     with open(os.path.join(out, "metrics.csv")) as f:
         rows = list(csv.DictReader(f))
     assert {"iteration", "env_steps", "member", "seed", "episode_return", "lr"} <= set(rows[0])
+    assert all(np.isfinite(float(r[k])) for r in rows for k in ("policy_loss", "value_loss", "approx_kl"))
     assert len(rows) == 8 * 4                     # 8 iterations x (2 seeds x 2 lr)
     assert sorted({(r["seed"], r["lr"]) for r in rows}) == [("0", "0.0003"), ("0", "0.001"),
                                                             ("1", "0.0003"), ("1", "0.001")]
@@ -111,8 +116,10 @@ def test_resume_with_a_different_config_is_refused(tmp_path, capsys):
     # the run's stored config is all --resume compares (before compiling anything)
     _, config = run.build_config(run.parse_args(["train", *SMALL]))
     cfg.save_yaml(config, os.path.join(out, "config.yaml"))
+    three_seeds = list(SMALL)
+    three_seeds[SMALL.index("--seeds") + 1] = "3"
     with pytest.raises(SystemExit) as stop:
-        run.main(["train", "--resume", "--out", out, *SMALL[:2], "--seeds", "3", *SMALL[4:]])
+        run.main(["train", "--resume", "--out", out, *three_seeds])
     assert stop.value.code == 2
     err = capsys.readouterr().err
     # names the key that differs, and what to pass instead
