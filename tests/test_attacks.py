@@ -212,6 +212,51 @@ def test_each_attack_raises_its_own_objective_to_the_optimum_of_the_ball(norm, u
         assert np.quantile(size(random), 0.125) == pytest.approx(0.5 * eps, rel=0.1)
 
 
+def test_ball_helpers_and_pgd_steps_on_a_batch_match_numpy():
+    """The optimisers also take a batch (one objective value per row, as in
+    SA-PPO's regulariser): row by row the same as numpy. On a linear objective
+    c . y every L-inf step of PGD moves by step_scale * eps / steps along
+    sign(c) from the uniform start, so K steps end exactly at
+    clip(start + step_scale * eps * sign(c), -eps, eps)."""
+    rows, dim, eps, steps = 2000, 3, 0.3, 4
+    g = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (rows, dim)))
+    key, c = jax.random.PRNGKey(1), g[0]
+    objective = lambda y: y @ jnp.asarray(c, jnp.float32)  # noqa: E731
+
+    @jax.jit
+    def run(g):   # one compiled program
+        out = {norm: (attacks.project(3 * g, eps, norm), attacks.steepest(g, norm),
+                      attacks.uniform_in_ball(key, g.shape, eps, norm)) for norm in ("linf", "l2")}
+        x = jnp.zeros((rows, dim))
+        out["pgd"] = [attacks.pgd_maximise(objective, key, x, eps, "linf", steps, step_scale=s) for s in (1.0, 0.5)]
+        out["pgd l2"] = attacks.pgd_maximise(objective, key, x, eps, "l2", steps)
+        return out
+
+    out = {k: jax.tree.map(lambda v: np.asarray(v, np.float64), v) for k, v in run(jnp.asarray(g, jnp.float32)).items()}
+    length = np.linalg.norm(g, axis=-1, keepdims=True)
+    for norm, (projected, direction, uniform) in ((n, out[n]) for n in ("linf", "l2")):
+        if norm == "linf":
+            np.testing.assert_allclose(projected, np.clip(3 * g, -eps, eps), rtol=1e-6)
+            np.testing.assert_array_equal(direction, np.sign(g))
+            np.testing.assert_allclose(np.abs(uniform).mean(0), eps / 2, rtol=0.05)
+        else:
+            np.testing.assert_allclose(projected, 3 * g * np.minimum(1.0, eps / (3 * length)), rtol=1e-5)
+            np.testing.assert_allclose(direction, g / length, rtol=1e-5)
+            radius = np.linalg.norm(uniform, axis=-1)
+            assert radius.max() <= eps * (1 + 1e-5)
+            # each row its own radius: P(|delta| <= r eps) = r^3 over the rows
+            np.testing.assert_allclose(np.quantile(radius, [0.125, 0.5]), eps * np.array([0.5, 0.5 ** (1 / 3)]),
+                                       rtol=0.05)
+    # (pgd_maximise draws its start as uniform_in_ball(key, x.shape, eps, norm))
+    start = np.asarray(attacks.uniform_in_ball(key, (rows, dim), eps, "linf"), np.float64)
+    for scale, delta in zip((1.0, 0.5), out["pgd"]):
+        np.testing.assert_allclose(delta, np.clip(start + scale * eps * np.sign(c), -eps, eps), atol=1e-6)
+    # L2, in 4 steps of 2.5 eps / 4: every row in the ball, near its best point eps * c / |c|
+    assert np.linalg.norm(out["pgd l2"], axis=-1).max() <= eps * (1 + 1e-5)
+    aligned = out["pgd l2"] @ c / (eps * np.linalg.norm(c))
+    assert aligned.min() > 0.9 and aligned.mean() > 0.97, aligned
+
+
 def test_pgd_and_mad_find_the_top_singular_direction_of_a_linear_gaussian_policy():
     # mean = A x, fixed std: both objectives are |A delta|^2 / (2 std^2), whose
     # max over the L2 ball is eps * (largest singular value of A); FGSM's first
