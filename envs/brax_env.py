@@ -110,7 +110,12 @@ class BraxEnv(Environment):
         return next_brax.obs, next_state, stepped.reward.astype(jnp.float32), terminated, truncated, info
 
     def observation_space(self, params):
-        return Box(-jnp.inf, jnp.inf, (self._env.observation_size,), jnp.float32)
+        # brax's `observation_size` runs a reset eagerly, op by op, on every
+        # call (12 s for humanoid on 2 CPU cores); its shape needs only a trace.
+        if getattr(self, "_obs_size", None) is None:
+            obs = jax.eval_shape(lambda key: self._env.reset(key).obs, jax.random.PRNGKey(0))
+            self._obs_size = int(obs.shape[-1])
+        return Box(-jnp.inf, jnp.inf, (self._obs_size,), jnp.float32)
 
     def action_space(self, params):
         return Box(-1.0, 1.0, (self._env.action_size,), jnp.float32)

@@ -19,7 +19,11 @@ def check_conformance(name, steps=3, abstract=False, **kwargs):
     env, params = envs.make(name, **kwargs)
     obs_space, action_space = env.observation_space(params), env.action_space(params)
     key = jax.random.PRNGKey(0)
-    obs, state = env.reset(key, params)
+    # `abstract` traces the whole API (shapes, dtypes, pytree structure) without
+    # compiling or running: brax physics takes 5-25 s per env to compile on 2
+    # cores, and a brax reset run eagerly (op by op) up to 12 s.
+    reset = jax.eval_shape if abstract else (lambda f, *a: f(*a))
+    obs, state = reset(env.reset, key, params)
     assert obs.dtype == jnp.float32 and obs.shape == obs_space.shape == (envs.obs_size(env, params),)
 
     def body(carry, key):
@@ -28,9 +32,10 @@ def check_conformance(name, steps=3, abstract=False, **kwargs):
         obs, state, reward, terminated, truncated, info = env.step(key, state, action, params)
         return (obs, state), (obs, reward, terminated, truncated, info)
 
-    rollout = lambda k: jax.lax.scan(body, (obs, state), jax.random.split(k, steps))[1]  # noqa: E731
-    # `abstract` traces the whole API (shapes, dtypes, pytree structure) without
-    # compiling: brax physics takes 5-25 s per env to compile on 2 cores.
+    def rollout(k):
+        first = env.reset(key, params) if abstract else (obs, state)
+        return jax.lax.scan(body, first, jax.random.split(k, steps))[1]
+
     if abstract:
         obs, reward, terminated, truncated, info = jax.eval_shape(rollout, key)
     else:
