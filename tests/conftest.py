@@ -5,3 +5,16 @@
 from src.xla_cpu import compile_small_loops
 
 compile_small_loops()
+
+# The modules that take longest on 2 cores (minutes, most of it compiling),
+# handed out first: with one module per worker (--dist loadfile), a long module
+# started last would leave the other worker idle at the end.
+SLOWEST_FIRST = ("test_ppo", "test_envs", "test_env_design", "test_robust", "test_sac", "test_run", "test_lpo",
+                 "test_reward_alignment", "test_networks", "test_attacks", "test_population")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item):
+        module = item.path.stem
+        return SLOWEST_FIRST.index(module) if module in SLOWEST_FIRST else len(SLOWEST_FIRST)
+    items.sort(key=rank)   # stable: the order within a module is kept

@@ -24,6 +24,13 @@ def small_agent(**changes):
     return ppo.make(config), ppo.hparams_from(config)
 
 
+@pytest.fixture(scope="module")
+def small():
+    """The small agent with its jitted `train`, compiled once for the tests that share it."""
+    agent, hp = small_agent()
+    return agent, hp, jax.jit(agent.train)
+
+
 # ----------------------------------------------------------------------------- losses by hand
 # numpy references written case by case, independent of the module's own formulas
 
@@ -172,9 +179,8 @@ def test_one_update_step_raises_the_surrogate_and_the_entropy_bonus_raises_entro
     assert entropy_after > entropy_before + 1e-4, (entropy_before, entropy_after)
 
 
-def test_same_seed_same_numbers_and_other_seed_other_numbers():
-    agent, hp = small_agent()
-    train = jax.jit(agent.train)
+def test_same_seed_same_numbers_and_other_seed_other_numbers(small):
+    agent, hp, train = small
     a = train(jax.random.PRNGKey(3), hp)
     b = train(jax.random.PRNGKey(3), hp)
     c = train(jax.random.PRNGKey(4), hp)
@@ -191,36 +197,36 @@ def test_train_is_traced_once_across_seeds_and_hyperparameters():
     assert counted.count == 1
 
 
-def test_vmapped_sweep_equals_separate_runs():
-    agent, hp = small_agent()
+def test_vmapped_sweep_equals_separate_runs(small):
+    agent, hp, train = small
     lrs = jnp.array([1e-4, 3e-3], jnp.float32)
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
     swept = jax.vmap(lambda k, lr: agent.train(k, hp.replace(lr=lr)))(keys, lrs)
     for i in range(2):
-        single = jax.jit(agent.train)(keys[i], hp.replace(lr=lrs[i]))
+        single = train(keys[i], hp.replace(lr=lrs[i]))
         for x, y in zip(jax.tree.leaves(single), jax.tree.leaves(jax.tree.map(lambda v: v[i], swept))):
             np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
     # and the sweep really changed something
     assert not np.allclose(swept[1]["policy_loss"][0], swept[1]["policy_loss"][1])
 
 
-def test_metrics_are_per_iteration_not_per_step():
-    agent, hp = small_agent()
-    _, metrics = jax.jit(agent.train)(jax.random.PRNGKey(0), hp)
+def test_metrics_are_per_iteration_not_per_step(small):
+    agent, hp, train = small
+    _, metrics = train(jax.random.PRNGKey(0), hp)
     assert {"episode_return", "env_steps", "policy_loss", "value_loss", "entropy"} <= set(metrics)
     for value in metrics.values():
         assert value.shape == (SMALL.num_iterations,)
     np.testing.assert_array_equal(metrics["env_steps"], np.arange(1, 7) * 128)
 
 
-def test_step_is_one_iteration_of_train():
-    agent, hp = small_agent()
+def test_step_is_one_iteration_of_train(small):
+    agent, hp, train = small
     key = jax.random.PRNGKey(0)
     ts = agent.init(key, hp)
     step = jax.jit(agent.step)
     for _ in range(SMALL.num_iterations):
         ts, _ = step(ts, hp)
-    trained, _ = jax.jit(agent.train)(key, hp)
+    trained, _ = train(key, hp)
     for x, y in zip(jax.tree.leaves(ts.params), jax.tree.leaves(trained.params)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 

@@ -102,15 +102,17 @@ def test_attacks_lower_a_trained_victims_return_and_pgd_le_fgsm_le_random(attack
     assert means["pgd"][1] <= means["fgsm"][1] + tol and means["fgsm"][1] <= means["random"][1] + tol, means
 
 
-@pytest.mark.slow
-def test_robust_cli_learned_adversary(run_dir):
-    # ~45 s of compiling on 2 cores, so slow only; 8192 adversary steps do not
-    # yet move this victim, 32768 topple it within ~50 steps
-    stored = run.main(["robust", run_dir, "--attacks", "random,learned", "--eps", "0,0.2", "--episodes", "16",
+def test_robust_cli_learned_adversary_takes_most_of_the_clean_return(run_dir):
+    """The fast proxy for the learned-adversary figures (about 20 s on 2 cores,
+    most of it compiling the adversary's PPO): 16384 adversary steps do not yet
+    move this victim (member returns 500 and 204 stay), 32768 take 80-90% of
+    each member's clean return (34 and 60 left)."""
+    stored = run.main(["robust", run_dir, "--attacks", "learned", "--eps", "0,0.2", "--episodes", "8",
                        "--adversary-steps", "32768", "--out", os.path.join(run_dir, "learned"), "--no-progress"])
-    assert check_table(os.path.join(run_dir, "learned"), ["random", "learned"])["adversary_steps"] == 32768
-    learned = np.asarray(stored["table"]["learned"]["mean"])
-    assert learned[1] < 0.5 * learned[0], learned   # the trained adversary takes most of the clean return
+    assert check_table(os.path.join(run_dir, "learned"), ["learned"])["adversary_steps"] == 32768
+    per_member = np.asarray(stored["table"]["learned"]["per_member"])
+    assert per_member[:, 0].mean() > 250, per_member                 # a victim with something to lose
+    assert (per_member[:, 1] < 0.5 * per_member[:, 0]).all(), per_member   # each member loses most of it
 
 
 def test_robust_cli_clipped_action_objective_on_a_continuous_victim(tmp_path):
@@ -269,8 +271,10 @@ def test_sa_ppo_regulariser_trains_deterministically_and_validates():
     assert "sa_kl" not in plain
 
 
-@pytest.mark.slow
 def test_alternating_adversarial_training_runs_and_gives_a_plain_victim_state():
+    """ATLA's mechanics in the default suite (about 18 s on 2 cores): two rounds
+    run, the same inputs give the same numbers, the victim ends after all its
+    iterations in a plain PPO state that `run.py eval` and the attacks take."""
     config = ppo.PPOConfig(total_steps=4 * 32 * 4, num_envs=4, num_steps=32, hidden=(16,))
     small_adv = dataclasses.replace(adv.ADVERSARY_CONFIG, num_envs=4, num_steps=32, hidden=(16,))
     init, one_round, plain = adv.adversarial_training(config, eps=0.1, rounds=2, adversary_config=small_adv)
