@@ -78,6 +78,18 @@ class BraxEnv(Environment):
         self.backend = backend
         self.episode_length = int(episode_length)
 
+    @classmethod
+    def of(cls, env, episode_length: int = 1000):
+        """Adapt an instance of a brax environment (`brax.envs.Env`, e.g. one of your own)."""
+        if int(episode_length) < 1:
+            raise ConfigError(f"episode_length must be >= 1, got {episode_length}")
+        self = cls.__new__(cls)
+        self._env = env
+        self.name = f"brax/{type(getattr(env, 'unwrapped', env)).__name__}"
+        self.backend = getattr(env, "backend", None)
+        self.episode_length = int(episode_length)
+        return self
+
     @property
     def default_params(self):
         return BraxParams()

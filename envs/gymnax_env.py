@@ -10,6 +10,16 @@ class GymnaxEnv(Environment):
         self.name = name
         self._env, self._default_params = gymnax.make(name, **kwargs)
 
+    @classmethod
+    def of(cls, env, params=None):
+        """Adapt an instance of a gymnax-1.0 environment (a subclass of
+        `gymnax.environments.environment.Environment`, e.g. one of your own)."""
+        self = cls.__new__(cls)
+        self.name = getattr(env, "name", type(env).__name__)
+        self._env = env
+        self._default_params = env.default_params if params is None else params
+        return self
+
     @property
     def default_params(self):
         return self._default_params
