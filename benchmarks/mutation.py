@@ -74,6 +74,13 @@ TARGETS = (
 EQUIVALENT = {
     "gae:gae:index:0 -> 1#0": "the scan's initial carry is zeros_like(deltas[1]) instead of deltas[0]: same shape and "
                               "dtype, so the same zeros (differs only for a one-step rollout, which raises)",
+    "sac:squashed_sample:sign:mean + jnp.exp(log_std) * noise -> mean - jnp.exp(log_std) * noise#0":
+        "noise and -noise have the same standard normal law, and the log-density uses noise**2: the mutant samples "
+        "the same distribution of (action, log-prob); only a test pinned to one key's draw could tell them apart",
+    "sac:q_of_actions:index:0 -> 1#0": "take_along_axis leaves a last axis of size 1 and JAX clamps an out-of-range "
+                                       "static index, so [..., 1] reads element 0",
+    "sac:critic_loss_of:sign:-1 -> 1#0": "the documented shape is [2, B]: axis 1 is axis -1 (the function is "
+                                         "defined for that shape only)",
 }
 
 SWAPPED_NAMES = {"minimum": "maximum", "maximum": "minimum", "min": "max", "max": "min",

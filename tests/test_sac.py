@@ -82,6 +82,15 @@ def test_squashed_log_prob_is_the_change_of_variables():
     u = jnp.arctanh(action)
     expected = jnp.sum(jax.scipy.stats.norm.logpdf(u, mean, jnp.exp(log_std)) - jnp.log(1 - action**2), axis=-1)
     np.testing.assert_allclose(logp, expected, rtol=1e-4, atol=1e-4)
+    # the sum runs over the action's own (last) axis, whatever the batch shape:
+    # one unbatched action, and a [2, 1, 2] batch
+    for shape in ((2,), (2, 1, 2)):
+        m, s = jnp.broadcast_to(mean[0], shape), jnp.broadcast_to(log_std[0], shape)
+        action, logp = sac.squashed_sample(key, m, s)
+        u = jnp.arctanh(action)
+        expected = jnp.sum(jax.scipy.stats.norm.logpdf(u, m, jnp.exp(s)) - jnp.log(1 - action**2), axis=-1)
+        assert logp.shape == shape[:-1]
+        np.testing.assert_allclose(logp, expected, rtol=1e-4, atol=1e-4)
     # far into the tails tanh saturates; the stable form stays finite
     _, logp = sac.squashed_sample(key, jnp.full((1, 2), 30.0), jnp.zeros((1, 2)))
     assert bool(jnp.isfinite(logp).all())
@@ -129,7 +138,13 @@ def np_soft_value_discrete(logits, twin_q, alpha):
 
 def test_soft_value_discrete_is_the_expectation_of_the_twin_minimum():
     got = sac.soft_value_discrete(jax.nn.log_softmax(LOGITS), jnp.asarray(TWIN_Q), ALPHA)
-    np.testing.assert_allclose(got, np_soft_value_discrete(LOGITS, TWIN_Q, ALPHA), rtol=1e-5, atol=1e-6)
+    want = np_soft_value_discrete(LOGITS, TWIN_Q, ALPHA)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # the expectation is over the last (action) axis for any batch shape: one state, and the batch as [3, 1]
+    one = sac.soft_value_discrete(jax.nn.log_softmax(LOGITS[0]), jnp.asarray(TWIN_Q[:, 0]), ALPHA)
+    np.testing.assert_allclose(one, want[0], rtol=1e-5, atol=1e-6)
+    column = sac.soft_value_discrete(jax.nn.log_softmax(LOGITS[:, None]), jnp.asarray(TWIN_Q[:, :, None]), ALPHA)
+    np.testing.assert_allclose(column[:, 0], want, rtol=1e-5, atol=1e-6)
 
 
 def test_soft_value_continuous_is_the_twin_minimum_less_alpha_logp():
@@ -183,6 +198,11 @@ def test_discrete_actor_loss_by_hand():
     loss, ent = sac.actor_loss_discrete(jax.nn.log_softmax(LOGITS), jnp.asarray(TWIN_Q), ALPHA)
     np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
     np.testing.assert_allclose(ent, want_ent, rtol=1e-5)
+    # the sums run over the action (last) axis: one state alone gives that state's term
+    one, one_ent = sac.actor_loss_discrete(jax.nn.log_softmax(LOGITS[1]), jnp.asarray(TWIN_Q[:, 1]), ALPHA)
+    np.testing.assert_allclose(one, sum(math.exp(logp[1, a]) * (ALPHA * logp[1, a] - min(TWIN_Q[0, 1, a], TWIN_Q[1, 1, a]))
+                                        for a in range(3)), rtol=1e-5)
+    np.testing.assert_allclose(one_ent, -sum(math.exp(logp[1, a]) * logp[1, a] for a in range(3)), rtol=1e-5)
     # the critics are constants of the actor's loss
     grad_q = jax.grad(lambda q: sac.actor_loss_discrete(jax.nn.log_softmax(LOGITS), q, ALPHA)[0])(jnp.asarray(TWIN_Q))
     assert not np.asarray(grad_q).any()
