@@ -81,6 +81,12 @@ EQUIVALENT = {
                                        "static index, so [..., 1] reads element 0",
     "sac:critic_loss_of:sign:-1 -> 1#0": "the documented shape is [2, B]: axis 1 is axis -1 (the function is "
                                          "defined for that shape only)",
+    "certificates:clopper_pearson_lower:constant:1.0 -> 0.0#0":
+        "safe_k is read only where k > 0, where it equals k; at k = 0 the where returns 0 whatever beta_ppf gives",
+    "barfi:implicit_gradient:stop_gradient:jax.lax.stop_gradient(neumann_inverse_hvp(hvp, v, alpha, terms)) -> "
+    "neumann_inverse_hvp(hvp, v, alpha, terms)#0":
+        "w is computed outside the function jax.grad differentiates (it does not depend on phi there), so the "
+        "stop_gradient changes no derivative; it guards against a caller differentiating the estimate itself",
 }
 
 SWAPPED_NAMES = {"minimum": "maximum", "maximum": "minimum", "min": "max", "max": "min",

@@ -52,6 +52,13 @@ def test_clopper_pearson_lower_bound_matches_the_binomial_tail_and_scipy():
         np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-6, err_msg=str((ki, ni, ai)))
 
 
+def test_thresholds_split_the_range_into_equal_steps_ending_at_its_top():
+    # E[R] = r_min + sum_t spacing * P(R > t) needs the thresholds r_min + spacing, ..., r_max
+    levels, spacing = certificates.thresholds(-2.0, 8.0, 5)
+    np.testing.assert_allclose(levels, [0.0, 2.0, 4.0, 6.0, 8.0])
+    assert float(spacing) == 2.0
+
+
 def test_certified_return_matches_an_independent_reference_and_closed_forms():
     # one shape of returns and one number of thresholds throughout: one compiled program
     rng = np.random.default_rng(0)
