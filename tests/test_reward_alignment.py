@@ -371,6 +371,21 @@ def test_collect_inner_replays_the_batch_ppo_trains_on(small_run, unrolled_probl
 
 # ----------------------------------------------------------------------------- evolution strategies
 
+def test_es_estimator_traces_to_a_gradient_shaped_like_phi_and_a_learner_one_rollout_on(small_run):
+    """The ES estimator's plumbing, traced (not compiled: its 2 x es_pairs inner
+    runs are the slow tests' work): a gradient with phi's structure, and the
+    learner's state moved by exactly one rollout of its own, as the other
+    estimators' reused batch does. Its statistics are the test below."""
+    aligner, states, _, _ = small_run
+    state = states[SMALL.warmup]
+    grad, ts, metrics = jax.eval_shape(aligner.estimators["es"], state.ts, state.reward_params, None,
+                                       jax.random.PRNGKey(0))
+    assert jax.tree.structure(grad) == jax.tree.structure(state.reward_params)
+    assert all(g.shape == p.shape and g.dtype == p.dtype
+               for g, p in zip(jax.tree.leaves(grad), jax.tree.leaves(state.reward_params)))
+    assert jax.tree.structure(ts) == jax.tree.structure(state.ts) and metrics["outer_fitness"].shape == ()
+
+
 def test_antithetic_es_gradient_agrees_with_the_gradient_in_expectation_and_pairs_share_their_noise():
     """On f(x) = -1/2 |A x - b|^2 + 0.3 sin(c.x) the expected estimate is the
     gradient of f smoothed by N(0, sigma^2): the exact gradient of the
