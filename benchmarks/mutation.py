@@ -92,6 +92,16 @@ EQUIVALENT = {
     "barfi:primary_advantage:sign:adv.std() + 1e-8 -> adv.std() - 1e-08#0":
         "the guard moves the scale by a relative 2e-8 / std, below float32's resolution; where std is 0 every "
         "advantage is 0 and both give 0",
+    "attacks:action_deviation:index:0 -> 1#0": "take_along_axis leaves a last axis of size 1 and JAX clamps an "
+                                               "out-of-range static index, so [..., 1] reads element 0",
+    "attacks:pgd_maximise:sign:x + delta -> x - delta#0": "`first` is used only for the shape and dtype of the "
+                                                          "-inf starting value",
+    "attacks:pgd_maximise:stop_gradient:jax.lax.stop_gradient(x) -> x#0":
+        "the returned delta is stop_gradient'ed and the inner vjp differentiates in delta only, so no derivative "
+        "in x can reach a caller either way",
+    "attacks:fgsm:stop_gradient:jax.lax.stop_gradient(x) -> x#0":
+        "the returned delta is stop_gradient'ed and the inner grad is in the offset only, so no derivative in x "
+        "can reach a caller either way",
 }
 
 SWAPPED_NAMES = {"minimum": "maximum", "maximum": "minimum", "min": "max", "max": "min",

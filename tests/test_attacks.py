@@ -503,3 +503,25 @@ def test_same_seed_same_numbers_and_one_trace_for_all_eps(trained):
     a, b, c = program((0.05, 0.1)), program((0.2, 0.3)), program((0.05, 0.1))
     assert counter.count == 1
     assert tree_equal(a, c) and not tree_equal(a, b)
+
+
+def test_the_attacks_perturbation_is_a_constant_to_the_gradient_of_what_it_attacks():
+    """Danskin: SA-PPO differentiates objective(x + delta*) in the policy's
+    parameters with the attack's delta* held fixed. Both optimisers return a
+    delta through which no gradient flows, though on the L2 ball it is a smooth
+    function of the parameters (steepest ascent along g / |g|)."""
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(5, 3)), jnp.float32)
+    w = jnp.asarray([0.5, -1.0, 2.0], jnp.float32)
+    # (per row; its gradient in y turns as y moves, so delta's own derivative in w shows)
+    objective = lambda y, w: jnp.sin(y @ w) + (y ** 2) @ w   # noqa: E731
+
+    for attack in (lambda f, k: attacks.pgd_maximise(f, k, x, 0.3, "l2", 3),
+                   lambda f, k: attacks.fgsm(f, k, x, 0.3, "l2")):
+        def attacked(w):
+            delta = attack(lambda y: objective(y, w), jax.random.PRNGKey(0))
+            return jnp.sum(objective(x + delta, w)), delta
+
+        grad, delta = jax.grad(attacked, has_aux=True)(w)
+        assert float(jnp.abs(delta).max()) > 0.01          # a real perturbation
+        held = jax.grad(lambda w: jnp.sum(objective(x + delta, w)))(w)
+        np.testing.assert_allclose(grad, held, rtol=1e-5)
