@@ -4,6 +4,7 @@ import sys
 
 import gymnax
 import jax
+from gymnax.environments.environment import Environment as GymnaxEnvironment
 
 from envs.brax_env import BRAX_ENVS, BraxEnv
 from envs.core import Box, Environment
@@ -86,7 +87,6 @@ def wrap(env, params=None, episode_length: int = 1000):
       `info["final_observation"]` and resets by itself).
     One reset and one step are traced (not compiled) to check the API, so a
     mistake shows here and not deep inside a learner's program."""
-    from gymnax.environments.environment import Environment as GymnaxEnvironment
     if isinstance(env, EpisodeStats):
         raise ConfigError("this environment is already wrapped (envs.make and envs.wrap return wrapped ones)")
     if isinstance(env, GymnaxEnvironment):
