@@ -181,6 +181,60 @@ def test_algorithmic_and_paired_regret_signs():
     assert float(regret[0]) > 0 > float(regret[1])
 
 
+def test_tied_scores_rank_by_index():
+    """Ties are broken by index (a stable sort): the earlier of two equal
+    scores gets the better rank, so the higher probability."""
+    scores = [0.5] * 12 + [0.9] + [0.5] * 7
+    buf = filled_buffer(scores)
+    temperature = 0.5
+    rank = np.empty(20)
+    rank[np.argsort(-np.asarray(scores), kind="stable")] = np.arange(1, 21)
+    h = (1 / rank) ** (1 / temperature)
+    np.testing.assert_allclose(ed.score_probs(buf, temperature), h / h.sum(), rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("filled", [1, 3])
+def test_staleness_is_uniform_over_filled_levels_when_all_are_fresh(filled):
+    buf = filled_buffer([0.2, 0.7, 0.4][:filled], capacity=5)   # inserted now: none is stale
+    expected = np.concatenate([np.full(filled, 1 / filled), np.zeros(5 - filled)])
+    np.testing.assert_allclose(ed.staleness_probs(buf), expected, rtol=1e-6)
+    assert float(ed.staleness_probs(buf).sum()) == pytest.approx(1.0)
+
+
+def test_staleness_of_one_step_goes_to_the_one_stale_level():
+    buf = filled_buffer([0.2, 0.7, 0.4])
+    buf = buf.replace(last_seen=jnp.array([1, 0, 1]), clock=jnp.int32(1))   # total staleness 1
+    np.testing.assert_allclose(ed.staleness_probs(buf), [0.0, 1.0, 0.0])
+
+
+def test_a_level_inserted_without_returns_takes_its_first_rescored_return():
+    """Without max_returns an entry's best return starts at -inf, so the
+    first rescoring's return is kept whatever its sign."""
+    buf = filled_buffer([0.5, 0.1])
+    assert np.isneginf(np.asarray(buf.max_returns)).all()
+    buf = ed.update(buf, jnp.array([0, 1]), jnp.array([0.4, 0.3]), jnp.array([-2.0, 0.6]))
+    np.testing.assert_allclose(buf.max_returns, [-2.0, 0.6])
+
+
+def test_a_duplicate_insert_keeps_the_higher_best_return():
+    buf = ed.buffer_init(TEMPLATE, 3)
+    buf = ed.insert(buf, scalar_levels([1.0]), jnp.array([0.3]), max_returns=jnp.array([0.8]))
+    buf = ed.insert(buf, scalar_levels([1.0]), jnp.array([0.5]), max_returns=jnp.array([0.2]))
+    assert int(ed.size(buf)) == 1
+    assert float(buf.max_returns[0]) == pytest.approx(0.8) and float(buf.scores[0]) == pytest.approx(0.5)
+    buf = ed.insert(buf, scalar_levels([1.0]), jnp.array([0.5]), max_returns=jnp.array([1.1]))
+    assert float(buf.max_returns[0]) == pytest.approx(1.1)
+
+
+def test_paired_regret_reduces_over_the_last_axis_only():
+    """[seeds, levels, episodes]: one regret per (seed, level), against a loop."""
+    rng = np.random.default_rng(0)
+    ant = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    pro = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    expected = np.array([[ant[s, l].max() - pro[s, l].mean() for l in range(3)] for s in range(2)])
+    np.testing.assert_allclose(ed.paired_regret(jnp.asarray(ant), jnp.asarray(pro)), expected, rtol=1e-5)
+
+
 # ---------------------------------------------------------------- config errors
 
 @pytest.mark.parametrize("changes, message", [
