@@ -92,6 +92,10 @@ EQUIVALENT = {
     "barfi:primary_advantage:sign:adv.std() + 1e-8 -> adv.std() - 1e-08#0":
         "the guard moves the scale by a relative 2e-8 / std, below float32's resolution; where std is 0 every "
         "advantage is 0 and both give 0",
+    "barfi:make.primary_surrogate:stop_gradient:jax.lax.stop_gradient(primary_advantage(batch, config.gamma)) -> "
+    "primary_advantage(batch, config.gamma)#0":
+        "the advantage is built from the batch's rewards and done flags only, and `collect` stop_gradients the "
+        "rollout policy's parameters, so nothing in it depends on theta or phi; the guard is a second one",
     "attacks:action_deviation:index:0 -> 1#0": "take_along_axis leaves a last axis of size 1 and JAX clamps an "
                                                "out-of-range static index, so [..., 1] reads element 0",
     "attacks:pgd_maximise:sign:x + delta -> x - delta#0": "`first` is used only for the shape and dtype of the "

@@ -287,6 +287,7 @@ class Aligner(NamedTuple):
     inner_loss: Callable
     env_steps_per_block: int
     estimators: dict            # all three estimators by name (`estimate` is config.estimator's), for tests
+    es_fitness: Callable        # (ts, reward_params, key) -> the ES estimator's fitness of one member
 
 
 def make(config: AlignmentConfig, show_progress: bool = False) -> Aligner:
@@ -405,19 +406,20 @@ def make(config: AlignmentConfig, show_progress: bool = False) -> Aligner:
         grad, (ts, metrics, fit) = jax.grad(objective, has_aux=True)(reward_params)
         return grad, ts, {"outer_fitness": fit, "inner_metrics": metrics}
 
+    def es_fitness(ts, reward_params, key):
+        """An ES member's fitness: the primary return of a fresh rollout after
+        `unroll` inner iterations with `reward_params`, the inner runs' own
+        randomness (rollouts, minibatches) and the rollout's from `key`."""
+        inner_key, rollout_key = jax.random.split(key)
+        t, _ = run_inner(ts.replace(key=inner_key), reward_params, config.unroll)
+        _, batch = collect(t, rollout_key)
+        return fitness(batch)
+
     def estimate_es(ts, reward_params, hparams, key):
         flat, unravel = ravel_pytree(reward_params)
         noise_key, pair_key, key = jax.random.split(key, 3)
-
-        def member(delta, member_key):
-            rp = unravel(flat + delta)
-            # the inner runs' own randomness (rollouts, minibatches) from the pair's key
-            t = ts.replace(key=jax.random.fold_in(member_key, 0))
-            t, _ = run_inner(t, rp, config.unroll)
-            _, batch = collect(t, jax.random.fold_in(member_key, 1))
-            return fitness(batch)
-
-        grad = antithetic_es_gradient(member, flat.size, noise_key, pair_key, config.es_pairs, config.es_sigma)
+        grad = antithetic_es_gradient(lambda delta, member_key: es_fitness(ts, unravel(flat + delta), member_key),
+                                      flat.size, noise_key, pair_key, config.es_pairs, config.es_sigma)
         # the real learner takes one rollout too, so ES reports the same fitness as the others
         ts, batch = outer_batch(ts, key)
         return unravel(grad), ts, {"outer_fitness": fitness(batch)}
@@ -468,7 +470,7 @@ def make(config: AlignmentConfig, show_progress: bool = False) -> Aligner:
         return state, metrics
 
     return Aligner(config, agent, heuristic, init, block, train, estimate, collect, collect_inner, inner_loss,
-                   env_steps_per_block, estimators)
+                   env_steps_per_block, estimators, es_fitness)
 
 
 def summarize(metrics, final_frac: float = 0.1):

@@ -16,3 +16,85 @@ class TraceCounter:
     def __call__(self, *args, **kwargs):
         self.count += 1
         return self.fn(*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------- golden outputs
+# A command's numbers on a small config with a fixed seed, recorded before a
+# refactor that must not change them (tests/golden/NAME.json). Bit for bit on
+# the machine they were recorded on; XLA's CPU code differs between CPU models
+# and JAX versions, so elsewhere the check is skipped rather than loosened
+# (a loosened check would pass changed random streams).
+# Record:  GOLDEN_RECORD=1 python -m pytest -n 0 tests/ -k golden
+
+GOLDEN_DIR = __import__("os").path.join(__import__("os").path.dirname(__file__), "golden")
+
+
+def machine_fingerprint():
+    import os
+    import platform
+    model, flags = "unknown", ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model == "unknown":
+                    model = line.split(":", 1)[1].strip()
+                if line.startswith("flags") and not flags:   # all of them: XLA compiles for the host's features
+                    flags = __import__("hashlib").sha256(" ".join(sorted(line.split(":", 1)[1].split())).encode()
+                                                         ).hexdigest()[:16]
+    except OSError:
+        pass
+    return {"jax": jax.__version__, "machine": platform.machine(), "cpu": model, "cpu_flags": flags,
+            "cores": os.cpu_count(), "backend": jax.default_backend()}
+
+
+def csv_numbers(path, drop=()):
+    """A CSV file's rows, numbers parsed, columns in `drop` left out."""
+    import csv
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+
+    def parse(v):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return [{k: parse(v) for k, v in row.items() if k not in drop} for row in rows]
+
+
+def check_golden(name, data):
+    """`data` (JSON-able: numbers, strings, lists, dicts) equals the recorded
+    tests/golden/NAME.json exactly (NaN equals NaN)."""
+    import json
+    import math
+    import os
+
+    import pytest
+
+    path = os.path.join(GOLDEN_DIR, f"{name}.json")
+    data = json.loads(json.dumps(data))     # the same normal form as the file's (tuples -> lists, float keys -> str)
+    if os.environ.get("GOLDEN_RECORD"):
+        os.makedirs(GOLDEN_DIR, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump({"machine": machine_fingerprint(), "data": data}, f, indent=0, sort_keys=True)
+        return
+    if not os.path.exists(path):
+        raise AssertionError(f"no golden output {path}: record it with GOLDEN_RECORD=1")
+    with open(path) as f:
+        stored = json.load(f)
+    if stored["machine"] != machine_fingerprint():
+        pytest.skip(f"golden {name} was recorded on {stored['machine']}, not this machine")
+
+    def same(a, b, where):
+        if isinstance(a, dict):
+            assert isinstance(b, dict) and sorted(a) == sorted(b), f"{where}: keys {sorted(a)} != {sorted(b)}"
+            for k in a:
+                same(a[k], b[k], f"{where}.{k}")
+        elif isinstance(a, list):
+            assert isinstance(b, list) and len(a) == len(b), f"{where}: lengths differ"
+            for i, (x, y) in enumerate(zip(a, b)):
+                same(x, y, f"{where}[{i}]")
+        elif isinstance(a, float) and math.isnan(a):
+            assert isinstance(b, float) and math.isnan(b), f"{where}: {b} != nan"
+        else:
+            assert a == b, f"{where}: {b!r} != recorded {a!r}"
+    same(stored["data"], data, name)

@@ -7,7 +7,7 @@ from scipy import stats
 
 from meta import env_design as ed
 from src.config import ConfigError
-from tests.helpers import tree_equal
+from tests.helpers import check_golden, csv_numbers, tree_equal
 
 
 def scalar_levels(values):
@@ -399,6 +399,8 @@ def test_cli_plr_run_end_to_end_replays_when_the_coin_says(tmp_path):
     last = [float(r["solve_rate"]) for r in held if r["iteration"] == "4"]
     assert summary["held_out_solve_rate_mean"] == pytest.approx(np.mean(last))
     assert "plr on maze: held-out solve rate" in proc.stdout
+    check_golden("meta_ued_plr", {"metrics": csv_numbers(out / "metrics.csv"),
+                                  "held_out": csv_numbers(out / "held_out.csv")})
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ else:
 from commands import lpo  # noqa: E402
 from src import config as cfg  # noqa: E402
 from src.config import ConfigError  # noqa: E402
+from tests.helpers import check_golden  # noqa: E402
 
 TINY = ["--set", "inner.total_steps=256", "--set", "inner.num_steps=32", "--set", "inner.hidden=[8]",
         "--set", "inner.num_epochs=1", "--set", "inner.num_minibatches=2", "--set", "eval_seeds=2",
@@ -167,6 +168,7 @@ def test_cli_run_stops_resumes_and_ends_as_the_uninterrupted_run(lpo_runs):
     # the objective matters in these inner runs (else the comparison says nothing)
     assert len({tuple(result[name]["auc"]["values"]) for name in result}) == 3
     assert "generation 2 mean" in runs["resumed"] and "train_envs CartPole-v1 (2 seeds)" in runs["resumed"]
+    check_golden("meta_lpo", {"fitness": read_rows(b), "train_envs": whole["train_envs"]})
 
 
 def test_cli_reevaluate_compares_on_fresh_seeds(lpo_runs):

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 import run
+from tests.helpers import check_golden, csv_numbers
 
 ENVS, STEPS, ROLLOUT = 4, 8, 16
 BATCH = ENVS * STEPS
@@ -82,6 +83,7 @@ def test_barfi_run_from_the_gridworld_preset_leaves_a_consistent_run_directory(t
     line = next(x for x in table.splitlines() if x.startswith("| barfi |"))
     assert f"{barfi['final_return']['mean']:.3f} ± {barfi['final_return']['std']:.3f}" in line
     assert f"| {BLOCKS * PER_BLOCK} | {BLOCKS} |" in line
+    check_golden("meta_reward_alignment", csv_numbers(os.path.join(out, "metrics.csv")))
 
 
 def test_saved_config_runs_the_same_methods_again(tmp_path, monkeypatch):

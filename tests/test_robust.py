@@ -18,7 +18,7 @@ from meta import adversary as adv
 from src import attacks, checkpoint, rundir
 from src import config as cfg
 from src.config import ConfigError
-from tests.helpers import tree_equal
+from tests.helpers import check_golden, tree_equal
 
 TINY = ["--total-steps", "1024", "--seeds", "2", "--no-progress", "--set", "num_steps=64", "--set", "hidden=[16]"]
 # a victim worth attacking: the same small program trained 100 times longer
@@ -61,6 +61,8 @@ def test_robust_cli_writes_table_plot_and_json_and_certificates(run_dir, attacke
     assert {"robust.json", "robust.md", "robust.png"} <= set(os.listdir(out))
     assert check_table(out, ["random", "fgsm", "pgd"])["eps"] == list(ATTACK_EPS)
     assert "min over attacks" in open(os.path.join(out, "robust.md")).read()
+    with open(os.path.join(out, "robust.json")) as f:
+        check_golden("robust_attacks", json.load(f)["table"])
 
     # sigma 0.05 keeps the smoothed victim near its clean return; budgets of 0, 1 and 2 sigma
     episodes, alpha, thresholds = 64, 0.05, 100

@@ -10,6 +10,7 @@ import pytest
 
 import run
 from src import config as cfg
+from tests.helpers import check_golden, csv_numbers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--total-steps", "2048", "--seeds", "2", "--no-progress", "--set", "num_steps=64", "--set", "hidden=[16]"]
@@ -77,6 +78,21 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     assert resumed["final_returns"] == whole["final_returns"]
     with open(os.path.join(a, "metrics.csv")) as f, open(os.path.join(b, "metrics.csv")) as g:
         assert f.read() == g.read()
+    check_golden("train_ppo", csv_numbers(os.path.join(b, "metrics.csv")))
+
+
+def test_sac_train_command_keeps_its_numbers(tmp_path):
+    """A tiny SAC run through the command line, against its recorded numbers
+    (tests/helpers.py `check_golden`): learning starts at step 64, updates
+    from then on, an episode of Pendulum ends at step 200."""
+    out = str(tmp_path / "sac")
+    summary = run.main(["train", "--algo", "sac", "--env", "Pendulum-v1", "--seeds", "2", "--total-steps", "256",
+                        "--no-progress", "--out", out, "--set", "hidden=[16]", "--set", "buffer_size=256",
+                        "--set", "sgd_batch_size=16", "--set", "learning_starts=64", "--set", "checkpoint_every=128"])
+    rows = csv_numbers(os.path.join(out, "metrics.csv"))
+    assert len(rows) == 2 * 256 and summary["iterations"] == 256
+    assert all(np.isfinite(r["episode_return"]) for r in rows if r["iteration"] >= 200)
+    check_golden("train_sac", rows[::32])      # every 16th iteration of both members
 
 
 @pytest.mark.parametrize("args, message", [
