@@ -19,6 +19,7 @@ import os
 import sys
 import time
 
+from src import experiment
 from src.population import use_all_cpu_cores
 from src.xla_cpu import compile_small_loops
 
@@ -54,20 +55,10 @@ def parse_args(argv):
     train = sub.add_parser("train", help="train a population of runs (seeds x sweep) in one compiled program")
     train.add_argument("--algo", default=None, help="ppo (default) or sac")
     train.add_argument("--env", default=None, help="environment name (see `run.py envs`)")
-    train.add_argument("--seeds", type=int, default=None, help="seeds per sweep setting")
     train.add_argument("--total-steps", type=float, default=None, help="environment steps per run")
-    train.add_argument("--config", default=None, help="YAML preset (see configs/)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key (repeatable)")
     train.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
                        help="sweep a hyperparameter; several --sweep flags form a grid")
-    train.add_argument("--out", default=None, help="run directory (default runs/<env>-<algo>-<time>)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    train.add_argument("--stop-at", type=int, default=None, metavar="ITERATION",
-                       help="stop (checkpointed) after this iteration; continue later with --resume")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.add_argument("--logger", choices=("csv", "tensorboard"), default="csv",
-                       help="tensorboard also writes TensorBoard events")
+    experiment.core_flags(train)
     train.add_argument("--objective", default="ppo", metavar="ppo|dpo|learned:RUN_DIR",
                        help="PPO's policy objective: PPO-clip, the DPO closed form, or one learned by `meta lpo`")
 
@@ -166,48 +157,8 @@ def member_keys(members):
 
 # ----------------------------------------------------------------------------- train
 
-def default_out(config):
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return os.path.join("runs", f"{config.env.replace('/', '_')}-{config.algo}-{stamp}")
-
-
-def prepare_run_dir(args, module, config, grid):
-    from src import config as cfg
-    from src import rundir
-
-    if args.resume:
-        if not args.out:
-            raise cfg.ConfigError("--resume needs --out RUN_DIR")
-        if not os.path.exists(os.path.join(args.out, "config.yaml")):
-            raise cfg.ConfigError(f"--resume: no run to resume in {args.out} (no config.yaml)")
-        stored = cfg.from_dict(module.CONFIG, cfg.load_yaml(os.path.join(args.out, "config.yaml")))
-        given = any([args.config, args.env, args.seeds, args.total_steps, args.overrides, args.sweep, args.algo])
-        if given and stored != config:
-            changed = [k for k in cfg.field_names(module.CONFIG) if getattr(stored, k) != getattr(config, k)]
-            raise cfg.ConfigError(f"--resume: the run in {args.out} has a different config ({', '.join(changed)}); "
-                                  "a resumed run keeps its own config, so pass only --out and --resume")
-        return args.out, stored, rundir.read_members(args.out)
-    out = args.out or default_out(config)
-    if os.path.exists(out) and os.listdir(out):
-        raise cfg.ConfigError(f"run directory {out} is not empty: pass --resume to continue it or another --out")
-    os.makedirs(out, exist_ok=True)
-    members = make_members(config, grid)
-    cfg.save_yaml(config, os.path.join(out, "config.yaml"))
-    rundir.write_members(out, members)
-    return out, config, members
-
-
-def chunk_length(config, stop_at):
-    from src.config import ConfigError
-
-    total = config.num_iterations
-    chunk = config.checkpoint_every or total
-    if total % chunk:
-        raise ConfigError(f"checkpoint_every ({chunk}) must divide the number of iterations ({total} = "
-                          f"total_steps // (num_envs*num_steps)), so one compiled program runs every chunk")
-    if stop_at is not None and (stop_at % chunk or not 0 < stop_at <= total):
-        raise ConfigError(f"--stop-at must be a multiple of checkpoint_every ({chunk}) in 1..{total}")
-    return chunk
+def chunk_length(config):
+    return config.checkpoint_every or config.num_iterations
 
 
 def summarise(rows_final, members, grid, config):
@@ -261,7 +212,7 @@ def train(args):
     module, config = build_config(args)
     grid = parse_sweep(module, config, args.sweep)
     if not args.resume:   # a resumed run is checked against its stored config below
-        chunk_length(config, args.stop_at)
+        experiment.stop_point(config.num_iterations, chunk_length(config), args.stop_at)
     if hasattr(module, "preflight"):   # e.g. a replay buffer's memory, checked before compiling
         print(module.preflight(config, len(make_members(config, grid))))
     if args.objective != "ppo":   # a bad --objective fails before the run directory exists
@@ -269,10 +220,14 @@ def train(args):
             raise ConfigError(f"--objective applies to ppo only, not {config.algo}")
         from meta import learned_objective
         learned_objective.from_spec(args.objective, config.num_iterations)
-    out, config, members = prepare_run_dir(args, module, config, grid)
-    chunk = chunk_length(config, args.stop_at)
+    given = any([args.config, args.env, args.seeds, args.total_steps, args.overrides, args.sweep, args.algo])
+    run = experiment.start(args.out, f"{config.env}-{config.algo}", config, module.CONFIG, resume=args.resume,
+                           given=given, members=make_members(config, grid))
+    config, members = run.config.validate(), run.members
+    chunk = chunk_length(config)
     total_iterations = config.num_iterations
-    stop_at = args.stop_at or total_iterations
+    stop_at = experiment.stop_point(total_iterations, chunk, args.stop_at)
+    out = run.path
 
     make_kwargs = {}
     if args.objective != "ppo":
@@ -295,13 +250,9 @@ def train(args):
     print(f"{config.algo} on {config.env}: {len(members)} runs ({config.seeds} seeds"
           f"{' x ' + ' x '.join(f'{len(v)} {k}' for k, v in grid.items()) if grid else ''}), "
           f"{config.total_steps:,} steps each, {total_iterations} iterations, {devices} device(s) -> {out}")
-    ckpt_dir = os.path.join(out, "checkpoint")
-    done = 0
-    if args.resume and os.path.isdir(ckpt_dir):
-        with open(os.path.join(out, "checkpoint.json")) as f:
-            done = json.load(f)["iteration"]
-        if done >= total_iterations:
-            raise ConfigError(f"the run in {out} is already complete ({done} iterations)")
+    done = run.progress().get("iteration", 0)
+    if done >= total_iterations:
+        raise ConfigError(f"the run in {out} is already complete ({done} iterations)")
 
     t0 = time.perf_counter()
     if not args.resume and chunk == total_iterations:
@@ -316,13 +267,12 @@ def train(args):
     compile_s = time.perf_counter() - t0
     imports = import_in_background("src.checkpoint", "src.plots")
     if args.resume:
-        if done:
-            from src import checkpoint
-            state = checkpoint.restore(ckpt_dir, state)
-        rundir.truncate_metrics(out, done)
+        state, done = run.restore(state)
+        run.cut_rows("metrics.csv", lambda row: int(row["iteration"]) <= done)
         print(f"resuming from iteration {done}")
     first = done
-    tensorboard = rundir.TensorBoard(out, len(members)) if args.logger == "tensorboard" else None
+    run.open_logger(args.logger, len(members))
+    watch = experiment.FiniteWatch()
 
     run_s = 0.0
     last_rows = []
@@ -335,18 +285,16 @@ def train(args):
             state, metrics = compiled(state, hparams)
             jax.block_until_ready(metrics)
             run_s += time.perf_counter() - t
-            rows = rundir.metric_rows(jax.device_get(metrics), members, done)
-            rundir.append_metrics(out, rows)
-            if tensorboard:
-                tensorboard.write(rows)
+            metrics = jax.device_get(metrics)
+            rows = rundir.metric_rows(metrics, members, done)
+            run.append_rows("metrics.csv", rows)
+            run.log(rows)
+            watch.check(metrics, state.params, done)
             done += chunk
             imports.join()
-            from src import checkpoint
-            checkpoint.save(ckpt_dir, state)
-            rundir.write_json(out, "checkpoint.json", {"iteration": done})
+            run.save(state, done)
             last_rows = rows[-len(members):]
-    if tensorboard:
-        tensorboard.close()
+    run.close()
 
     all_rows = rundir.read_metrics(out)
     final_rows = [r for r in all_rows if r["iteration"] == done]
@@ -443,7 +391,7 @@ def main(argv=None):
         if args.command == "robust":
             return run_module(ROBUST_MODULE, args.rest)
         return {"train": train, "eval": evaluate, "plot": plot, "envs": list_envs}[args.command](args)
-    except (ConfigError, FileNotFoundError) as error:
+    except (ConfigError, FileNotFoundError, experiment.Diverged) as error:
         fail(str(error))
 
 

@@ -1,0 +1,279 @@
+"""The experiment layer: one run directory for every command.
+
+    run = experiment.start(args, config, config_cls, name="ppo-CartPole-v1", members=members)
+    state, done = run.restore(fresh_state)             # (fresh_state, 0) unless --resume found a checkpoint
+    while done < stop_at:
+        state, metrics = chunk(state)
+        run.append_rows("metrics.csv", rows)
+        watch.check(metrics, state.params, done)        # raises Diverged: the last good checkpoint stays
+        done += chunk_length
+        run.save(state, done)
+    run.write_json("summary.json", summary)
+
+A run directory holds `config.yaml` (the resolved config: `--config
+RUN_DIR/config.yaml` runs it again), `members.json` (seed and swept values of
+each vmapped member), CSV files of metrics, `summary.json`, `checkpoint/`
+(orbax) with `checkpoint.json` (how far the checkpoint is), plots, and
+TensorBoard events with `--logger tensorboard`. A run resumed with `--out DIR
+--resume` restores the checkpoint, cuts every CSV back to it and continues
+bit-identically: each loop draws its randomness from its state, never from the
+Python process.
+"""
+import argparse
+import csv
+import datetime
+import json
+import math
+import os
+
+import numpy as np
+
+from src import config as cfg
+from src import rundir
+from src.config import ConfigError
+
+
+class Diverged(RuntimeError):
+    """A loss or a parameter became NaN or infinite; the message says where."""
+
+
+def core_flags(parser: argparse.ArgumentParser, *, seeds=True, resume=True, logger=True, stop_at=True):
+    """The flags every command takes where they make sense."""
+    parser.add_argument("--config", default=None, help="YAML preset (see configs/) or a run's config.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (repeatable)")
+    if seeds:
+        parser.add_argument("--seeds", type=int, default=None, help="seeds (vmapped)")
+    parser.add_argument("--out", default=None, help="run directory (default runs/<name>-<time>)")
+    if resume:
+        parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    if stop_at:
+        parser.add_argument("--stop-at", type=int, default=None,
+                            help="stop after this many iterations (a multiple of the checkpoint interval)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if logger:
+        parser.add_argument("--logger", default="csv", choices=("csv", "tensorboard"),
+                            help="also write TensorBoard events")
+    return parser
+
+
+def default_out(name: str) -> str:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{name.replace('/', '_')}-{stamp}")
+
+
+class Run:
+    """An open run directory. `done` counts the loop's units (iterations,
+    blocks, generations) already in the checkpoint; `unit` names them in
+    checkpoint.json."""
+
+    def __init__(self, path, config, members, resumed, unit):
+        self.path, self.config, self.members, self.resumed, self.unit = path, config, members, resumed, unit
+        self.tensorboard = None
+
+    # ------------------------------------------------------------------ files
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    def write_json(self, name, data):
+        rundir.write_json(self.path, name, data)
+
+    def append_rows(self, name, rows):
+        """Append rows to a CSV file; its header is the union of the first
+        rows' keys, in order (later rows must have the same keys)."""
+        if not rows:
+            return
+        path = self.file(name)
+        new = not os.path.exists(path)
+        fields = list(dict.fromkeys(k for row in rows for k in row))
+        if not new:
+            with open(path, newline="") as f:
+                fields = next(csv.reader(f), fields)
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+
+    def read_rows(self, name, numbers=True):
+        """A CSV file's rows (numbers parsed to float where they parse)."""
+        path = self.file(name)
+        if not os.path.exists(path):
+            return []
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        return [{k: _number(v) for k, v in row.items()} for row in rows] if numbers else rows
+
+    def cut_rows(self, name, keep):
+        """Keep only the rows of a CSV file for which `keep(row)` (string values) is true."""
+        path = self.file(name)
+        if not os.path.exists(path):
+            return
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields, rows = reader.fieldnames, list(reader)
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(r for r in rows if keep(r))
+
+    # ------------------------------------------------------------------ checkpoints
+    def progress(self) -> dict:
+        path = self.file("checkpoint.json")
+        if not os.path.exists(path):
+            return {}
+        with open(path) as f:
+            return json.load(f)
+
+    def save(self, state, done, name="checkpoint", **extra):
+        """Checkpoint `state` (orbax) as having finished `done` units."""
+        from src import checkpoint
+        checkpoint.save(self.file(name), state)
+        progress = self.progress()
+        progress[_progress_key(name, self.unit)] = done
+        progress.update(extra)
+        self.write_json("checkpoint.json", progress)
+
+    def restore(self, like, name="checkpoint"):
+        """(state, done): the checkpoint read into the structure of `like`, or
+        `like` and 0 where there is none (a fresh run, or resumed before its
+        first checkpoint)."""
+        done = self.progress().get(_progress_key(name, self.unit), 0)
+        if not done:
+            return like, 0
+        from src import checkpoint
+        return checkpoint.restore(self.file(name), like), done
+
+    # ------------------------------------------------------------------ loggers
+    def open_logger(self, kind, num_members):
+        if kind == "tensorboard":
+            self.tensorboard = rundir.TensorBoard(self.path, num_members)
+        return self
+
+    def log(self, rows):
+        if self.tensorboard is not None:
+            self.tensorboard.write(rows)
+
+    def close(self):
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
+
+
+def _progress_key(name, unit):
+    return unit if name == "checkpoint" else f"{name}/{unit}"
+
+
+def _number(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def start(out, name, config, config_cls, *, resume=False, given=True, members=None, unit="iteration",
+          saved_config=None) -> Run:
+    """Open the run directory: a new one (refusing a non-empty directory), or
+    with `resume` the one in `out`, whose stored config wins. `given`: whether
+    the command line set anything; a resumed run refuses a config that
+    differs from its own. `saved_config` is what config.yaml gets, where it
+    differs from `config` (defaults to it)."""
+    if resume:
+        if not out:
+            raise ConfigError("--resume needs --out RUN_DIR")
+        path = os.path.join(out, "config.yaml")
+        if not os.path.exists(path):
+            raise ConfigError(f"--resume: no run to resume in {out} (no config.yaml)")
+        stored = cfg.from_dict(config_cls, cfg.load_yaml(path))
+        if given and stored != (saved_config or config):
+            changed = [k for k in cfg.field_names(config_cls)
+                       if getattr(stored, k) != getattr(saved_config or config, k)]
+            raise ConfigError(f"--resume: the run in {out} has a different config ({', '.join(changed)}); "
+                              "a resumed run keeps its own config, so pass only --out and --resume")
+        members = rundir.read_members(out) if os.path.exists(os.path.join(out, "members.json")) else members
+        return Run(out, stored, members, True, unit)
+    out = out or default_out(name)
+    if os.path.exists(out) and os.listdir(out):
+        raise ConfigError(f"run directory {out} is not empty: pass --resume to continue it or another --out")
+    os.makedirs(out, exist_ok=True)
+    cfg.save_yaml(saved_config or config, os.path.join(out, "config.yaml"))
+    if members is not None:
+        rundir.write_members(out, members)
+    return Run(out, config, members, False, unit)
+
+
+def stop_point(total, chunk, stop_at, what="iterations"):
+    """Where this session stops: `stop_at` (a multiple of `chunk` in 1..total) or the end."""
+    if total % chunk:
+        raise ConfigError(f"the checkpoint interval ({chunk}) must divide the number of {what} ({total}), "
+                          "so one compiled program runs every chunk")
+    if stop_at is None:
+        return total
+    if stop_at % chunk or not 0 < stop_at <= total:
+        raise ConfigError(f"--stop-at must be a multiple of the checkpoint interval ({chunk}) in 1..{total}")
+    return stop_at
+
+
+# ------------------------------------------------------------------ divergence
+
+def _bad_members(params, member_axis=0):
+    """Members (along `member_axis` of every leaf) whose parameters hold a NaN or an infinity."""
+    import jax
+    bad = set()
+    for x in jax.tree.leaves(params):
+        x = np.asarray(x)
+        if np.issubdtype(x.dtype, np.inexact) and x.ndim > member_axis:
+            x = np.moveaxis(x, member_axis, 0).reshape(x.shape[member_axis], -1)
+            bad |= set(np.flatnonzero(~np.isfinite(x).all(axis=1)).tolist())
+    return sorted(bad)
+
+
+class FiniteWatch:
+    """Stops a run whose losses or parameters turn NaN or infinite.
+
+    A metric counts once it has been finite for a member: losses are NaN by
+    design before any update (SAC's warm-up), and returns before the first
+    episode ends. `check` names the first (iteration, member, metric) that
+    went non-finite after being finite, and the parameters' state."""
+
+    def __init__(self, member_axis=0, names=lambda name: "loss" in name):
+        self.member_axis, self.names, self.seen = member_axis, names, {}
+
+    def check(self, metrics, params, first_iteration, unit="iteration"):
+        """metrics: {name: [member, iteration]} (member_axis 0) for the chunk
+        that ended after `first_iteration` earlier units; `params`: the
+        learned parameters (not the whole state: buffers and returns hold NaN
+        by design)."""
+        first = None
+        for name in sorted(k for k in metrics if self.names(k)):
+            values = np.asarray(metrics[name], np.float64)
+            if self.member_axis:
+                values = np.moveaxis(values, self.member_axis, 0)
+            values = values.reshape(values.shape[0], -1)
+            for member in range(values.shape[0]):
+                seen = self.seen.get((name, member), False)
+                for i, v in enumerate(values[member]):
+                    if math.isfinite(v):
+                        seen = True
+                    elif seen:
+                        if first is None or (i, member) < first[:2]:
+                            first = (i, member, name)
+                        break
+                self.seen[(name, member)] = seen
+        bad = _bad_members(params, self.member_axis)
+        if first is None and not bad:
+            return
+        if first is not None:
+            i, member, name = first
+            where = f"{name} of member {member} became {values_at(metrics, name, member, i, self.member_axis)} " \
+                    f"at {unit} {first_iteration + i + 1}"
+        else:
+            where = f"the parameters of member{'s' * (len(bad) > 1)} {', '.join(map(str, bad))} hold NaN or " \
+                    f"infinite values by {unit} {first_iteration + np.shape(next(iter(metrics.values())))[1]}"
+        raise Diverged(f"the run diverged: {where}; it stops here, its last good checkpoint (at {unit} "
+                       f"{first_iteration}) kept. Lower the learning rate or look at that member's rows in the CSV.")
+
+
+def values_at(metrics, name, member, i, member_axis):
+    values = np.moveaxis(np.asarray(metrics[name]), member_axis, 0).reshape(np.shape(metrics[name])[member_axis], -1)
+    return values[member, i]
