@@ -13,10 +13,9 @@ error over seeds).
 """
 import argparse
 import dataclasses
-import datetime
-import os
 import time
 
+from src import experiment
 from src.config import ConfigError
 
 METHODS = ("primary", "naive", "pbrs", "barfi")
@@ -24,21 +23,16 @@ METHODS = ("primary", "naive", "pbrs", "barfi")
 
 def parser():
     p = argparse.ArgumentParser(prog="run.py meta reward-alignment", description=__doc__.split("\n")[0])
-    p.add_argument("--config", default=None, help="YAML preset (configs/barfi_*.yaml)")
     p.add_argument("--env", default=None, help="environment name")
     p.add_argument("--heuristic", default=None, help="designer heuristic (see --heuristics)")
     p.add_argument("--method", default=None,
                    help="comma-separated subset of primary,naive,pbrs,barfi, or 'all' (default: the preset's "
                         "method if it names one, else all)")
     p.add_argument("--estimator", default=None, help="BARFI's outer gradient: implicit, unrolled or es")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per method (vmapped)")
     p.add_argument("--total-steps", type=float, default=None, help="environment steps per run, outer steps included")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (repeatable)")
-    p.add_argument("--out", default=None, help="run directory (default runs/reward-alignment-<env>-<time>)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--heuristics", action="store_true", help="list the designer heuristics and exit")
-    return p
+    p.add_argument("--heuristics", action="store_true", help="list the heuristics and exit")
+    # --stop-at counts blocks (outer_every PPO iterations and an outer step), a multiple of checkpoint_every
+    return experiment.core_flags(p)
 
 
 def build_config(args):
@@ -72,24 +66,78 @@ def stats(values):
             "per_seed": [float(v) for v in values]}
 
 
-def run_method(config, show_progress):
+def run_method(config, run, stop_at, show_progress):
+    """Train every seed of one method, chunk by chunk, from the method's
+    checkpoint in `run` if it has one; appends its rows to metrics.csv and
+    checkpoints after each chunk. Returns (blocks done, compile s, run s)."""
     import jax
     import numpy as np
 
     from meta import reward_alignment as ra
     from src import population, progress
 
+    name = f"checkpoint/{config.method}"
+    total = config.num_blocks
+    chunk = min(config.checkpoint_every or total, total)
+    stop = min(stop_at or total, total)
+    done = run.progress().get(f"{name}/block", 0)
+    if done >= stop:
+        return done, 0.0, 0.0
     aligner = ra.make(config, show_progress=show_progress)
     keys = jax.random.split(jax.random.PRNGKey(config.seed), config.seeds)
     keys = population.distribute(keys, config.seeds)
+    # every leaf has the seed axis first: pinned to the devices, so each chunk's
+    # output has the sharding the next chunk's program was compiled for
+    sharding = population.member_sharding(config.seeds)
     start = time.time()
-    train = jax.jit(jax.vmap(aligner.train)).lower(keys).compile()
-    compile_s = time.time() - start
-    start = time.time()
-    with progress.bar(config.num_blocks, desc=config.method, enabled=show_progress):
-        state, metrics = train(keys)
-        metrics = jax.tree.map(np.asarray, jax.block_until_ready(metrics))
-    run_s = time.time() - start
+    if done == 0 and chunk == total:   # one program, init included (a separate init costs a compile)
+        programs = {total: jax.jit(jax.vmap(aligner.train), out_shardings=sharding).lower(keys).compile()}
+        state = keys
+    else:
+        state = jax.jit(jax.vmap(aligner.init), out_shardings=sharding)(keys)
+        state, done = run.restore(state, name)
+        programs = {}
+    compile_s, run_s = time.time() - start, 0.0
+    watch = experiment.FiniteWatch()
+    with progress.bar(total, desc=config.method, enabled=show_progress, initial=done) as bar:
+        while done < stop:
+            n = min(chunk, stop - done)
+            if n not in programs:   # the last chunk may be shorter: its own program
+                start = time.time()
+                programs[n] = jax.jit(jax.vmap(lambda s, n=n: aligner.run(s, n)),
+                                      out_shardings=sharding).lower(state).compile()
+                compile_s += time.time() - start
+            if bar is not None:
+                bar.set_offset(done)
+            start = time.time()
+            state, metrics = programs[n](state)
+            metrics = jax.tree.map(np.asarray, jax.block_until_ready(metrics))
+            run_s += time.time() - start
+            rows = rows_of(config.method, config, metrics, done * config.outer_every)
+            run.append_rows("metrics.csv", rows)
+            run.log(rows)
+            watch.check(metrics, (state.ts.params, state.reward_params), done * config.outer_every)
+            done += n
+            run.save(state, done, name)
+    return done, compile_s, run_s
+
+
+def method_curves(rows, method, config):
+    """{metric: [seeds, iterations]} (float32, as computed) of one method, read back from metrics.csv."""
+    import numpy as np
+    mine = [r for r in rows if r["method"] == method]
+    iterations = int(max(r["iteration"] for r in mine))
+    # (another method's columns are empty in this method's rows)
+    names = [k for k in mine[0] if k not in ("iteration", "member", "seed", "method") and mine[0][k] != ""]
+    curves = {k: np.full((config.seeds, iterations), np.nan, np.float32) for k in names}
+    for r in mine:
+        for k in names:
+            curves[k][int(r["member"]), int(r["iteration"]) - 1] = r[k]
+    return curves
+
+
+def result_of(config, metrics, compile_s, run_s):
+    from meta import reward_alignment as ra
     summary = ra.summarize(metrics)
     result = {"final_return": stats(summary["final"]), "auc": stats(summary["auc"]),
               "env_steps": int(metrics["env_steps"][0, -1]), "iterations": config.num_iterations,
@@ -98,31 +146,20 @@ def run_method(config, show_progress):
     if config.method == "barfi":
         result["gamma_phi_final"] = stats(metrics["gamma_phi"][:, -1])
         result["phi2_mean_final"] = stats(metrics["phi2_mean"][:, -1])
-    return metrics, result
+    return result
 
 
-def rows_of(method, config, metrics):
+def rows_of(method, config, metrics, first_iteration=0):
     import numpy as np
     rows = []
     names = sorted(k for k in metrics if k != "env_steps")
     for i in range(metrics["env_steps"].shape[1]):
         for m in range(config.seeds):
-            row = {"iteration": i + 1, "env_steps": int(metrics["env_steps"][m, i]), "member": m,
+            row = {"iteration": first_iteration + i + 1, "env_steps": int(metrics["env_steps"][m, i]), "member": m,
                    "seed": config.seed + m, "method": method}
             row.update({k: float(np.asarray(metrics[k])[m, i]) for k in names})
             rows.append(row)
     return rows
-
-
-def write_csv(path, rows):
-    import csv
-    fields = []
-    for row in rows:
-        fields += [k for k in row if k not in fields]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def table(results, config):
@@ -164,32 +201,59 @@ def main(argv):
             print(f"{name:28s} {h.env:18s} {'good' if h.good else 'misleading':10s} {h.description}")
         return 0
     config, configs = build_config(args)
-
-    from src import config as cfg
-    from src import rundir
-
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = args.out or os.path.join("runs", f"reward-alignment-{config.env.replace('/', '_')}-{config.heuristic}-{stamp}")
-    os.makedirs(out, exist_ok=True)
+    given = any([args.config, args.env, args.heuristic, args.method, args.estimator, args.seeds,
+                 args.total_steps, args.overrides])
+    from meta import reward_alignment as ra
     # with the methods run (not the dataclass's default), so that `--config RUN_DIR/config.yaml` runs them all again
-    cfg.save_yaml(dataclasses.replace(config, method=",".join(configs)), os.path.join(out, "config.yaml"))
+    run = experiment.start(args.out, f"reward-alignment-{config.env}-{config.heuristic}", config,
+                           ra.AlignmentConfig, resume=args.resume, given=given, unit="block",
+                           saved_config=dataclasses.replace(config, method=",".join(configs)))
+    if run.resumed:
+        stored = run.config
+        configs = {m: dataclasses.replace(stored, method=m).validate() for m in stored.method.split(",")}
+        config = dataclasses.replace(stored, method=next(iter(configs)))
+        for method, c in configs.items():   # rows past a method's checkpoint are computed again
+            done = run.progress().get(f"checkpoint/{method}/block", 0) * c.outer_every
+            run.cut_rows("metrics.csv", lambda r, m=method, d=done: r["method"] != m or int(r["iteration"]) <= d)
+        print(f"resuming {run.path}: " + ", ".join(
+            f"{m} at block {run.progress().get(f'checkpoint/{m}/block', 0)}" for m in configs))
+    for c in configs.values() if args.stop_at is not None else ():
+        chunk = c.checkpoint_every or c.num_blocks
+        if args.stop_at < 1 or (args.stop_at % chunk and args.stop_at < c.num_blocks):
+            raise ConfigError(f"--stop-at counts blocks here: a multiple of checkpoint_every ({chunk}), "
+                              f"got {args.stop_at}")
+    run.open_logger(args.logger, config.seeds)
 
-    results, curves, rows = {}, {}, []
+    timing, complete = {}, True
     for method, method_config in configs.items():
-        metrics, result = run_method(method_config, not args.no_progress)
-        results[method], curves[method] = result, metrics
-        rows += rows_of(method, method_config, metrics)
+        done, compile_s, run_s = run_method(method_config, run, args.stop_at, not args.no_progress)
+        timing[method] = (compile_s, run_s)
+        complete &= done >= method_config.num_blocks
+    run.close()
+    # method by method, then iteration and seed: a resumed run's file reads as the uninterrupted one's
+    order = list(configs)
+    run.cut_rows("metrics.csv", sort_key=lambda r: (order.index(r["method"]), int(r["iteration"]), int(r["member"])))
+    rows = run.read_rows("metrics.csv")
+    if not complete:
+        run.write_json("summary.json", {"env": config.env, "heuristic": config.heuristic, "complete": False,
+                                        "blocks": {m: run.progress().get(f"checkpoint/{m}/block", 0)
+                                                   for m in configs}})
+        print(f"stopped at block {args.stop_at}; continue with --out {run.path} --resume")
+        return 0
+
+    results, curves = {}, {}
+    for method, method_config in configs.items():
+        curves[method] = method_curves(rows, method, method_config)
+        results[method] = result = result_of(method_config, curves[method], *timing[method])
         print(f"{method}: final {result['final_return']['mean']:.3f} ± {result['final_return']['std']:.3f}, "
               f"area {result['auc']['mean']:.3f}, {result['env_steps']} env steps, {result['run_s']:.1f} s")
-    write_csv(os.path.join(out, "metrics.csv"), rows)
     import jax
-    rundir.write_json(out, "summary.json", {"env": config.env, "heuristic": config.heuristic,
-                                           "seeds": config.seeds, "device": str(jax.devices()[0]),
-                                           "methods": results})
+    run.write_json("summary.json", {"env": config.env, "heuristic": config.heuristic, "complete": True,
+                                    "seeds": config.seeds, "device": str(jax.devices()[0]), "methods": results})
     text = table(results, config)
-    with open(os.path.join(out, "comparison.md"), "w") as f:
+    with open(run.file("comparison.md"), "w") as f:
         f.write(text)
-    plot(os.path.join(out, "learning_curve.png"), curves, config)
+    plot(run.file("learning_curve.png"), curves, config)
     print(text)
-    print(f"run directory: {out}")
+    print(f"run directory: {run.path}")
     return 0

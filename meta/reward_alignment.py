@@ -106,6 +106,7 @@ class AlignmentConfig:
     unroll: int = 1              # K inner iterations for "unrolled" and "es"
     es_pairs: int = 4
     es_sigma: float = 0.05
+    checkpoint_every: int = 0    # blocks between checkpoints of each method's run (0: at the end only)
 
     @property
     def batch_size(self):
@@ -147,8 +148,8 @@ class AlignmentConfig:
                      "outer_rollout", "neumann_terms", "unroll", "es_pairs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.warmup < 0:
-            raise ConfigError(f"warmup must be >= 0, got {self.warmup}")
+        if self.warmup < 0 or self.checkpoint_every < 0:
+            raise ConfigError(f"warmup and checkpoint_every must be >= 0, got {self.warmup}, {self.checkpoint_every}")
         if self.unroll > self.outer_every:
             raise ConfigError(f"unroll ({self.unroll}) must be at most outer_every ({self.outer_every})")
         if self.batch_size % self.num_minibatches:
@@ -288,6 +289,7 @@ class Aligner(NamedTuple):
     env_steps_per_block: int
     estimators: dict            # all three estimators by name (`estimate` is config.estimator's), for tests
     es_fitness: Callable        # (ts, reward_params, key) -> the ES estimator's fitness of one member
+    run: Callable               # (state, num_blocks) -> (state, metrics): a chunk of `train`, for checkpoints
 
 
 def make(config: AlignmentConfig, show_progress: bool = False) -> Aligner:
@@ -458,19 +460,24 @@ def make(config: AlignmentConfig, show_progress: bool = False) -> Aligner:
     extra = config.outer_env_steps
     env_steps_per_block = config.outer_every * config.batch_size + extra
 
-    def train(key):
-        state = init(key)
-        state, metrics = progress.scan_iterations(block, state, config.num_blocks, show_progress)
-        metrics = jax.tree.map(lambda x: x.reshape(config.num_iterations, *x.shape[2:]), metrics)
-        iteration = jnp.arange(1, config.num_iterations + 1)
+    def run(state, num_blocks: int):
+        """`num_blocks` (static) more blocks from `state`: (state, metrics per
+        inner iteration), iterations and env steps counted from the run's start."""
+        state, metrics = progress.scan_iterations(block, state, num_blocks, show_progress)
+        n = num_blocks * config.outer_every
+        metrics = jax.tree.map(lambda x: x.reshape(n, *x.shape[2:]), metrics)
+        iteration = (state.block - num_blocks) * config.outer_every + jnp.arange(1, n + 1)
         blocks_done = (iteration - 1) // config.outer_every + 1
         # outer steps' extra samples are charged at the end of their block
         metrics["env_steps"] = iteration * config.batch_size + jnp.where(
             iteration % config.outer_every == 0, blocks_done, blocks_done - 1) * extra
         return state, metrics
 
+    def train(key):
+        return run(init(key), config.num_blocks)
+
     return Aligner(config, agent, heuristic, init, block, train, estimate, collect, collect_inner, inner_loss,
-                   env_steps_per_block, estimators, es_fitness)
+                   env_steps_per_block, estimators, es_fitness, run)
 
 
 def summarize(metrics, final_frac: float = 0.1):

@@ -88,8 +88,14 @@ class Run:
         fields = list(dict.fromkeys(k for row in rows for k in row))
         if not new:
             with open(path, newline="") as f:
-                fields = next(csv.reader(f), fields)
-        with open(path, "a", newline="") as f:
+                reader = csv.DictReader(f)
+                old_fields, old_rows = reader.fieldnames or [], list(reader)
+            if set(fields) <= set(old_fields):
+                fields = old_fields
+            else:   # new columns (another method's metrics): rewrite under the union of the headers
+                fields = list(dict.fromkeys([*old_fields, *fields]))
+                rows, new = old_rows + list(rows), True
+        with open(path, "a" if not new else "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             if new:
                 writer.writeheader()
@@ -104,18 +110,21 @@ class Run:
             rows = list(csv.DictReader(f))
         return [{k: _number(v) for k, v in row.items()} for row in rows] if numbers else rows
 
-    def cut_rows(self, name, keep):
-        """Keep only the rows of a CSV file for which `keep(row)` (string values) is true."""
+    def cut_rows(self, name, keep=lambda row: True, sort_key=None):
+        """Keep only the rows of a CSV file for which `keep(row)` (string
+        values) is true, in the order of `sort_key(row)` if given."""
         path = self.file(name)
         if not os.path.exists(path):
             return
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
-            fields, rows = reader.fieldnames, list(reader)
+            fields, rows = reader.fieldnames, [r for r in reader if keep(r)]
+        if sort_key is not None:
+            rows.sort(key=sort_key)
         with open(path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
-            writer.writerows(r for r in rows if keep(r))
+            writer.writerows(rows)
 
     # ------------------------------------------------------------------ checkpoints
     def progress(self) -> dict:
