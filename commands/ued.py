@@ -14,29 +14,24 @@ run directory:
 import argparse
 import csv
 import dataclasses
-import datetime
 import json
 import os
 import time
 
 from src import config as cfg
+from src import experiment
 from src.config import ConfigError
 
 
 def parse(argv):
     p = argparse.ArgumentParser(prog="run.py meta ued", description=__doc__.split("\n\n")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML preset (configs/ued_*.yaml)")
     p.add_argument("--env", help="level space: maze, cartpole-levels, pendulum-levels")
     p.add_argument("--method", help="dr, plr, robust_plr, accel, paired")
     p.add_argument("--score", help="level score for the buffer: pvl, maxmc, regret (algorithmic regret)")
-    p.add_argument("--seeds", type=int, help="seeds, vmapped")
     p.add_argument("--iterations", type=int, help="student updates (num_iterations)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="any UEDConfig field, e.g. --set capacity=512 --set space_kwargs={height: 13, width: 13}")
-    p.add_argument("--out", help="run directory (default runs/ued-<env>-<method>-<time>)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+    # checkpoints at every held-out evaluation (eval_every iterations); --stop-at counts iterations
+    return experiment.core_flags(p).parse_args(argv)
 
 
 def build_config(args):
@@ -62,13 +57,19 @@ def main(argv=None):
     if args.config and not os.path.exists(args.config):
         raise ConfigError(f"no such config file: {args.config}")
     config = build_config(args)
-    out = args.out or os.path.join(
-        "runs", f"ued-{config.env}-{config.method}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    if os.path.exists(out) and os.listdir(out):
-        raise ConfigError(f"run directory {out} is not empty: pass another --out")
-
+    from meta.env_design import UEDConfig
     if config.method == "groove":
+        out = args.out or experiment.default_out(f"ued-{config.env}-groove")
+        if os.path.exists(out) and os.listdir(out):
+            raise ConfigError(f"run directory {out} is not empty: pass another --out")
         return run_groove(config, out, args)
+    given = any([args.config, args.env, args.method, args.score, args.seeds, args.iterations, args.overrides])
+    run = experiment.start(args.out, f"ued-{config.env}-{config.method}", config, UEDConfig, resume=args.resume,
+                           given=given)
+    config = run.config.validate()
+    out = run.path
+    every = config.eval_every
+    stop_at = experiment.stop_point(config.num_iterations, every, args.stop_at)
 
     import jax
     import numpy as np
@@ -78,8 +79,7 @@ def main(argv=None):
 
     ued = env_design.make(config)   # loads the held-out levels: a bad level file stops here
     space = ued.space
-    seeds, keys, coin_keys = start_run(config, out, config.num_iterations)
-    every = config.eval_every
+    seeds, keys, coin_keys = run_keys(config, config.num_iterations)
     show = not args.no_progress
 
     def chunk_fn(state, coins):
@@ -97,19 +97,22 @@ def main(argv=None):
     steps = config.env_steps_per_iteration(space.max_steps)
 
     t0 = time.time()
-    state = init(keys)
-    eval_rows, metric_rows, timeline = [], [], []
+    state, done = run.restore(init(keys))
+    if done >= config.num_iterations:
+        raise ConfigError(f"the run in {out} is already complete ({done} iterations)")
+    if run.resumed:
+        for name in ("metrics.csv", "held_out.csv"):
+            run.cut_rows(name, lambda row: int(row["iteration"]) <= done)
+        print(f"resuming from iteration {done}")
 
     def record_eval(it, state):
         res = jax.device_get(evaluate(state, jax.vmap(lambda k: jax.random.fold_in(k, 1000 + it))(keys)))
         solved = res["solved"].mean(-1)    # [seed, level]
         ret = res["returns"].mean(-1)
-        for s in range(config.seeds):
-            for li, name in enumerate(space.held_out_names):
-                eval_rows.append({"iteration": it, "env_steps": it * steps["trained"], "seed": int(seeds[s]),
-                                  "level": name, "solve_rate": float(solved[s, li]), "return": float(ret[s, li])})
-        timeline.append((it, solved.mean(1), ret.mean(1), solved))
-        return solved
+        run.append_rows("held_out.csv", [
+            {"iteration": it, "env_steps": it * steps["trained"], "seed": int(seeds[s]), "level": name,
+             "solve_rate": float(solved[s, li]), "return": float(ret[s, li])}
+            for s in range(config.seeds) for li, name in enumerate(space.held_out_names)])
 
     def picture(it, state):
         path = os.path.join(out, f"buffer_{it:05d}.png")
@@ -130,40 +133,62 @@ def main(argv=None):
             title = f"{config.method}: levels proposed at iteration {it} (seed {int(seeds[0])})"
         plot_levels(space, lv, scores, title, path)
 
-    solved = record_eval(0, state)
-    if 0 in config.buffer_iterations:
-        picture(0, state)
+    if done == 0:
+        record_eval(0, state)
+        if 0 in config.buffer_iterations:
+            picture(0, state)
+    run.open_logger(args.logger, config.seeds)
+    watch = experiment.FiniteWatch(member_axis=1)
     compile_s = None
-    with progress.bar(config.num_iterations, desc=f"ued {config.method}", enabled=show) as bar:
-        for c in range(config.num_iterations // every):
+    with progress.bar(config.num_iterations, desc=f"ued {config.method}", enabled=show, initial=done) as bar:
+        while done < stop_at:
             if bar is not None:
-                bar.set_offset(c * every)
+                bar.set_offset(done)
             start = time.time()
-            state, metrics = chunk(state, coin_keys[c * every:(c + 1) * every])
+            state, metrics = chunk(state, coin_keys[done:done + every])
             metrics = jax.device_get(metrics)
             if compile_s is None:
                 compile_s = time.time() - start
+            rows = []
             for i in range(every):
-                it = c * every + i + 1
+                it = done + i + 1
                 for s in range(config.seeds):
                     row = {"iteration": it, "env_steps": it * steps["trained"],
                            "env_steps_total": it * steps["total"], "seed": int(seeds[s])}
                     row.update({k: float(v[i, s]) for k, v in sorted(metrics.items())})
-                    metric_rows.append(row)
-            it = (c + 1) * every
-            solved = record_eval(it, state)
-            if it in config.buffer_iterations:
-                picture(it, state)
+                    rows.append(row)
+            run.append_rows("metrics.csv", rows)
+            run.log([{**r, "member": r["seed"] - config.seed} for r in rows])
+            watch.check(metrics, state.student.params, done)
+            done += every
+            record_eval(done, state)
+            if done in config.buffer_iterations:
+                picture(done, state)
+            run.save(state, done)
+    run.close()
     wall = time.time() - t0
+    if done < config.num_iterations:
+        run.write_json("summary.json", {"env": config.env, "method": config.method, "iterations": done,
+                                        "complete": False})
+        print(f"stopped at iteration {done}; continue with --out {out} --resume")
+        return {"complete": False, "iterations": done}
 
-    write_csv(os.path.join(out, "metrics.csv"), metric_rows)
-    write_csv(os.path.join(out, "held_out.csv"), eval_rows)
+    # the held-out record of the whole run, read back (a resumed run's first part is on disk only)
+    held = run.read_rows("held_out.csv")
+    its = sorted({int(r["iteration"]) for r in held})
+    table = np.zeros((len(its), config.seeds, len(space.held_out_names), 2))
+    for r in held:
+        table[its.index(int(r["iteration"])), int(r["seed"]) - config.seed,
+              space.held_out_names.index(r["level"])] = (r["solve_rate"], r["return"])
+    timeline = [(it, table[k, :, :, 0].mean(1), table[k, :, :, 1].mean(1)) for k, it in enumerate(its)]
     plot_timeline(timeline, steps["trained"], space.held_out_names, config, os.path.join(out, "held_out.png"))
+    solved = table[-1, :, :, 0]
     per_seed = solved.mean(1)
     final_ret = timeline[-1][2]
     summary = {
         "env": config.env, "method": config.method, "score": config.score, "seeds": [int(s) for s in seeds],
-        "iterations": config.num_iterations, "env_steps_trained": config.num_iterations * steps["trained"],
+        "iterations": config.num_iterations, "complete": True,
+        "env_steps_trained": config.num_iterations * steps["trained"],
         "env_steps_total": config.num_iterations * steps["total"],
         "held_out_solve_rate_mean": float(per_seed.mean()), "held_out_solve_rate_std": float(per_seed.std()),
         "held_out_return_mean": float(final_ret.mean()), "held_out_return_std": float(final_ret.std()),
@@ -171,8 +196,7 @@ def main(argv=None):
         "held_out_solve_rate_per_seed": [float(x) for x in per_seed],
         "wall_s": wall, "first_chunk_s_incl_compile": compile_s,
     }
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    run.write_json("summary.json", summary)
     print(f"{config.method} on {config.env}: held-out solve rate {per_seed.mean():.3f} ± {per_seed.std():.3f} "
           f"(return {final_ret.mean():.3f} ± {final_ret.std():.3f}) over {config.seeds} seeds after "
           f"{summary['env_steps_trained']} trained env steps ({summary['env_steps_total']} in all); "
@@ -180,14 +204,12 @@ def main(argv=None):
     return summary
 
 
-def start_run(config, out, num_steps):
-    """Writes OUT/config.yaml; returns the seeds, one key per seed and the
-    per-step keys shared by all seeds (the buffer's replay coin flips)."""
+def run_keys(config, num_steps):
+    """The seeds, one key per seed and the per-step keys shared by all seeds
+    (the buffer's replay coin flips)."""
     import jax
     import numpy as np
 
-    os.makedirs(out, exist_ok=True)
-    cfg.save_yaml(config, os.path.join(out, "config.yaml"))
     seeds = config.seed + np.arange(config.seeds)
     keys = jax.vmap(jax.random.PRNGKey)(seeds.astype(np.uint32))
     coin_keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), 7919), num_steps)
@@ -274,7 +296,9 @@ def run_groove(config, out, args):
 
     g = groove.make(config)
     space = g.space
-    seeds, keys, coin_keys = start_run(config, out, config.generations)
+    os.makedirs(out, exist_ok=True)
+    cfg.save_yaml(config, os.path.join(out, "config.yaml"))
+    seeds, keys, coin_keys = run_keys(config, config.generations)
     every = config.eval_every
     chunk = jax.jit(lambda s, coins: jax.lax.scan(
         lambda s, c: jax.vmap(g.generation, in_axes=(0, None))(s, c), s, coins))

@@ -245,7 +245,7 @@ class FiniteWatch:
     episode ends. `check` names the first (iteration, member, metric) that
     went non-finite after being finite, and the parameters' state."""
 
-    def __init__(self, member_axis=0, names=lambda name: "loss" in name):
+    def __init__(self, member_axis=0, names=lambda name: "loss" in name):   # member_axis: of the metrics
         self.member_axis, self.names, self.seen = member_axis, names, {}
 
     def check(self, metrics, params, first_iteration, unit="iteration"):
@@ -269,7 +269,7 @@ class FiniteWatch:
                             first = (i, member, name)
                         break
                 self.seen[(name, member)] = seen
-        bad = _bad_members(params, self.member_axis)
+        bad = _bad_members(params)   # (the state is vmapped: its members are on axis 0)
         if first is None and not bad:
             return
         if first is not None:

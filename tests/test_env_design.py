@@ -360,10 +360,24 @@ def test_cli_plr_run_end_to_end_replays_when_the_coin_says(tmp_path):
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = tmp_path / "ued"
-    proc = subprocess.run([sys.executable, "run.py", "meta", "ued", *UED_CLI, "--out", str(out)], cwd=root,
-                          capture_output=True, text=True, timeout=600)
+    out, stopped = tmp_path / "ued", str(tmp_path / "stopped")
+    # the whole run; the same stopped after the first chunk (its checkpoint) and resumed; in one process
+    # sharing compiled programs through JAX's cache (what carries over comes from disk)
+    steps = [["meta", "ued", *UED_CLI, "--out", str(out)], ["meta", "ued", *UED_CLI, "--out", stopped, "--stop-at", "2"],
+             ["copy", stopped, stopped + "_at_2"], ["meta", "ued", "--out", stopped, "--resume", "--no-progress"]]
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    proc = subprocess.run([sys.executable, "-m", "tests.population_worker", "cli", json.dumps(steps)], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(os.path.join(stopped + "_at_2", "summary.json")) as f:
+        assert json.load(f) == {"env": "maze", "method": "plr", "iterations": 2, "complete": False}
+    with open(os.path.join(stopped + "_at_2", "checkpoint.json")) as f:
+        assert json.load(f) == {"iteration": 2}
+    assert "resuming from iteration 2" in proc.stdout
+    for name in ("metrics.csv", "held_out.csv"):
+        with open(out / name) as f, open(os.path.join(stopped, name)) as g:
+            assert f.read() == g.read(), name
     assert {"config.yaml", "metrics.csv", "held_out.csv", "held_out.png", "summary.json", "buffer_00000.png",
             "buffer_00002.png", "buffer_00004.png"} <= set(os.listdir(out))
     from src import config as cfg
