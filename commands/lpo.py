@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import os
 
+from src import experiment
 from src.config import ConfigError
 
 
@@ -63,19 +64,13 @@ class LPOConfig:
 
 def parser():
     p = argparse.ArgumentParser(prog="run.py meta lpo", description=__doc__.split("\n")[0])
-    p.add_argument("--config", help="YAML preset (configs/lpo_*.yaml)")
     p.add_argument("--env", action="append", default=None, help="meta-training env (repeatable)")
     p.add_argument("--held-out", action="append", default=None, help="env to evaluate the result on (repeatable)")
     p.add_argument("--pop", type=int, help="ES population")
     p.add_argument("--generations", type=int)
-    p.add_argument("--seeds", type=int, help="inner runs per member")
     p.add_argument("--strategy", help="openes, snes or cma_es")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key; inner PPO keys as inner.KEY=VALUE")
-    p.add_argument("--out", help="run directory (default runs/lpo-<env>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--stop-at", type=int, metavar="GENERATION", help="stop after this generation (checkpointed)")
-    p.add_argument("--no-progress", action="store_true")
+    # --set takes inner PPO keys as inner.KEY=VALUE; --seeds is inner runs per member; --stop-at counts generations
+    experiment.core_flags(p, logger=False)
     p.add_argument("--reevaluate", metavar="ENV",
                    help="evaluate the finished run in --out again on ENV (fresh seeds; writes reeval_ENV_N_KEY.json)")
     p.add_argument("--reeval-seeds", type=int, default=64, help="seeds for --reevaluate")
@@ -122,33 +117,16 @@ def inner_config(config: LPOConfig, env: str):
 
 def main(argv):
     args = parser().parse_args(argv)
-    from src import config as cfg
-
     if args.reevaluate:
         return reevaluate(args.out, args.reevaluate, args.reeval_seeds, args.reeval_key)
     config = build_config(args)
+    inner = {env: inner_config(config, env) for env in config.envs + config.held_out}   # checked before the run dir
+    given = any([args.config, args.env, args.held_out, args.pop, args.generations, args.seeds,
+                 args.strategy, args.overrides])
+    run = experiment.start(args.out, f"lpo-{config.envs[0]}", config, LPOConfig, resume=args.resume, given=given,
+                           unit="generation")
+    config, out = run.config.validate(), run.path
     inner = {env: inner_config(config, env) for env in config.envs + config.held_out}
-    out = args.out
-    if args.resume:
-        if not out or not os.path.exists(os.path.join(out, "config.yaml")):
-            raise ConfigError("--resume needs --out RUN_DIR of an earlier `meta lpo` run (with config.yaml)")
-        stored = cfg.from_dict(LPOConfig, cfg.load_yaml(os.path.join(out, "config.yaml"))).validate()
-        given = any([args.config, args.env, args.held_out, args.pop, args.generations, args.seeds,
-                     args.strategy, args.overrides])
-        if given and stored != config:
-            changed = [k for k in cfg.field_names(LPOConfig) if getattr(stored, k) != getattr(config, k)]
-            raise ConfigError(f"--resume: the run in {out} has a different config ({', '.join(changed)}); "
-                              "a resumed run keeps its own config, so pass only --out and --resume")
-        config = stored
-        inner = {env: inner_config(config, env) for env in config.envs + config.held_out}
-    else:
-        import datetime
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = out or os.path.join("runs", f"lpo-{config.envs[0].replace('/', '_')}-{stamp}")
-        if os.path.exists(out) and os.listdir(out):
-            raise ConfigError(f"run directory {out} is not empty: pass --resume to continue it or another --out")
-        os.makedirs(out, exist_ok=True)
-        cfg.save_yaml(config, os.path.join(out, "config.yaml"))
     if args.stop_at is not None and not 0 < args.stop_at <= config.generations:
         raise ConfigError(f"--stop-at must be in 1..{config.generations}")
     return meta_train(config, inner, out, resume=args.resume, stop_at=args.stop_at,
