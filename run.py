@@ -38,10 +38,7 @@ META_LOOPS = {
 }
 ROBUST_MODULE = "commands.robust"
 
-
-def algorithms():
-    from agents import ppo, sac
-    return {"ppo": ppo, "sac": sac}
+from agents import algorithms, load_run, member_keys, stacked_hparams  # noqa: E402  (after the CPU settings)
 
 
 def parse_args(argv):
@@ -138,21 +135,6 @@ def parse_sweep(module, config, sweeps):
 def make_members(config, grid):
     combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
     return [{"seed": config.seed + s, "hparams": combo} for combo in combos for s in range(config.seeds)]
-
-
-def stacked_hparams(module, config, members):
-    import jax.numpy as jnp
-
-    base = module.hparams_from(config)
-    columns = {name: jnp.array([m["hparams"].get(name, float(getattr(config, name))) for m in members],
-                               jnp.float32) for name in module.HPARAM_NAMES}
-    return base.replace(**columns)
-
-
-def member_keys(members):
-    import jax
-    import jax.numpy as jnp
-    return jax.vmap(jax.random.PRNGKey)(jnp.array([m["seed"] for m in members], jnp.uint32))
 
 
 # ----------------------------------------------------------------------------- train
@@ -319,20 +301,6 @@ def train(args):
 
 
 # ----------------------------------------------------------------------------- eval / plot / envs
-
-def load_run(run_dir):
-    from src import config as cfg
-    from src import rundir
-
-    path = os.path.join(run_dir, "config.yaml")
-    if not os.path.exists(path):
-        raise cfg.ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
-    data = cfg.load_yaml(path)
-    module = algorithms().get(data.get("algo", "ppo"))
-    if module is None:
-        raise cfg.ConfigError(f"{run_dir}: unknown algorithm {data.get('algo')!r}")
-    return module, cfg.from_dict(module.CONFIG, data).validate(), rundir.read_members(run_dir)
-
 
 def evaluate(args):
     import jax

@@ -60,12 +60,12 @@ def parse(argv=None):
 def load(run_dir):
     import jax
 
-    from commands import robust
+    import agents
     from meta import adversary as adv
 
-    module, config, members = robust.load_run(run_dir)
+    module, config, members = agents.load_run(run_dir, need_checkpoint=True)
     agent = module.make(config)
-    state = robust.restore_members(run_dir, module, agent, config, members)
+    state = agents.restore_members(run_dir, module, agent, config, members)
     victim, to_vparams = adv.victim_of(agent)
     if victim.discrete:
         raise SystemExit("this diagnosis is for continuous-action victims")

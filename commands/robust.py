@@ -97,40 +97,6 @@ def check_args(args):
     return names, eps, threat, budgets
 
 
-def load_run(run_dir):
-    """(module, config, members) of a run directory that has a checkpoint."""
-    from agents import ppo, sac
-    from src import config as cfg
-    from src import rundir
-
-    if not os.path.exists(os.path.join(run_dir, "config.yaml")):
-        raise cfg.ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
-    if not os.path.isdir(os.path.join(run_dir, "checkpoint")):
-        raise cfg.ConfigError(f"{run_dir} has no checkpoint (no {os.path.join(run_dir, 'checkpoint')}/): "
-                              "train it to the end (or to a --stop-at) first")
-    data = cfg.load_yaml(os.path.join(run_dir, "config.yaml"))
-    modules = {"ppo": ppo, "sac": sac}
-    module = modules.get(data.get("algo", "ppo"))
-    if module is None:
-        raise cfg.ConfigError(f"{run_dir}: unknown algorithm {data.get('algo')!r}; known: {', '.join(modules)}")
-    return module, cfg.from_dict(module.CONFIG, data).validate(), rundir.read_members(run_dir)
-
-
-def restore_members(run_dir, module, agent, config, members):
-    import jax
-    import jax.numpy as jnp
-
-    from src import checkpoint
-
-    keys = jax.vmap(jax.random.PRNGKey)(jnp.array([m["seed"] for m in members], jnp.uint32))
-    base = module.hparams_from(config)
-    hparams = base.replace(**{name: jnp.array([m["hparams"].get(name, float(getattr(config, name)))
-                                                for m in members], jnp.float32) for name in module.HPARAM_NAMES})
-    # only shapes and dtypes are needed: no compiled init
-    like = jax.eval_shape(jax.vmap(agent.init), keys, hparams)
-    return checkpoint.restore(os.path.join(run_dir, "checkpoint"), like)
-
-
 def action_bounds(args, agent):
     """(low, high) for make_attack's clipped objectives, or None (see --action-objective).
     make_attack itself refuses a victim whose agent maps its actions."""
@@ -372,7 +338,8 @@ def main(argv):
 
     args = parse_args(argv)
     names, eps, threat, budgets = check_args(args)
-    module, config, members = load_run(args.run_dir)
+    from agents import load_run, restore_members
+    module, config, members = load_run(args.run_dir, need_checkpoint=True)
 
     import jax
 
