@@ -12,9 +12,7 @@ run directory:
     summary.json       final held-out solve rate and return, env steps, timings
 """
 import argparse
-import csv
 import dataclasses
-import json
 import os
 import time
 
@@ -56,13 +54,17 @@ def main(argv=None):
     args = parse(argv or [])
     if args.config and not os.path.exists(args.config):
         raise ConfigError(f"no such config file: {args.config}")
+    given = any([args.config, args.env, args.method, args.score, args.seeds, args.iterations, args.overrides])
+    stored = os.path.join(args.out or "", "config.yaml")
+    if args.resume and args.method is None and os.path.exists(stored):   # GROOVE's runs have a config of their own
+        args.method = cfg.load_yaml(stored).get("method")
     config = build_config(args)
     from meta.env_design import UEDConfig
     if config.method == "groove":
-        out = args.out or experiment.default_out(f"ued-{config.env}-groove")
-        if os.path.exists(out) and os.listdir(out):
-            raise ConfigError(f"run directory {out} is not empty: pass another --out")
-        return run_groove(config, out, args)
+        from meta.groove import GrooveConfig
+        run = experiment.start(args.out, f"ued-{config.env}-groove", config, GrooveConfig, resume=args.resume,
+                               given=given, unit="generation")
+        return run_groove(run.config.validate(), run, args)
     given = any([args.config, args.env, args.method, args.score, args.seeds, args.iterations, args.overrides])
     run = experiment.start(args.out, f"ued-{config.env}-{config.method}", config, UEDConfig, resume=args.resume,
                            given=given)
@@ -216,15 +218,6 @@ def run_keys(config, num_steps):
     return seeds, keys, coin_keys
 
 
-def write_csv(path, rows):
-    if not rows:
-        return
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def plot_levels(space, levels, scores, title, path, max_levels=16):
     import matplotlib
     matplotlib.use("Agg")
@@ -285,10 +278,11 @@ def plot_timeline(timeline, steps_per_it, names, config, path):
     plt.close(fig)
 
 
-def run_groove(config, out, args):
+def run_groove(config, run, args):
     """GROOVE (meta/groove.py): generations of ES over a learned objective, the
     level buffer driven by algorithmic regret; held-out levels scored by
-    training the ES mean's objective (and PPO-clip) from scratch on each."""
+    training the ES mean's objective (and PPO-clip) from scratch on each.
+    Checkpointed at every evaluation (eval_every generations)."""
     import jax
     import numpy as np
 
@@ -296,59 +290,69 @@ def run_groove(config, out, args):
 
     g = groove.make(config)
     space = g.space
-    os.makedirs(out, exist_ok=True)
-    cfg.save_yaml(config, os.path.join(out, "config.yaml"))
+    out = run.path
     seeds, keys, coin_keys = run_keys(config, config.generations)
     every = config.eval_every
+    stop_at = experiment.stop_point(config.generations, every, args.stop_at, "generations")
     chunk = jax.jit(lambda s, coins: jax.lax.scan(
         lambda s, c: jax.vmap(g.generation, in_axes=(0, None))(s, c), s, coins))
     evaluate = jax.jit(jax.vmap(g.evaluate))
     t0 = time.time()
-    state = jax.jit(jax.vmap(g.init))(keys)
-    metric_rows, eval_rows = [], []
+    state, done = run.restore(jax.jit(jax.vmap(g.init))(keys))
+    if done >= config.generations:
+        raise ConfigError(f"the run in {out} is already complete ({done} generations)")
+    if run.resumed:
+        for name in ("metrics.csv", "held_out.csv"):
+            run.cut_rows(name, lambda row: int(row["generation"]) <= done)
+        print(f"resuming from generation {done}")
 
     def record(gen, state):
         res = jax.device_get(evaluate(state, jax.vmap(lambda k: jax.random.fold_in(k, 1000 + gen))(keys)))
-        for s in range(config.seeds):
-            for li, name in enumerate(space.held_out_names):
-                eval_rows.append({"generation": gen, "seed": int(seeds[s]), "level": name,
-                                  "solve_rate": float(res["solved"][s, li].mean()),
-                                  "return": float(res["returns"][s, li].mean()),
-                                  "ppo_clip_solve_rate": float(res["ppo_clip_solved"][s, li].mean()),
-                                  "ppo_clip_return": float(res["ppo_clip_returns"][s, li].mean())})
-        return res
+        run.append_rows("held_out.csv", [
+            {"generation": gen, "seed": int(seeds[s]), "level": name,
+             "solve_rate": float(res["solved"][s, li].mean()), "return": float(res["returns"][s, li].mean()),
+             "ppo_clip_solve_rate": float(res["ppo_clip_solved"][s, li].mean()),
+             "ppo_clip_return": float(res["ppo_clip_returns"][s, li].mean())}
+            for s in range(config.seeds) for li, name in enumerate(space.held_out_names)])
 
-    res = record(0, state)
-    for c in range(config.generations // every):
-        state, metrics = chunk(state, coin_keys[c * every:(c + 1) * every])
+    if done == 0:
+        record(0, state)
+    while done < stop_at:
+        state, metrics = chunk(state, coin_keys[done:done + every])
         metrics = jax.device_get(metrics)
-        for i in range(every):
-            for s in range(config.seeds):
-                row = {"generation": c * every + i + 1, "seed": int(seeds[s])}
-                row.update({k: float(v[i, s]) for k, v in sorted(metrics.items())})
-                metric_rows.append(row)
-        res = record((c + 1) * every, state)
+        run.append_rows("metrics.csv", [
+            {"generation": done + i + 1, "seed": int(seeds[s]), **{k: float(v[i, s]) for k, v in sorted(metrics.items())}}
+            for i in range(every) for s in range(config.seeds)])
+        done += every
+        record(done, state)
+        run.save(state, done)
         if not args.no_progress:
-            print(f"generation {(c + 1) * every}/{config.generations}: fitness "
+            print(f"generation {done}/{config.generations}: fitness "
                   f"{metrics['fitness_mean'][-1].mean():.1f}, regret {metrics['regret'][-1].mean():.1f}", flush=True)
     wall = time.time() - t0
-    write_csv(os.path.join(out, "metrics.csv"), metric_rows)
-    write_csv(os.path.join(out, "held_out.csv"), eval_rows)
+    if done < config.generations:
+        run.write_json("summary.json", {"env": config.env, "method": "groove", "generations": done,
+                                        "complete": False})
+        print(f"stopped at generation {done}; continue with --out {out} --resume")
+        return {"complete": False, "generations": done}
     buf = jax.device_get(jax.tree.map(lambda x: x[0], state.buffer))
     order = [i for i in np.argsort(-buf.scores) if buf.filled[i]]
     plot_levels(space, jax.tree.map(lambda x: x[np.array(order, int)], buf.levels), buf.scores[order],
                 f"GROOVE buffer after {config.generations} generations (seed {int(seeds[0])}), "
                 "score = algorithmic regret", os.path.join(out, f"buffer_{config.generations:05d}.png"))
-    solved = res["solved"].mean(-1).mean(-1)
-    ref_solved = res["ppo_clip_solved"].mean(-1).mean(-1)
+    # the last evaluation and generation, read back (a resumed run's first part is on disk only)
+    last = [r for r in run.read_rows("held_out.csv") if int(r["generation"]) == done]
+    final = [r for r in run.read_rows("metrics.csv") if int(r["generation"]) == done]
+    per_seed = {name: np.array([np.mean([r[name] for r in last if r["seed"] == s]) for s in seeds])
+                for name in ("solve_rate", "ppo_clip_solve_rate")}
+    solved, ref_solved = per_seed["solve_rate"], per_seed["ppo_clip_solve_rate"]
     summary = {"env": config.env, "method": "groove", "seeds": [int(s) for s in seeds],
-               "generations": config.generations,
+               "generations": config.generations, "complete": True,
                "held_out_solve_rate_mean": float(solved.mean()), "held_out_solve_rate_std": float(solved.std()),
                "ppo_clip_held_out_solve_rate_mean": float(ref_solved.mean()),
-               "final_regret": float(metrics["regret"][-1].mean()),
-               "final_fitness": float(metrics["fitness_mean"][-1].mean()), "wall_s": wall}
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+               "final_regret": float(np.mean([r["regret"] for r in final])),
+               "final_fitness": float(np.mean([r["fitness_mean"] for r in final])), "wall_s": wall}
+    run.write_json("summary.json", summary)
     print(f"groove on {config.env}: learned objective solves {solved.mean():.3f} ± {solved.std():.3f} of held-out "
           f"episodes (PPO-clip {ref_solved.mean():.3f}); final regret {summary['final_regret']:.1f}; "
           f"{wall:.0f} s. Run directory: {out}")
