@@ -54,9 +54,8 @@ def parse():
     p.add_argument("--name", default="robustness")
     args = p.parse_args()
     if args.config:   # the preset's keys become defaults: flags given on the command line win
-        import yaml
-        with open(args.config) as f:
-            preset = yaml.safe_load(f) or {}
+        from src import config as cfg     # the presets' loader: `base:` inheritance, safe_load
+        preset = cfg.load_yaml(args.config)
         for key in preset:
             if not hasattr(args, key.replace("-", "_")):
                 raise SystemExit(f"error: unknown key {key!r} in {args.config}")

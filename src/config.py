@@ -5,6 +5,7 @@ naming the valid choices.
 """
 import dataclasses
 import difflib
+import os
 import typing
 
 import yaml
@@ -82,12 +83,30 @@ def override(config, assignments):
     return dataclasses.replace(config, **changes)
 
 
-def load_yaml(path) -> dict:
+def load_yaml(path, _seen=()) -> dict:
+    """A preset's keys. `base: OTHER.yaml` (a path relative to this file)
+    inherits OTHER's keys; this file's keys win, and mappings (such as LPO's
+    `inner`) merge key by key."""
     with open(path) as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
-    return data
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = os.path.join(os.path.dirname(os.path.abspath(path)), str(base))
+    if os.path.abspath(base_path) in _seen or os.path.abspath(base_path) == os.path.abspath(path):
+        raise ConfigError(f"{path}: `base: {base}` inherits from itself")
+    if not os.path.exists(base_path):
+        raise ConfigError(f"{path}: base preset {base_path} does not exist")
+    return _merge(load_yaml(base_path, (*_seen, os.path.abspath(path))), data)
+
+
+def _merge(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def to_dict(config) -> dict:

@@ -80,3 +80,25 @@ def test_rows_append_read_and_cut(tmp_path):
     assert math.isnan(rows[1]["v"])
     r.cut_rows("m.csv", lambda row: int(row["iteration"]) <= 2)
     assert len(r.read_rows("m.csv")) == 2
+
+
+def test_presets_inherit_from_a_base_and_refuse_a_cycle(tmp_path):
+    from src import config as cfg
+    (tmp_path / "a.yaml").write_text("lr: 0.1\nseeds: 2\ninner: {num_envs: 4, lr: 0.5}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nseeds: 3\ninner: {lr: 0.25}\n")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "c.yaml").write_text("base: ../b.yaml\nenv: Acrobot-v1\n")
+    assert cfg.load_yaml(sub / "c.yaml") == {"lr": 0.1, "seeds": 3, "inner": {"num_envs": 4, "lr": 0.25},
+                                              "env": "Acrobot-v1"}
+    (tmp_path / "x.yaml").write_text("base: y.yaml\n")
+    (tmp_path / "y.yaml").write_text("base: x.yaml\n")
+    with pytest.raises(ConfigError, match="inherits from itself"):
+        cfg.load_yaml(tmp_path / "x.yaml")
+    (tmp_path / "z.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="does not exist"):
+        cfg.load_yaml(tmp_path / "z.yaml")
+    # a derived preset in configs/ resolves to its base plus its own keys
+    sappo, plain = cfg.load_yaml("configs/ppo_cartpole_sappo.yaml"), cfg.load_yaml("configs/ppo_cartpole.yaml")
+    assert {k: v for k, v in sappo.items() if plain.get(k) != v} == {
+        "seeds": 5, "ent_coef": 0.0, "sa_kappa": 1.0, "sa_eps": 0.2, "sa_pgd_steps": 10, "sa_ramp": 0.5}
