@@ -200,7 +200,7 @@ def train(args):
     if args.objective != "ppo":   # a bad --objective fails before the run directory exists
         if config.algo != "ppo":
             raise ConfigError(f"--objective applies to ppo only, not {config.algo}")
-        from meta import learned_objective
+        from agents import objectives as learned_objective
         learned_objective.from_spec(args.objective, config.num_iterations)
     given = any([args.config, args.env, args.seeds, args.total_steps, args.overrides, args.sweep, args.algo])
     run = experiment.start(args.out, f"{config.env}-{config.algo}", config, module.CONFIG, resume=args.resume,

@@ -48,7 +48,7 @@ def setup(iterations, num_envs=4, num_steps=32):
     import numpy as np
 
     from agents import ppo
-    from meta import learned_objective as lo
+    from agents import objectives as lo
 
     config = inner_config(iterations, num_envs, num_steps)
     agent = ppo.make(config, objective=lo.learned())
@@ -78,7 +78,7 @@ def pieces(args, sizes, repeats):
 
     import envs
     from agents import ppo
-    from meta import learned_objective as lo
+    from agents import objectives as lo
     from src.networks import ActorCritic, entropy, log_prob, sample
 
     config = inner_config(args.iterations, args.num_envs, args.num_steps)

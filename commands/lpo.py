@@ -159,7 +159,7 @@ def compare(config, ppo_config, objective, named_params, key, population):
     import numpy as np
 
     from agents import ppo
-    from meta import learned_objective as lo
+    from agents import objectives as lo
 
     windows = {"final": lo.final_window(ppo_config.num_iterations), "auc": ppo_config.num_iterations}
     n = config.eval_seeds
@@ -209,7 +209,7 @@ def reevaluate(out, env, seeds, key_seed):
 
     import jax
 
-    from meta import learned_objective as lo
+    from agents import objectives as lo
     from src import config as cfg
     from src import population, rundir
 
@@ -238,7 +238,7 @@ def initial_drift(config: LPOConfig, clip_eps):
     """The ES's starting mean: the drift fitted to PPO-clip, or a random one."""
     import jax
 
-    from meta import learned_objective as lo
+    from agents import objectives as lo
 
     init_key = jax.random.split(jax.random.PRNGKey(config.seed), 4)[0]
     temporal = config.objective == "temporal"
@@ -255,7 +255,7 @@ def meta_train(config: LPOConfig, inner, out, resume=False, stop_at=None, show_p
 
     from agents import ppo
     from meta import es as es_lib
-    from meta import learned_objective as lo
+    from agents import objectives as lo
     from src import population, rundir
 
     key = jax.random.PRNGKey(config.seed)

@@ -1,5 +1,5 @@
 """GROOVE's setting: algorithmic regret drives a level buffer while evolution
-strategies meta-train a learned PPO objective (meta/learned_objective.py,
+strategies meta-train a learned PPO objective (agents/objectives.py,
 meta/es.py).
 
 One generation:
@@ -26,7 +26,7 @@ from flax import struct
 from agents import ppo
 from meta import env_design as ed
 from meta import es as es_lib
-from meta import learned_objective as lo
+from agents import objectives as lo
 from src.config import ConfigError
 
 

@@ -36,7 +36,7 @@ def mlp_fitness(params, key):
 def ppo_fitness():
     """Final return of a tiny PPO run with a learned drift objective."""
     from agents import ppo
-    from meta import learned_objective as lo
+    from agents import objectives as lo
 
     config = ppo.PPOConfig(total_steps=4 * 16 * 3, num_envs=4, num_steps=16, hidden=(8,), num_epochs=1,
                            num_minibatches=2)
@@ -57,7 +57,7 @@ def sharded(with_ppo=""):
               "mlp_equal": bool(np.array_equal(a, b)), "mlp": a.tolist()}
     if not with_ppo:
         return result
-    drift = jax.vmap(lambda k: __import__("meta.learned_objective", fromlist=["x"]).init_drift(k, scale=3.0))(
+    drift = jax.vmap(lambda k: __import__("agents.objectives", fromlist=["x"]).init_drift(k, scale=3.0))(
         jax.random.split(jax.random.PRNGKey(3), 4))
     pkeys = keys[:4, :1]
     fit = ppo_fitness()

@@ -76,7 +76,7 @@ def test_tiny_meta_training_resumes_bit_identically_and_trains_with_the_result(t
     rows = [[{k: v for k, v in r.items() if k != "seconds"} for r in __import__("meta.es").es.read_fitness(d)]
             for d in (a, b)]
     assert rows[0] == rows[1] and len(rows[0]) == 3
-    from meta import learned_objective as lo
+    from agents import objectives as lo
     (_, pa), (_, pb) = lo.load(a), lo.load(b)
     np.testing.assert_array_equal(pa["w1"], pb["w1"])
     summary = json.load(open(os.path.join(a, "summary.json")))
@@ -137,7 +137,7 @@ def lpo_runs(tmp_path_factory):
 
 
 def test_cli_run_stops_resumes_and_ends_as_the_uninterrupted_run(lpo_runs):
-    from meta import learned_objective as lo
+    from agents import objectives as lo
     a, b, runs = lpo_runs
     stopped = runs["after_stop"]
     assert [r["generation"] for r in stopped["rows"]] == ["1"] and stopped["checkpoint"] == {"generation": 1}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from agents import ppo
-from meta import learned_objective as lo
+from agents import objectives as lo
 from src.config import ConfigError
 
 
