@@ -65,7 +65,6 @@ def main(argv=None):
         run = experiment.start(args.out, f"ued-{config.env}-groove", config, GrooveConfig, resume=args.resume,
                                given=given, unit="generation")
         return run_groove(run.config.validate(), run, args)
-    given = any([args.config, args.env, args.method, args.score, args.seeds, args.iterations, args.overrides])
     run = experiment.start(args.out, f"ued-{config.env}-{config.method}", config, UEDConfig, resume=args.resume,
                            given=given)
     config = run.config.validate()

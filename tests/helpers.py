@@ -24,7 +24,7 @@ class TraceCounter:
 # the machine they were recorded on; XLA's CPU code differs between CPU models
 # and JAX versions, so elsewhere the check is skipped rather than loosened
 # (a loosened check would pass changed random streams).
-# Record:  GOLDEN_RECORD=1 python -m pytest -n 0 tests/ -k golden
+# Record:  GOLDEN_RECORD=1 python benchmarks/record_goldens.py
 
 GOLDEN_DIR = __import__("os").path.join(__import__("os").path.dirname(__file__), "golden")
 
@@ -61,28 +61,40 @@ def csv_numbers(path, drop=()):
     return [{k: parse(v) for k, v in row.items() if k not in drop} for row in rows]
 
 
-def check_golden(name, data):
+def check_golden(name, data, where=None):
     """`data` (JSON-able: numbers, strings, lists, dicts) equals the recorded
-    tests/golden/NAME.json exactly (NaN equals NaN)."""
+    tests/golden/NAME.json exactly (NaN equals NaN). `where`: "subprocess"
+    for numbers a fresh `run.py` process made (it shards over every core);
+    by default the number of JAX devices this process has, which changes the
+    compiled programs (run.py sets it when imported before JAX starts, so it
+    depends on which test module came first). Each is recorded on its own;
+    one not recorded here is skipped."""
     import json
     import math
     import os
 
     import pytest
 
+    where = where or f"{len(jax.devices())} devices"
     path = os.path.join(GOLDEN_DIR, f"{name}.json")
     data = json.loads(json.dumps(data))     # the same normal form as the file's (tuples -> lists, float keys -> str)
+    stored = None
+    if os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
     if os.environ.get("GOLDEN_RECORD"):
         os.makedirs(GOLDEN_DIR, exist_ok=True)
+        recorded = stored["data"] if stored and stored["machine"] == machine_fingerprint() else {}
         with open(path, "w") as f:
-            json.dump({"machine": machine_fingerprint(), "data": data}, f, indent=0, sort_keys=True)
+            json.dump({"machine": machine_fingerprint(), "data": {**recorded, where: data}}, f, indent=0,
+                      sort_keys=True)
         return
-    if not os.path.exists(path):
+    if stored is None:
         raise AssertionError(f"no golden output {path}: record it with GOLDEN_RECORD=1")
-    with open(path) as f:
-        stored = json.load(f)
     if stored["machine"] != machine_fingerprint():
         pytest.skip(f"golden {name} was recorded on {stored['machine']}, not this machine")
+    if where not in stored["data"]:
+        pytest.skip(f"golden {name} has no record for {where} (recorded: {', '.join(stored['data'])})")
 
     def same(a, b, where):
         if isinstance(a, dict):
@@ -97,4 +109,4 @@ def check_golden(name, data):
             assert isinstance(b, float) and math.isnan(b), f"{where}: {b} != nan"
         else:
             assert a == b, f"{where}: {b!r} != recorded {a!r}"
-    same(stored["data"], data, name)
+    same(stored["data"][where], data, f"{name} ({where})")

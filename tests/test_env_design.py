@@ -414,7 +414,7 @@ def test_cli_plr_run_end_to_end_replays_when_the_coin_says(tmp_path):
     assert summary["held_out_solve_rate_mean"] == pytest.approx(np.mean(last))
     assert "plr on maze: held-out solve rate" in proc.stdout
     check_golden("meta_ued_plr", {"metrics": csv_numbers(out / "metrics.csv"),
-                                  "held_out": csv_numbers(out / "held_out.csv")})
+                                  "held_out": csv_numbers(out / "held_out.csv")}, where="subprocess")
 
 
 @pytest.mark.slow

@@ -168,7 +168,7 @@ def test_cli_run_stops_resumes_and_ends_as_the_uninterrupted_run(lpo_runs):
     # the objective matters in these inner runs (else the comparison says nothing)
     assert len({tuple(result[name]["auc"]["values"]) for name in result}) == 3
     assert "generation 2 mean" in runs["resumed"] and "train_envs CartPole-v1 (2 seeds)" in runs["resumed"]
-    check_golden("meta_lpo", {"fitness": read_rows(b), "train_envs": whole["train_envs"]})
+    check_golden("meta_lpo", {"fitness": read_rows(b), "train_envs": whole["train_envs"]}, where="subprocess")
 
 
 def test_cli_reevaluate_compares_on_fresh_seeds(lpo_runs):

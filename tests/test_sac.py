@@ -333,7 +333,8 @@ def test_presets_build_through_run_py(preset):
     module, config = run.build_config(args)
     assert module is sac and config.algo == "sac"
     assert config.num_iterations * config.batch_size == config.total_steps
-    assert run.chunk_length(config, None) >= 1
+    chunk = run.chunk_length(config)
+    assert chunk >= 1 and run.experiment.stop_point(config.num_iterations, chunk, None) == config.num_iterations
 
 
 # ----------------------------------------------------------------------------- the agent contract
