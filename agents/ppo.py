@@ -20,7 +20,8 @@ from jax.flatten_util import ravel_pytree
 import envs
 from envs.core import episode_limit
 from envs.rewards import Transition, env_reward
-from src import attacks, normalize, progress, xla_cpu
+from robustness import attacks
+from src import normalize, progress, xla_cpu
 from src.config import ConfigError
 from src.evaluate import evaluate as run_evaluation
 from src.gae import gae

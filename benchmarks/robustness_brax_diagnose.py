@@ -77,7 +77,7 @@ def variant_attack(name, victim, bounds, threat):
     import jax
     import jax.numpy as jnp
 
-    from src import attacks
+    from robustness import attacks
 
     low, high = bounds
     if name in ("random", "critic", "mad"):
@@ -148,7 +148,7 @@ def main(argv=None):
     import numpy as np
 
     from envs.core import episode_limit
-    from src import attacks
+    from robustness import attacks
 
     agent, victim, vparams, config = load(args.run_dir)
     space = agent.env.action_space(agent.env_params)

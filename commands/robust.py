@@ -73,7 +73,7 @@ def floats(text, flag):
 
 def check_args(args):
     """Everything that can be checked before loading or compiling."""
-    from src import attacks, certificates
+    from robustness import attacks, certificates
     from src.config import ConfigError
 
     if args.episodes < 1:
@@ -148,7 +148,8 @@ def attack_table(args, names, eps, threat, module, config, members, agent, state
 
     from envs.core import episode_limit
     from meta import adversary as adv
-    from src import attacks, progress
+    from robustness import attacks
+    from src import progress
 
     victim, to_vparams = adv.victim_of(agent)
     bounds = action_bounds(args, agent)
@@ -247,7 +248,7 @@ def certify(args, budgets, threat, module, config, members, agent, state):
 
     from envs.core import episode_limit
     from meta import adversary as adv
-    from src import attacks, certificates
+    from robustness import attacks, certificates
     from src.config import ConfigError
 
     if args.return_range:

@@ -16,16 +16,17 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from flax import struct
 from jax.flatten_util import ravel_pytree
 
 import envs
 from agents import ppo
-from envs.core import Box, Environment
+from envs.adversarial import (AdversaryEnv, AdversaryParams, AdversaryState, AttackedEnv,  # noqa: F401
+                              AttackedParams, CheapTalkEnv, CheapTalkParams)
 from envs.wrappers import EpisodeStats
-from src import attacks, normalize
+from robustness import attacks
+from src import normalize
 from src.config import ConfigError
-from src.networks import MLP, ActorCritic
+from src.networks import ActorCritic
 
 
 # ----------------------------------------------------------------------------- victims
@@ -82,59 +83,6 @@ def victim_of(agent):
 
 # ----------------------------------------------------------------------------- optimal attack
 
-@struct.dataclass
-class AdversaryParams:
-    env: object        # the victim environment's params
-    victim: object     # the frozen victim's parameters
-    eps: jax.Array     # the ball's radius
-
-
-@struct.dataclass
-class AdversaryState:
-    env_state: object
-    obs: jax.Array     # the victim's current (clean) observation
-
-
-class AdversaryEnv(Environment):
-    """The victim's environment seen by the adversary: observation = the
-    victim's clean observation, action a in R^obs_dim, the victim acts
-    (deterministically) on obs + project(eps * tanh(a)), reward = -r."""
-
-    name = "adversary"
-
-    def __init__(self, env, env_params, victim: attacks.Victim, vparams, eps: float = 0.1,
-                 threat: attacks.ThreatModel = attacks.ThreatModel()):
-        threat = threat.validate()
-        if threat.budget != "step" or threat.target != "observation":
-            raise ConfigError("the learned adversary perturbs observations with a per-step budget")
-        self._env, self._victim, self._threat = env, victim, threat
-        self._default = AdversaryParams(env_params, vparams, jnp.float32(eps))
-        self._obs_dim = int(env.observation_space(env_params).shape[0])
-        self._attack = lambda key, vp, x, e, a, raw: attacks.project(e * jnp.tanh(a), e, threat.norm)
-
-    @property
-    def default_params(self):
-        return self._default
-
-    def reset(self, key, params):
-        obs, state = self._env.reset(key, params.env)
-        return obs, AdversaryState(state, obs)
-
-    def step(self, key, state, action, params):
-        act_key, step_key = jax.random.split(key)
-        victim_action, _, _ = attacks.attacked_action(self._attack, self._threat, self._victim, params.victim,
-                                                      act_key, state.obs, params.eps, action)
-        obs, env_state, reward, terminated, truncated, info = self._env.step(step_key, state.env_state,
-                                                                             victim_action, params.env)
-        return obs, AdversaryState(env_state, obs), -reward, terminated, truncated, info
-
-    def observation_space(self, params):
-        return self._env.observation_space(params.env)
-
-    def action_space(self, params):
-        return Box(-jnp.inf, jnp.inf, (self._obs_dim,), jnp.float32)
-
-
 ADVERSARY_CONFIG = ppo.PPOConfig(
     env="adversary", total_steps=200_000, num_envs=16, num_steps=64, num_epochs=4, num_minibatches=4,
     lr=3e-4, gamma=0.99, ent_coef=0.0, normalize_obs=True, normalize_reward=True, anneal_lr=True)
@@ -168,56 +116,6 @@ def adversary_params(train_state):
 
 
 # ----------------------------------------------------------------------------- cheap talk
-
-@struct.dataclass
-class CheapTalkParams:
-    env: object
-    adversary: object   # the message network's parameters
-
-
-class CheapTalkEnv(Environment):
-    """The victim's environment with a message tanh(MLP(obs)) of size
-    `message_size` appended to every observation; dynamics and rewards are
-    untouched, so the adversary can only mislead."""
-
-    name = "cheap-talk"
-
-    def __init__(self, env, env_params, message_size: int = 2, hidden=(16,)):
-        self._env = env
-        self._obs_dim = int(env.observation_space(env_params).shape[0])
-        self.message_size = message_size
-        self.network = MLP(tuple(hidden), message_size, "tanh")
-        self._template = self.network.init(jax.random.PRNGKey(0), jnp.zeros((self._obs_dim,)))
-        self._default = CheapTalkParams(env_params, self._template)
-
-    def __getattr__(self, name):
-        return getattr(self._env, name)
-
-    @property
-    def default_params(self):
-        return self._default
-
-    def init_adversary(self, key):
-        return self.network.init(key, jnp.zeros((self._obs_dim,)))
-
-    def _with_message(self, obs, params):
-        return jnp.concatenate([obs, jnp.tanh(self.network.apply(params.adversary, obs))], -1)
-
-    def reset(self, key, params):
-        obs, state = self._env.reset(key, params.env)
-        return self._with_message(obs, params), state
-
-    def step(self, key, state, action, params):
-        obs, state, reward, terminated, truncated, info = self._env.step(key, state, action, params.env)
-        info = {**info, "final_observation": self._with_message(info["final_observation"], params)}
-        return self._with_message(obs, params), state, reward, terminated, truncated, info
-
-    def observation_space(self, params):
-        return Box(-jnp.inf, jnp.inf, (self._obs_dim + self.message_size,), jnp.float32)
-
-    def action_space(self, params):
-        return self._env.action_space(params.env)
-
 
 def cheap_talk_fitness(victim_config, env, env_params, message_size=2, hidden=(16,)):
     """(fitness(flat_adversary, key) -> victim's final return, unravel, flat_init, victim agent).
@@ -276,52 +174,6 @@ def train_cheap_talk(victim_config, env, env_params, key, generations: int = 10,
 
 
 # ----------------------------------------------------------------------------- adversarial training (alternating)
-
-@struct.dataclass
-class AttackedParams:
-    env: object
-    adversary: object   # the learned adversary's parameters
-    eps: jax.Array
-
-
-class AttackedEnv(Environment):
-    """The victim's environment with its observations (final ones included)
-    perturbed by a learned adversary: obs + project(eps * tanh(adversary(obs))),
-    in raw observation units. Returns the wrapped env's own state, so a victim
-    trained here has the train-state structure of a plain one (its checkpoint
-    loads as a plain run's)."""
-
-    name = "attacked"
-
-    def __init__(self, env, env_params, adversary_act, adversary_like, eps: float = 0.1, norm: str = "linf"):
-        self._env, self._act, self._norm = env, adversary_act, norm
-        self._default = AttackedParams(env_params, adversary_like, jnp.float32(eps))
-
-    def __getattr__(self, name):
-        return getattr(self._env, name)
-
-    @property
-    def default_params(self):
-        return self._default
-
-    def _perturb(self, obs, params):
-        return obs + attacks.project(params.eps * jnp.tanh(self._act(params.adversary, obs)), params.eps, self._norm)
-
-    def reset(self, key, params):
-        obs, state = self._env.reset(key, params.env)
-        return self._perturb(obs, params), state
-
-    def step(self, key, state, action, params):
-        obs, state, reward, terminated, truncated, info = self._env.step(key, state, action, params.env)
-        info = {**info, "final_observation": self._perturb(info["final_observation"], params)}
-        return self._perturb(obs, params), state, reward, terminated, truncated, info
-
-    def observation_space(self, params):
-        return self._env.observation_space(params.env)
-
-    def action_space(self, params):
-        return self._env.action_space(params.env)
-
 
 def adversarial_training(victim_config: ppo.PPOConfig, eps: float, rounds: int,
                          adversary_config: ppo.PPOConfig = ADVERSARY_CONFIG):

@@ -46,13 +46,13 @@ def imported_layers(path, layers):
 
 def test_the_table_names_every_layer_and_only_layers_that_exist():
     allowed = layer_table()
-    assert set(allowed) == {"src", "envs", "agents", "meta", "commands", "run"}
+    assert set(allowed) == {"src", "robustness", "envs", "agents", "meta", "commands", "run"}
     for layer, targets in allowed.items():
         assert targets <= set(allowed) - {layer}, (layer, targets)
         assert files_of(layer), layer
 
 
-@pytest.mark.parametrize("layer", ["src", "envs", "agents", "meta", "commands", "run"])
+@pytest.mark.parametrize("layer", ["src", "robustness", "envs", "agents", "meta", "commands", "run"])
 def test_each_layer_imports_only_what_the_table_allows(layer):
     allowed = layer_table()
     for path in files_of(layer):

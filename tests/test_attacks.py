@@ -13,7 +13,8 @@ import envs
 from agents import ppo
 from envs.core import episode_limit
 from meta import adversary as adv
-from src import attacks, normalize
+from robustness import attacks
+from src import normalize
 from src.config import ConfigError
 from src.networks import ActorCritic
 from tests.helpers import TraceCounter, tree_equal

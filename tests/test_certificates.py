@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize, stats
 
-from src import certificates
+from robustness import certificates
 from src.config import ConfigError
 
 

@@ -16,7 +16,7 @@ import pytest
 import envs
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("src", "envs", "agents", "meta", "commands")
+PACKAGES = ("src", "robustness", "envs", "agents", "meta", "commands")
 
 # One member of every family `run.py envs` prints, in its order.
 FAMILY_EXAMPLES = {
@@ -42,7 +42,7 @@ def our_modules():
 def test_every_module_is_found():
     modules = our_modules()
     # a package that pkgutil cannot walk would silently shrink the list below
-    for expected in ("src.attacks", "envs.registry", "agents.ppo", "agents.sac", "meta.es", "commands.ued"):
+    for expected in ("robustness.attacks", "envs.registry", "agents.ppo", "agents.sac", "meta.es", "commands.ued"):
         assert expected in modules
     assert len(modules) >= 40
 

@@ -15,7 +15,8 @@ from agents import ppo, sac
 from commands import robust
 from envs import perturbations
 from meta import adversary as adv
-from src import attacks, checkpoint, rundir
+from robustness import attacks
+from src import checkpoint, rundir
 from src import config as cfg
 from src.config import ConfigError
 from tests.helpers import check_golden, tree_equal
