@@ -9,7 +9,7 @@ sizes in `PPOConfig` are static. Metrics are reduced per iteration.
 """
 import dataclasses
 import functools
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,12 +18,11 @@ from flax import struct
 from jax.flatten_util import ravel_pytree
 
 import envs
-from envs.core import episode_limit
+from agents import base
 from envs.rewards import Transition, env_reward
 from robustness import attacks
-from src import normalize, progress, xla_cpu
+from src import normalize, xla_cpu
 from src.config import ConfigError
-from src.evaluate import evaluate as run_evaluation
 from src.gae import gae
 from src.networks import (ActorCritic, entropy, log_prob, mode, policy_without_dots, policy_without_dots_fits,
                           sample)
@@ -188,21 +187,8 @@ def ppo_losses(objective, objective_params, new_log_prob, old_log_prob, value, o
     return total, aux
 
 
-class Agent(NamedTuple):
-    config: PPOConfig
-    env: object
-    env_params: object
-    network: ActorCritic
-    init: Callable
-    step: Callable
-    run: Callable
-    train: Callable
-    act: Callable
-    evaluate: Callable
-
-
 def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, objective=ppo_clip,
-         show_progress: bool = False, runs_per_device: int | None = None) -> Agent:
+         show_progress: bool = False, runs_per_device: int | None = None) -> base.Agent:
     """Build the agent's pure functions. `objective(objective_params, ratio,
     advantage, progress)` returns per-sample policy losses; when a call passes
     objective_params=None, PPO-clip's clip_eps hyperparameter is used.
@@ -368,30 +354,10 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
             epoch, (flat_params, ts.opt_state), jax.random.split(epoch_key, config.num_epochs))
         ts = ts.replace(params=unravel(flat_params), opt_state=opt_state, key=key, iteration=ts.iteration + 1)
 
-        finished = rollout.episode_done.sum()
         metrics = {k: v.mean() for k, v in aux.items()}
-        metrics.update(
-            # return of the last finished episode per env, averaged over envs
-            # that have finished one (NaN until the first episode ends)
-            episode_return=jnp.nanmean(ts.env_state.last_return),
-            episodes_finished=finished,
-            finished_return=jnp.where(
-                finished > 0, (rollout.episode_return * rollout.episode_done).sum() / jnp.maximum(finished, 1),
-                jnp.nan),
-            env_steps=ts.iteration * config.batch_size,
-        )
+        metrics.update(base.episode_metrics(ts.env_state.last_return, rollout.episode_done, rollout.episode_return,
+                                            ts.iteration, config.batch_size))
         return ts, metrics
-
-    def run(ts, hparams, reward_params=None, objective_params=None, env_params=env_params,
-            num_iterations=num_iterations):
-        """`num_iterations` (static) iterations of `step` from `ts`."""
-        return progress.scan_iterations(lambda t: step(t, hparams, reward_params, objective_params, env_params),
-                                        ts, num_iterations, show_progress)
-
-    def train(key, hparams, reward_params=None, objective_params=None, env_params=env_params):
-        """One whole training run."""
-        ts = init(key, hparams, env_params)
-        return run(ts, hparams, reward_params, objective_params, env_params)
 
     def act(params, obs, key, deterministic=False, obs_stats=None):
         if config.normalize_obs:
@@ -399,9 +365,5 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
         dist = network.apply(params, obs, method=ActorCritic.policy)
         return mode(dist, discrete) if deterministic else sample(key, dist, discrete)
 
-    def evaluate_fn(ts, key, num_episodes=config.eval_episodes, env_params=env_params, deterministic=True):
-        """Returns (returns, lengths) of `num_episodes` whole episodes."""
-        policy = lambda obs, k: act(ts.params, obs, k, deterministic, ts.obs_stats)  # noqa: E731
-        return run_evaluation(env, env_params, policy, key, num_episodes, episode_limit(env, env_params))
-
-    return Agent(config, env, env_params, network, init, step, run, train, act, evaluate_fn)
+    return base.assemble(config, env, env_params, network, init, step, act, num_iterations, config.eval_episodes,
+                         show_progress)

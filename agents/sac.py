@@ -24,7 +24,7 @@ sizes in `SACConfig` are static. Metrics are reduced per iteration.
 import dataclasses
 import math
 import os
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -34,11 +34,11 @@ import optax
 from flax import struct
 
 import envs
-from envs.core import episode_limit
+from agents import base
 from envs.rewards import Transition, env_reward
-from src import normalize, progress, replay
+from src import normalize, replay
 from src.config import ConfigError
-from src.evaluate import evaluate as run_evaluation
+from src.networks import MLP
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 MEMORY_FRACTION = 0.5   # preflight refuses replay buffers above this share of memory
@@ -153,23 +153,6 @@ def hparams_from(config: SACConfig) -> HParams:
 
 # ----------------------------------------------------------------------------- networks
 
-_ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
-
-
-class MLP(nn.Module):
-    """MLP with flax's default (LeCun normal) initialisation, as SAC usually
-    has; it also needs no QR at init (jaxlib's batched LAPACK QR can deadlock
-    XLA:CPU's thread pool when a population is initialised under vmap)."""
-    hidden: tuple
-    out: int
-    activation: str = "relu"
-
-    @nn.compact
-    def __call__(self, x):
-        for width in self.hidden:
-            x = _ACTIVATIONS[self.activation](nn.Dense(width)(x))
-        return nn.Dense(self.out)(x)
-
 
 class Actor(nn.Module):
     """Discrete: logits. Continuous: (mean, log_std) of the pre-tanh Gaussian."""
@@ -182,8 +165,8 @@ class Actor(nn.Module):
     @nn.compact
     def __call__(self, obs):
         if self.discrete:
-            return MLP(self.hidden, self.action_dim, self.activation)(obs)
-        out = MLP(self.hidden, 2 * self.action_dim, self.activation)(obs)
+            return MLP(self.hidden, self.action_dim, self.activation, kernel_init="lecun")(obs)
+        out = MLP(self.hidden, 2 * self.action_dim, self.activation, kernel_init="lecun")(obs)
         mean, raw = jnp.split(out, 2, axis=-1)
         # squash log_std smoothly into [LOG_STD_MIN, LOG_STD_MAX]
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (jnp.tanh(raw) + 1.0)
@@ -201,7 +184,7 @@ class TwinQ(nn.Module):
     @nn.compact
     def __call__(self, obs, action=None):
         x = obs if action is None else jnp.concatenate([obs, action], axis=-1)
-        qs = jnp.stack([MLP(self.hidden, self.outputs, self.activation)(x) for _ in range(2)])
+        qs = jnp.stack([MLP(self.hidden, self.outputs, self.activation, kernel_init="lecun")(x) for _ in range(2)])
         return qs if action is None else qs[..., 0]
 
 
@@ -308,19 +291,6 @@ class TrainState:
     iteration: jax.Array
 
 
-class Agent(NamedTuple):
-    config: SACConfig
-    env: object
-    env_params: object
-    network: dict           # {"actor": Actor, "critic": TwinQ}
-    init: Callable
-    step: Callable
-    run: Callable
-    train: Callable
-    act: Callable
-    evaluate: Callable
-
-
 def _spaces(config, env=None, env_params=None):
     if env is None:
         env, env_params = envs.make(config.env, **config.env_kwargs)
@@ -355,7 +325,7 @@ def preflight(config: SACConfig, num_members: int) -> str:
 
 
 def make(config: SACConfig, env=None, env_params=None, reward_fn=env_reward, objective=None,
-         show_progress: bool = False) -> Agent:
+         show_progress: bool = False) -> base.Agent:
     """Build the agent's pure functions. `reward_fn(reward_params, transition)`
     gives the reward stored in the buffer. SAC has no pluggable objective:
     `objective_params` is accepted by step/run/train for a uniform interface
@@ -528,27 +498,9 @@ def make(config: SACConfig, env=None, env_params=None, reward_fn=env_reward, obj
         ts, done, ep_return = collect(ts, reward_params, env_params)
         ts, metrics = learn(ts, hparams)
         ts = ts.replace(iteration=ts.iteration + 1)
-        finished = done.sum()
-        metrics.update(
-            # return of the last finished episode per env, averaged over envs
-            # that have finished one (NaN until the first episode ends)
-            episode_return=jnp.nanmean(ts.env_state.last_return),
-            episodes_finished=finished,
-            finished_return=jnp.where(finished > 0, (ep_return * done).sum() / jnp.maximum(finished, 1), jnp.nan),
-            env_steps=ts.iteration * config.batch_size,
-        )
+        metrics.update(base.episode_metrics(ts.env_state.last_return, done, ep_return, ts.iteration,
+                                            config.batch_size))
         return ts, metrics
-
-    def run(ts, hparams, reward_params=None, objective_params=None, env_params=env_params,
-            num_iterations=config.num_iterations):
-        """`num_iterations` (static) iterations of `step` from `ts`."""
-        return progress.scan_iterations(lambda t: step(t, hparams, reward_params, objective_params, env_params),
-                                        ts, num_iterations, show_progress)
-
-    def train(key, hparams, reward_params=None, objective_params=None, env_params=env_params):
-        """One whole training run."""
-        ts = init(key, hparams, env_params)
-        return run(ts, hparams, reward_params, objective_params, env_params)
 
     def act(params, obs, key, deterministic=False, obs_stats=None):
         """Actions in the environment's own space; `params` is TrainState.params."""
@@ -560,10 +512,5 @@ def make(config: SACConfig, env=None, env_params=None, reward_fn=env_reward, obj
         mean, log_std = out
         return to_env(jnp.tanh(mean) if deterministic else squashed_sample(key, mean, log_std)[0])
 
-    def evaluate_fn(ts, key, num_episodes=config.eval_episodes, env_params=env_params, deterministic=True):
-        """Returns (returns, lengths) of `num_episodes` whole episodes."""
-        policy = lambda obs, k: act(ts.params, obs, k, deterministic, ts.obs_stats)  # noqa: E731
-        return run_evaluation(env, env_params, policy, key, num_episodes, episode_limit(env, env_params))
-
-    return Agent(config, env, env_params, {"actor": actor, "critic": critic}, init, step, run, train, act,
-                 evaluate_fn)
+    return base.assemble(config, env, env_params, {"actor": actor, "critic": critic}, init, step, act,
+                         config.num_iterations, config.eval_episodes, show_progress)

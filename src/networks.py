@@ -84,6 +84,10 @@ class MLP(nn.Module):
     out_scale: float = 1.0
     # zero kernels, for a parent that initialises them all at once (ActorCritic)
     zero_kernels: bool = False
+    # "orthogonal" (scaled, PPO's), or "lecun": flax's default LeCun normal, as
+    # SAC usually has; it also needs no QR at init (jaxlib's batched LAPACK QR
+    # can deadlock XLA:CPU's thread pool when a population is initialised under vmap)
+    kernel_init: str = "orthogonal"
 
     @nn.compact
     def __call__(self, x):
@@ -94,7 +98,10 @@ class MLP(nn.Module):
         return self._dense(self.out, scales[-1])(x)
 
     def _dense(self, features, scale):
-        kernel_init = nn.initializers.zeros if self.zero_kernels else orthogonal(scale)
+        if self.kernel_init not in ("orthogonal", "lecun"):
+            raise ValueError(f"kernel_init must be 'orthogonal' or 'lecun', got {self.kernel_init!r}")
+        kernel_init = (nn.initializers.zeros if self.zero_kernels else
+                       orthogonal(scale) if self.kernel_init == "orthogonal" else nn.initializers.lecun_normal())
         return nn.Dense(features, kernel_init=kernel_init, bias_init=nn.initializers.zeros)
 
 

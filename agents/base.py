@@ -1,0 +1,61 @@
+"""What every learner shares: the `Agent` record, the episode metrics each
+iteration reports, and `run`/`train`/`evaluate` built from `init`, `step`
+and `act`. A learner writes only what differs: its state, its update, its
+policy."""
+from typing import Callable, NamedTuple
+
+import jax.numpy as jnp
+
+from envs.core import episode_limit
+from src import progress
+from src.evaluate import evaluate as run_evaluation
+
+
+class Agent(NamedTuple):
+    config: object
+    env: object
+    env_params: object
+    network: object
+    init: Callable        # (key, hparams, env_params) -> state
+    step: Callable        # (state, hparams, reward_params, objective_params, env_params) -> (state, metrics)
+    run: Callable         # step `num_iterations` (static) times: (state, metrics per iteration)
+    train: Callable       # (key, hparams, reward_params, objective_params, env_params) -> (state, metrics)
+    act: Callable         # (params, obs, key, deterministic, obs_stats) -> action
+    evaluate: Callable    # (state, key, num_episodes, env_params, deterministic) -> (returns, lengths)
+
+
+def episode_metrics(last_return, episode_done, episode_return, iteration, batch_size):
+    """The return of the last finished episode per env, averaged over the envs
+    that have finished one (NaN until the first episode ends); how many
+    episodes ended in this iteration and their mean return; env steps so far."""
+    finished = episode_done.sum()
+    return dict(
+        episode_return=jnp.nanmean(last_return),
+        episodes_finished=finished,
+        finished_return=jnp.where(finished > 0, (episode_return * episode_done).sum() / jnp.maximum(finished, 1),
+                                  jnp.nan),
+        env_steps=iteration * batch_size,
+    )
+
+
+def assemble(config, env, env_params, network, init, step, act, num_iterations: int, eval_episodes: int,
+             show_progress: bool = False) -> Agent:
+    """The Agent of a learner given its `init`, `step` and `act`."""
+
+    def run(state, hparams, reward_params=None, objective_params=None, env_params=env_params,
+            num_iterations=num_iterations):
+        """`num_iterations` (static) iterations of `step` from `state`."""
+        return progress.scan_iterations(lambda s: step(s, hparams, reward_params, objective_params, env_params),
+                                        state, num_iterations, show_progress)
+
+    def train(key, hparams, reward_params=None, objective_params=None, env_params=env_params):
+        """One whole training run."""
+        state = init(key, hparams, env_params)
+        return run(state, hparams, reward_params, objective_params, env_params)
+
+    def evaluate(state, key, num_episodes=eval_episodes, env_params=env_params, deterministic=True):
+        """Returns (returns, lengths) of `num_episodes` whole episodes."""
+        policy = lambda obs, k: act(state.params, obs, k, deterministic, state.obs_stats)  # noqa: E731
+        return run_evaluation(env, env_params, policy, key, num_episodes, episode_limit(env, env_params))
+
+    return Agent(config, env, env_params, network, init, step, run, train, act, evaluate)
