@@ -135,25 +135,6 @@ def cheap_talk_fitness(victim_config, env, env_params, message_size=2, hidden=(1
     return victim_return, unravel, flat_init, agent
 
 
-def centered_ranks(x):
-    ranks = jnp.argsort(jnp.argsort(x)).astype(jnp.float32)
-    return ranks / jnp.maximum(x.shape[0] - 1, 1) - 0.5
-
-
-def es_step(fitness, mean, key, pairs: int, sigma, lr):
-    """One antithetic ES step that MAXIMISES fitness(params, key): 2*pairs
-    evaluations (vmapped; each pair shares its evaluation key) and a
-    centred-rank gradient estimate. Returns (new mean, fitness values)."""
-    noise_key, eval_key = jax.random.split(key)
-    z = jax.random.normal(noise_key, (pairs, mean.shape[0]))
-    population = jnp.concatenate([mean + sigma * z, mean - sigma * z])
-    keys = jax.random.split(eval_key, pairs)
-    values = jax.vmap(fitness)(population, jnp.concatenate([keys, keys]))
-    weights = centered_ranks(values)
-    grad = ((weights[:pairs] - weights[pairs:])[:, None] * z).sum(0) / (2 * pairs * sigma)
-    return mean + lr * grad, values
-
-
 def train_cheap_talk(victim_config, env, env_params, key, generations: int = 10, pairs: int = 4,
                      sigma: float = 0.5, lr: float = 0.5, message_size: int = 2, hidden=(16,), sign=-1.0,
                      callback=None):
@@ -162,15 +143,30 @@ def train_cheap_talk(victim_config, env, env_params, key, generations: int = 10,
     generations, so it can log between them. Returns (flat params, history)."""
     if generations < 1 or pairs < 1 or not sigma > 0:
         raise ConfigError("cheap talk needs generations >= 1, pairs >= 1 and sigma > 0")
+    from meta import es as es_lib
+
     fitness, unravel, mean, _ = cheap_talk_fitness(victim_config, env, env_params, message_size, hidden)
-    generation = jax.jit(lambda m, k: es_step(lambda p, kk: sign * fitness(p, kk), m, k, pairs, sigma, lr))
+    # OpenES through the one ES adapter: antithetic pairs sharing their evaluation key, centred ranks, and a
+    # plain gradient step (mean + lr * estimate)
+    es = es_lib.make(es_lib.ESConfig("openes", 2 * pairs, sigma, lr, optimizer="sgd"), mean)
+
+    @jax.jit
+    def generation(state, key):
+        ask_key, eval_key, tell_key = jax.random.split(key, 3)
+        population, state = es.ask(ask_key, state)
+        values = sign * jax.vmap(fitness)(population, es.member_keys(eval_key, 1)[:, 0])
+        state, _ = es.tell(tell_key, population, values, state)
+        return state, values
+
+    init_key, loop_key = jax.random.split(key)
+    state = es.init(init_key, mean)
     history = []
-    for g, gen_key in enumerate(jax.random.split(key, generations)):
-        mean, values = generation(mean, gen_key)
+    for g, gen_key in enumerate(jax.random.split(loop_key, generations)):
+        state, values = generation(state, gen_key)
         history.append(float(sign * values.mean()))
         if callback:
             callback(g, history[-1])
-    return mean, history
+    return es.mean(state), history
 
 
 # ----------------------------------------------------------------------------- adversarial training (alternating)

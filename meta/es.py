@@ -43,6 +43,7 @@ class ESConfig:
     sigma: float = 0.05        # initial (OpenES: constant) search std
     lr: float = 0.01           # OpenES: Adam step size; SNES: SGD step on its natural gradient (1.0 is standard)
     antithetic: bool = True    # OpenES only
+    optimizer: str = "adam"    # OpenES: "adam", or "sgd" (mean += lr * the centred-rank gradient estimate)
 
     def validate(self):
         if self.strategy not in STRATEGIES:
@@ -55,6 +56,8 @@ class ESConfig:
         if self.strategy == "openes" and self.pop % 2:
             raise ConfigError(f"OpenES needs an even population (antithetic pairs, and evosax's Open_ES requires "
                               f"it), got {self.pop}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if self.sigma <= 0 or self.lr <= 0:
             raise ConfigError(f"sigma and lr must be positive, got sigma={self.sigma}, lr={self.lr}")
         return self
@@ -76,7 +79,8 @@ def _build(config: ESConfig, template):
 
     if config.strategy == "openes":
         strategy = Open_ES(config.pop, solution=template, use_antithetic_sampling=config.antithetic,
-                           optimizer=optax.adam(config.lr), std_schedule=optax.constant_schedule(config.sigma))
+                           optimizer=getattr(optax, config.optimizer)(config.lr),
+                           std_schedule=optax.constant_schedule(config.sigma))
         return strategy, strategy.default_params
     if config.strategy == "snes":
         strategy = SNES(config.pop, solution=template, optimizer=optax.sgd(config.lr))

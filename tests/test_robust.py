@@ -233,14 +233,22 @@ def test_adversary_env_perturbs_the_victims_input_and_pays_minus_reward():
     assert tree_equal(new_state.env_state, direct) and float(reward) == -float(r)
 
 
-def test_es_step_climbs_a_quadratic_and_cheap_talk_appends_the_message():
+def test_cheap_talk_appends_the_message_and_its_sgd_es_step_is_the_centred_rank_estimate():
+    """Cheap talk's ES (meta/es.py's OpenES with optimizer sgd): one step
+    moves the mean by lr * sum_i w_i eps_i / (pop * sigma), w the centred
+    ranks of the fitness, eps_i the members' noise, computed here by hand."""
+    from meta import es as es_lib
     target = jnp.array([1.0, -2.0, 0.5])
-    fitness = lambda p, k: -jnp.sum((p - target) ** 2)  # noqa: E731
-    mean = jnp.zeros(3)
-    step = jax.jit(lambda m, k: adv.es_step(fitness, m, k, 16, 0.1, 0.05))
-    for key in jax.random.split(jax.random.PRNGKey(0), 60):
-        mean, _ = step(mean, key)
-    assert float(jnp.sum((mean - target) ** 2)) < 0.1 * float(jnp.sum(target ** 2))
+    es = es_lib.make(es_lib.ESConfig("openes", 8, sigma=0.1, lr=0.05, optimizer="sgd"), jnp.zeros(3))
+    state = es.init(jax.random.PRNGKey(0), jnp.zeros(3))
+    population, state = es.ask(jax.random.PRNGKey(1), state)
+    returns = -jnp.sum((population - target) ** 2, axis=1)
+    new_state, _ = es.tell(jax.random.PRNGKey(2), population, returns, state)
+    ranks = np.argsort(np.argsort(np.asarray(returns))) / 7.0 - 0.5
+    eps = (np.asarray(population) - 0.0) / 0.1
+    expected = 0.05 * (ranks[:, None] * eps).sum(0) / (8 * 0.1)
+    np.testing.assert_allclose(es.mean(new_state), expected, rtol=1e-4, atol=1e-6)
+    assert float(expected @ np.asarray(target)) > 0      # towards the target
 
     env, params = envs.make("CartPole-v1")
     talk = adv.CheapTalkEnv(env, params, message_size=2)
