@@ -9,6 +9,7 @@ project negates a fitness.
     state = es.init(key, mean)
     population, state = es.ask(key, state)          # pytree, leading axis pop
     state, metrics = es.tell(key, population, returns, state)
+    grad = antithetic_gradient(fitness, size, noise_key, pair_key, pairs, sigma)   # the raw estimate, no step
 
 Sampling and shaping:
 - OpenES samples antithetic pairs (member i and member i + pop/2 are mean +- sigma z)
@@ -120,6 +121,22 @@ def make(config: ESConfig, template) -> ES:
         return jax.random.split(key, pop * seeds).reshape(pop, seeds, -1)
 
     return ES(config, strategy, params, init, ask, tell, mean, member_keys)
+
+
+def antithetic_gradient(fitness: Callable, size: int, noise_key, pair_key, pairs: int, sigma: float):
+    """The raw antithetic ES estimate of d/dx E[fitness(x + delta, key)] at
+    delta = 0, for a caller that takes the step with its own optimiser (BARFI's
+    outer gradient, inside its jitted block): x a flat vector of `size`,
+    `pairs` pairs delta = +-sigma*eps, eps ~ N(0, I), both members of a pair
+    given the same key from `pair_key` (common random numbers: whatever the key
+    alone decides cancels within the pair). No rank shaping: the estimate is
+    of the gradient itself. fitness(delta, key) -> scalar, vmapped over pairs."""
+    eps = jax.random.normal(noise_key, (pairs, size), jnp.float32)
+    pair_keys = jax.random.split(pair_key, pairs)
+    members = jax.vmap(fitness)
+    plus = members(sigma * eps, pair_keys)
+    minus = members(-sigma * eps, pair_keys)
+    return ((plus - minus)[:, None] * eps).sum(0) / (2.0 * sigma * pairs)
 
 
 # ----------------------------------------------------------------------------- the generation loop

@@ -57,6 +57,7 @@ import envs
 from agents import ppo
 from envs import heuristics, rewards
 from envs.rewards import Transition
+from meta import es as es_lib
 from src import progress
 from src.config import ConfigError
 from src.gae import gae
@@ -223,20 +224,6 @@ def implicit_gradient(inner_loss: Callable, theta, phi, outer_grad_theta, alpha,
 
 
 # ----------------------------------------------------------------------------- evolution strategies
-
-def antithetic_es_gradient(fitness: Callable, size: int, noise_key, pair_key, pairs: int, sigma: float):
-    """Antithetic ES estimate of d/dx E[fitness(x + delta, key)] at delta = 0, x
-    a flat vector of `size`: `pairs` pairs delta = +-sigma*eps, eps ~ N(0, I),
-    both members of a pair given the same key from `pair_key` (common random
-    numbers: whatever the key alone decides cancels within the pair).
-    fitness(delta, key) -> scalar, vmapped over the pairs."""
-    eps = jax.random.normal(noise_key, (pairs, size), jnp.float32)
-    pair_keys = jax.random.split(pair_key, pairs)
-    members = jax.vmap(fitness)
-    plus = members(sigma * eps, pair_keys)
-    minus = members(-sigma * eps, pair_keys)
-    return ((plus - minus)[:, None] * eps).sum(0) / (2.0 * sigma * pairs)
-
 
 # ----------------------------------------------------------------------------- the RL pieces
 
@@ -420,7 +407,7 @@ def make(config: AlignmentConfig, show_progress: bool = False) -> Aligner:
     def estimate_es(ts, reward_params, hparams, key):
         flat, unravel = ravel_pytree(reward_params)
         noise_key, pair_key, key = jax.random.split(key, 3)
-        grad = antithetic_es_gradient(lambda delta, member_key: es_fitness(ts, unravel(flat + delta), member_key),
+        grad = es_lib.antithetic_gradient(lambda delta, member_key: es_fitness(ts, unravel(flat + delta), member_key),
                                       flat.size, noise_key, pair_key, config.es_pairs, config.es_sigma)
         # the real learner takes one rollout too, so ES reports the same fitness as the others
         ts, batch = outer_batch(ts, key)

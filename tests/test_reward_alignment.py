@@ -15,6 +15,7 @@ import scipy.optimize
 from jax.flatten_util import ravel_pytree
 
 from envs.rewards import Transition
+from meta import es as es_lib
 from meta import reward_alignment as ra
 from src.config import ConfigError
 from tests.helpers import TraceCounter
@@ -431,7 +432,7 @@ def test_antithetic_es_gradient_agrees_with_the_gradient_in_expectation_and_pair
             noise_key, pair_key = jax.random.split(key)
             # noise decided by the pair's key alone (its raw bits, uniform in [-1/2, 1/2))
             fitness = lambda d, k: f(d) + noise * (jax.random.key_data(k)[-1] / 2.0 ** 32 - 0.5)  # noqa: E731
-            return ra.antithetic_es_gradient(fitness, 5, noise_key, pair_key, pairs, sigma)
+            return es_lib.antithetic_gradient(fitness, 5, noise_key, pair_key, pairs, sigma)
         return jax.vmap(one)(keys)
 
     # (the RBG generator: a third of threefry's compile time here)
