@@ -14,7 +14,6 @@ smoothed policy under a PGD attack with that total L2 budget.
 """
 import argparse
 import os
-import time
 
 # Known return ranges (what the certificate integrates over); others need --return-range.
 RETURN_RANGES = {"CartPole-v1": (0.0, 500.0), "Acrobot-v1": (-500.0, 0.0), "MountainCar-v0": (-200.0, 0.0),
@@ -114,95 +113,6 @@ def action_bounds(args, agent):
     return jnp.asarray(space.low, jnp.float32), jnp.asarray(space.high, jnp.float32)
 
 
-def train_adversaries(agent, victim, vparams, eps, steps, seed):
-    """One learned adversary per (member, eps), all in one vmapped training program."""
-    import dataclasses
-
-    import jax
-    import jax.numpy as jnp
-
-    from agents import ppo
-    from meta import adversary as adv
-
-    one = jax.tree.map(lambda x: x[0], vparams)
-    config = dataclasses.replace(adv.ADVERSARY_CONFIG,
-                                 total_steps=max(int(steps), adv.ADVERSARY_CONFIG.batch_size))
-    attack = adv.optimal_attack(agent.env, agent.env_params, victim, one, config)
-    hp = ppo.hparams_from(attack.agent.config)
-    members = jax.tree.leaves(vparams)[0].shape[0]
-
-    def train(key, vp, e):
-        ts, metrics = attack.agent.train(key, hp, env_params=adv.AdversaryParams(agent.env_params, vp, e))
-        return adv.adversary_params(ts), metrics["episode_return"][-1]
-
-    keys = jax.random.split(jax.random.PRNGKey(seed + 7), members * len(eps)).reshape(members, len(eps), -1)
-    per_eps = jax.vmap(train, in_axes=(0, None, 0))
-    params, final = jax.jit(jax.vmap(per_eps, in_axes=(0, 0, None)))(keys, vparams, jnp.asarray(eps, jnp.float32))
-    return attack.act, params, final
-
-
-def attack_table(args, names, eps, threat, module, config, members, agent, state):
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from envs.core import episode_limit
-    from meta import adversary as adv
-    from robustness import attacks
-    from src import progress
-
-    victim, to_vparams = adv.victim_of(agent)
-    bounds = action_bounds(args, agent)
-    options = dict(step_scale=args.pgd_step_scale, action_bounds=bounds)
-    for name in names:   # every refusal (e.g. critic without a critic) before any compiling
-        attacks.make_attack(name, threat, victim, args.pgd_steps, adversary=(lambda p, o: o), **options)
-    vparams = jax.vmap(to_vparams)(state)
-    max_steps = episode_limit(agent.env, agent.env_params)
-    eps_arr = jnp.asarray(eps, jnp.float32)
-    key = jax.random.PRNGKey(args.seed)
-    results, timings = {}, {}
-    with progress.bar(len(names), desc="attacks", enabled=not args.no_progress) as bar:
-        for i, name in enumerate(names):
-            t0 = time.perf_counter()
-            adv_params, adversary_fn = None, None
-            if name == "learned":
-                adversary_fn, adv_params, _ = train_adversaries(agent, victim, vparams, eps, args.adversary_steps,
-                                                                args.seed)
-                jax.block_until_ready(adv_params)
-            attack = attacks.make_attack(name, threat, victim, args.pgd_steps, adversary=adversary_fn, **options)
-
-            def evaluate(vp, e, ap):
-                return attacks.evaluate(agent.env, agent.env_params, victim, vp, attack, threat, key, e,
-                                        args.episodes, max_steps, adv_params=ap)[0]
-
-            # members x eps x episodes in one program (the learned adversary has one per member and eps)
-            ap_axes = None if adv_params is None else 0
-            over_eps = jax.vmap(evaluate, in_axes=(None, 0, ap_axes))
-            returns = jax.jit(jax.vmap(over_eps, in_axes=(0, None, ap_axes)))(vparams, eps_arr, adv_params)
-            returns = np.asarray(jax.block_until_ready(returns))
-            timings[name] = time.perf_counter() - t0
-            results[name] = returns   # [members, eps, episodes]
-            if bar is not None:
-                bar.update_to(i + 1)
-    return results, timings
-
-
-def summarise(results, eps):
-    import numpy as np
-
-    table = {}
-    for name, r in results.items():
-        per_member = r.mean(axis=2)                       # [members, eps]
-        table[name] = {"mean": per_member.mean(0).tolist(), "std_over_members": per_member.std(0).tolist(),
-                       "per_member": per_member.tolist()}
-    stacked = np.stack([np.asarray(results[n]).mean(axis=2) for n in results])   # [attacks, members, eps]
-    worst = stacked.min(axis=0)     # the strongest attack per member and eps
-    table["min_over_attacks"] = {"mean": worst.mean(0).tolist(), "std_over_members": worst.std(0).tolist(),
-                                 "per_member": worst.tolist(),
-                                 "argmin": [list(results)[int(j)] for j in stacked.mean(1).argmin(0)]}
-    return table
-
-
 def markdown(table, eps, title):
     head = "| attack | " + " | ".join(f"eps={e:g}" for e in eps) + " |"
     lines = [f"### {title}", "", head, "|" + "---|" * (len(eps) + 1)]
@@ -237,93 +147,6 @@ def plot(table, eps, path, title):
     plt.close(fig)
 
 
-def certify(args, budgets, threat, module, config, members, agent, state):
-    """Noisy episodes -> certified lower bound per budget; and the smoothed
-    policy's return under a PGD attack with the same total L2 budget."""
-    import dataclasses
-
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from envs.core import episode_limit
-    from meta import adversary as adv
-    from robustness import attacks, certificates
-    from src.config import ConfigError
-
-    if args.return_range:
-        lo, hi = floats(args.return_range, "--return-range")[:2]
-    elif config.env in RETURN_RANGES:
-        lo, hi = RETURN_RANGES[config.env]
-    else:
-        raise ConfigError(f"the certificate needs the range of returns of {config.env}: pass --return-range LO,HI "
-                          f"(known: {', '.join(RETURN_RANGES)})")
-    certificates.check(args.sigma, budgets, args.thresholds, args.alpha, lo, hi)
-    victim, to_vparams = adv.victim_of(agent)
-    vparams = jax.vmap(to_vparams)(state)
-    max_steps = episode_limit(agent.env, agent.env_params)
-    key = jax.random.PRNGKey(args.seed)
-    clean = attacks.make_attack("random", threat, victim)
-    budget_threat = dataclasses.replace(threat, norm="l2", budget="episode")
-    pgd = attacks.make_attack("pgd", budget_threat, victim, args.pgd_steps, step_scale=args.pgd_step_scale,
-                              action_bounds=action_bounds(args, agent))
-    sigma = jnp.float32(args.sigma)
-
-    def noisy(vp):
-        return attacks.evaluate(agent.env, agent.env_params, victim, vp, clean, threat, key, 0.0,
-                                args.episodes, max_steps, noise_sigma=sigma)[0]
-
-    def attacked(vp, b):
-        return attacks.evaluate(agent.env, agent.env_params, victim, vp, pgd, budget_threat,
-                                jax.random.fold_in(key, 1), b, args.episodes, max_steps, noise_sigma=sigma)[0]
-
-    b_arr = jnp.asarray(budgets, jnp.float32)
-    t0 = time.perf_counter()
-    noisy_returns = jax.jit(jax.vmap(noisy))(vparams)                                   # [members, episodes]
-    bounds = jax.jit(jax.vmap(jax.vmap(
-        lambda r, b: certificates.certified_return(r, sigma, b, lo, hi, args.thresholds, args.alpha),
-        in_axes=(None, 0)), in_axes=(0, None)))(noisy_returns, b_arr)                  # [members, budgets]
-    under_attack = jax.jit(jax.vmap(jax.vmap(attacked, in_axes=(None, 0)), in_axes=(0, None)))(vparams, b_arr)
-    bounds, under_attack = np.asarray(bounds), np.asarray(under_attack).mean(-1)
-    noisy_returns = np.asarray(noisy_returns)
-    seconds = time.perf_counter() - t0
-    return {"sigma": args.sigma, "budgets": budgets, "alpha": args.alpha, "thresholds": args.thresholds,
-            "return_range": [lo, hi], "episodes": args.episodes, "units": threat.units,
-            "smoothed_return": noisy_returns.mean(1).tolist(),
-            "certified": bounds.tolist(), "pgd_attacked": under_attack.tolist(),
-            "certified_mean": bounds.mean(0).tolist(), "pgd_attacked_mean": under_attack.mean(0).tolist(),
-            "bound_below_attacked": bool((bounds <= under_attack + 1e-6).all()), "seconds": seconds}
-
-
-def shift_table(args, agent, state, members):
-    """Clean deterministic return with one physical parameter scaled: members x factors x episodes in one program."""
-    import jax
-    import numpy as np
-
-    from envs import perturbations
-    from envs.core import episode_limit
-    from src.config import ConfigError
-    from src.evaluate import evaluate as run_evaluation
-
-    if "=" not in args.shift:
-        raise ConfigError(f"--shift expects PARAM=F1,F2,..., got {args.shift!r}")
-    name, values = args.shift.split("=", 1)
-    factors = floats(values, "--shift")
-    levels = perturbations.shifted_levels(agent.env_params, name.strip(), factors)
-    key = jax.random.PRNGKey(args.seed)
-    max_steps = episode_limit(agent.env, agent.env_params)   # static: the levels' own copy is traced
-
-    def evaluate(ts, level):
-        policy = lambda obs, k: agent.act(ts.params, obs, k, True, ts.obs_stats)  # noqa: E731
-        return run_evaluation(agent.env, level, policy, key, args.episodes, max_steps)[0]
-
-    returns = np.asarray(jax.jit(jax.vmap(jax.vmap(evaluate, in_axes=(None, 0)), in_axes=(0, None)))(state, levels))
-    per_member = returns.mean(-1)
-    return {"param": name.strip(), "factors": factors, "episodes": args.episodes,
-            "mean": per_member.mean(0).tolist(), "std_over_members": per_member.std(0).tolist(),
-            "per_member": per_member.tolist()}
-
-
 def certificate_markdown(cert, title):
     lines = [f"### {title}", "", f"sigma {cert['sigma']}, {cert['episodes']} noisy episodes per member, "
              f"alpha {cert['alpha']}, {cert['thresholds']} thresholds over {cert['return_range']}; "
@@ -344,7 +167,9 @@ def main(argv):
 
     import jax
 
+    from meta import robust_eval
     from src import rundir
+    from src.config import ConfigError
 
     agent = module.make(config)
     state = restore_members(args.run_dir, module, agent, config, members)
@@ -353,7 +178,11 @@ def main(argv):
     title = f"{config.algo} on {config.env}, {len(members)} members, {args.episodes} episodes, " \
             f"{threat.norm} {threat.units} {threat.budget} {threat.target}"
     if args.shift:
-        shifted = shift_table(args, agent, state, members)
+        if "=" not in args.shift:
+            raise ConfigError(f"--shift expects PARAM=F1,F2,..., got {args.shift!r}")
+        name, values = args.shift.split("=", 1)
+        shifted = robust_eval.shift_table(agent, state, name.strip(), floats(values, "--shift"),
+                                          episodes=args.episodes, seed=args.seed)
         rundir.write_json(out, "shift.json", shifted)
         text = (f"### {title}: {shifted['param']} scaled\n\n| factor | " + " | ".join(f"{f:g}" for f in shifted["factors"])
                 + " |\n|" + "---|" * (len(shifted["factors"]) + 1) + "\n| return | "
@@ -364,15 +193,28 @@ def main(argv):
         print(text)
         return shifted
     if args.certify:
-        cert = certify(args, budgets, threat, module, config, members, agent, state)
+        if args.return_range:
+            return_range = floats(args.return_range, "--return-range")[:2]
+        elif config.env in RETURN_RANGES:
+            return_range = RETURN_RANGES[config.env]
+        else:
+            raise ConfigError(f"the certificate needs the range of returns of {config.env}: pass --return-range "
+                              f"LO,HI (known: {', '.join(RETURN_RANGES)})")
+        cert = robust_eval.certify(agent, state, budgets, threat, sigma=args.sigma, thresholds=args.thresholds,
+                                   alpha=args.alpha, return_range=return_range, episodes=args.episodes,
+                                   seed=args.seed, pgd_steps=args.pgd_steps, pgd_step_scale=args.pgd_step_scale,
+                                   action_bounds=action_bounds(args, agent))
         rundir.write_json(out, "certificate.json", cert)
         text = certificate_markdown(cert, title)
         with open(os.path.join(out, "certificate.md"), "w") as f:
             f.write(text)
         print(text)
         return cert
-    results, timings = attack_table(args, names, eps, threat, module, config, members, agent, state)
-    table = summarise(results, eps)
+    results, timings = robust_eval.attack_table(
+        agent, state, names, eps, threat, episodes=args.episodes, seed=args.seed, pgd_steps=args.pgd_steps,
+        pgd_step_scale=args.pgd_step_scale, action_bounds=action_bounds(args, agent),
+        adversary_steps=args.adversary_steps, show_progress=not args.no_progress)
+    table = robust_eval.summarise(results, eps)
     result = {"run_dir": args.run_dir, "eps": eps, "episodes": args.episodes, "members": len(members),
               "threat_model": dataclasses.asdict(threat),
               "pgd_steps": args.pgd_steps, "pgd_step_scale": args.pgd_step_scale,
