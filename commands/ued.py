@@ -98,13 +98,7 @@ def main(argv=None):
     steps = config.env_steps_per_iteration(space.max_steps)
 
     t0 = time.time()
-    state, done = run.restore(init(keys))
-    if done >= config.num_iterations:
-        raise ConfigError(f"the run in {out} is already complete ({done} iterations)")
-    if run.resumed:
-        for name in ("metrics.csv", "held_out.csv"):
-            run.cut_rows(name, lambda row: int(row["iteration"]) <= done)
-        print(f"resuming from iteration {done}")
+    state, done = run.continue_from(init(keys), config.num_iterations, ("metrics.csv", "held_out.csv"))
 
     def record_eval(it, state):
         res = jax.device_get(evaluate(state, jax.vmap(lambda k: jax.random.fold_in(k, 1000 + it))(keys)))
@@ -297,13 +291,7 @@ def run_groove(config, run, args):
         lambda s, c: jax.vmap(g.generation, in_axes=(0, None))(s, c), s, coins))
     evaluate = jax.jit(jax.vmap(g.evaluate))
     t0 = time.time()
-    state, done = run.restore(jax.jit(jax.vmap(g.init))(keys))
-    if done >= config.generations:
-        raise ConfigError(f"the run in {out} is already complete ({done} generations)")
-    if run.resumed:
-        for name in ("metrics.csv", "held_out.csv"):
-            run.cut_rows(name, lambda row: int(row["generation"]) <= done)
-        print(f"resuming from generation {done}")
+    state, done = run.continue_from(jax.jit(jax.vmap(g.init))(keys), config.generations, ("metrics.csv", "held_out.csv"))
 
     def record(gen, state):
         res = jax.device_get(evaluate(state, jax.vmap(lambda k: jax.random.fold_in(k, 1000 + gen))(keys)))

@@ -153,6 +153,19 @@ class Run:
         from src import checkpoint
         return checkpoint.restore(self.file(name), like), done
 
+    def continue_from(self, like, total, csvs=("metrics.csv",)):
+        """(state, done) to go on from: the checkpoint (or `like` and 0). A
+        complete run is refused; a resumed one has its CSVs cut back to the
+        checkpoint (rows after it are computed again)."""
+        state, done = self.restore(like)
+        if done >= total:
+            raise ConfigError(f"the run in {self.path} is already complete ({done} {self.unit}s)")
+        if self.resumed:
+            for name in csvs:
+                self.cut_rows(name, lambda row: int(float(row[self.unit])) <= done)
+            print(f"resuming from {self.unit} {done}")
+        return state, done
+
     # ------------------------------------------------------------------ loggers
     def open_logger(self, kind, num_members):
         if kind == "tensorboard":

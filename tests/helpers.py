@@ -18,6 +18,25 @@ class TraceCounter:
         return self.fn(*args, **kwargs)
 
 
+def run_cli_steps(steps, tmp_path, timeout=600):
+    """`run.py` calls (argv lists; ["copy", SRC, DST] copies a run directory)
+    in turn, in one fresh process (tests/population_worker.py `cli`) that
+    shares compiled programs through a JAX compilation cache, so a resumed run
+    compiles nothing again yet carries over only what is on disk. Returns the
+    finished process; fails the test if it did not exit 0."""
+    import json
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    proc = subprocess.run([sys.executable, "-m", "tests.population_worker", "cli", json.dumps(steps)], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 # ----------------------------------------------------------------------------- golden outputs
 # A command's numbers on a small config with a fixed seed, recorded before a
 # refactor that must not change them (tests/golden/NAME.json). Bit for bit on

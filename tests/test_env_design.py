@@ -7,7 +7,7 @@ from scipy import stats
 
 from meta import env_design as ed
 from src.config import ConfigError
-from tests.helpers import check_golden, csv_numbers, tree_equal
+from tests.helpers import check_golden, csv_numbers, run_cli_steps, tree_equal
 
 
 def scalar_levels(values):
@@ -357,19 +357,12 @@ def test_cli_plr_run_end_to_end_replays_when_the_coin_says(tmp_path):
     import csv
     import json
     import os
-    import subprocess
-    import sys
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out, stopped = tmp_path / "ued", str(tmp_path / "stopped")
     # the whole run; the same stopped after the first chunk (its checkpoint) and resumed; in one process
     # sharing compiled programs through JAX's cache (what carries over comes from disk)
     steps = [["meta", "ued", *UED_CLI, "--out", str(out)], ["meta", "ued", *UED_CLI, "--out", stopped, "--stop-at", "2"],
              ["copy", stopped, stopped + "_at_2"], ["meta", "ued", "--out", stopped, "--resume", "--no-progress"]]
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    proc = subprocess.run([sys.executable, "-m", "tests.population_worker", "cli", json.dumps(steps)], cwd=root,
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli_steps(steps, tmp_path, timeout=600)
     with open(os.path.join(stopped + "_at_2", "summary.json")) as f:
         assert json.load(f) == {"env": "maze", "method": "plr", "iterations": 2, "complete": False}
     with open(os.path.join(stopped + "_at_2", "checkpoint.json")) as f:
@@ -471,18 +464,11 @@ def test_groove_cli_stops_and_resumes_bit_identically(tmp_path):
     """About 3 min on 2 cores (GROOVE's programs take 90 s to compile even this small)."""
     import json
     import os
-    import subprocess
-    import sys
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     whole, stopped = str(tmp_path / "whole"), str(tmp_path / "stopped")
     steps = [["meta", "ued", *GROOVE_TINY, "--out", whole], ["meta", "ued", *GROOVE_TINY, "--out", stopped,
                                                              "--stop-at", "1"],
              ["meta", "ued", "--out", stopped, "--resume", "--no-progress"]]
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    proc = subprocess.run([sys.executable, "-m", "tests.population_worker", "cli", json.dumps(steps)], cwd=root,
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli_steps(steps, tmp_path, timeout=900)
     assert "resuming from generation 1" in proc.stdout
     for name in ("metrics.csv", "held_out.csv"):
         with open(os.path.join(whole, name)) as f, open(os.path.join(stopped, name)) as g:

@@ -22,7 +22,7 @@ else:
 from commands import lpo  # noqa: E402
 from src import config as cfg  # noqa: E402
 from src.config import ConfigError  # noqa: E402
-from tests.helpers import check_golden  # noqa: E402
+from tests.helpers import check_golden, run_cli_steps  # noqa: E402
 
 TINY = ["--set", "inner.total_steps=256", "--set", "inner.num_steps=32", "--set", "inner.hidden=[8]",
         "--set", "inner.num_epochs=1", "--set", "inner.num_minibatches=2", "--set", "eval_seeds=2",
@@ -124,11 +124,7 @@ def lpo_runs(tmp_path_factory):
              ["meta", "lpo", "--out", a, "--resume", "--no-progress"],
              ["meta", "lpo", *CLI_TINY, "--out", b],
              ["meta", "lpo", "--out", a, "--reevaluate", "CartPole-v1", "--reeval-seeds", "2"]]
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(root / "jax-cache"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    proc = subprocess.run([sys.executable, "-m", "tests.population_worker", "cli", json.dumps(steps)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli_steps(steps, root, timeout=900)
     printed = dict(zip(["stopped", "resumed", "whole", "reevaluated"],
                        proc.stdout.split("=== end")[0].split("=== run.py ")[1:]))
     after_stop = {"rows": read_rows(stopped), "checkpoint": read_json(stopped, "checkpoint.json"),

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import run
-from tests.helpers import check_golden, csv_numbers
+from tests.helpers import check_golden, csv_numbers, run_cli_steps
 
 ENVS, STEPS, ROLLOUT = 4, 8, 16
 BATCH = ENVS * STEPS
@@ -116,9 +116,6 @@ def test_a_stopped_run_resumes_bit_identically_method_by_method(tmp_path):
     in one process sharing compiled programs through JAX's cache (what
     carries over comes from disk)."""
     import shutil
-    import subprocess
-    import sys
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     args = ["meta", "reward-alignment", "--config", "configs/barfi_gridworld_bad.yaml", "--method", "primary,barfi",
             "--estimator", "implicit", "--seeds", "2", "--total-steps", str(6 * PER_BLOCK), "--no-progress",
@@ -127,11 +124,7 @@ def test_a_stopped_run_resumes_bit_identically_method_by_method(tmp_path):
             "--set", "reuse_rollout=false", "--set", f"outer_rollout={ROLLOUT}", "--set", "checkpoint_every=2"]
     steps = [[*args, "--out", a, "--stop-at", "2"], ["copy", a, a + "_stopped"],
              ["meta", "reward-alignment", "--out", a, "--resume", "--no-progress"], [*args, "--out", b]]
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    proc = subprocess.run([sys.executable, "-m", "tests.population_worker", "cli", json.dumps(steps)], cwd=root,
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli_steps(steps, tmp_path, timeout=600)
     with open(os.path.join(a + "_stopped", "summary.json")) as f:
         stopped = json.load(f)
     assert stopped["complete"] is False and stopped["blocks"] == {"primary": 2, "barfi": 2}

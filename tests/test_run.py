@@ -10,7 +10,7 @@ import pytest
 
 import run
 from src import config as cfg
-from tests.helpers import check_golden, csv_numbers
+from tests.helpers import check_golden, csv_numbers, run_cli_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--total-steps", "2048", "--seeds", "2", "--no-progress", "--set", "num_steps=64", "--set", "hidden=[16]"]
@@ -61,11 +61,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     chunks = ["--set", "checkpoint_every=2"]
     steps = [["train", *SMALL, *chunks, "--out", a, "--stop-at", "4"], ["copy", a, a + "_stopped"],
              ["train", "--resume", "--out", a, "--no-progress"], ["train", *SMALL, *chunks, "--out", b]]
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    proc = subprocess.run([sys.executable, "-m", "tests.population_worker", "cli", json.dumps(steps)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli_steps(steps, tmp_path, timeout=600)
     with open(os.path.join(a + "_stopped", "summary.json")) as f:
         stopped = json.load(f)
     assert stopped["complete"] is False and stopped["iterations"] == 4
