@@ -22,6 +22,8 @@ class Agent(NamedTuple):
     train: Callable       # (key, hparams, reward_params, objective_params, env_params) -> (state, metrics)
     act: Callable         # (params, obs, key, deterministic, obs_stats) -> action
     evaluate: Callable    # (state, key, num_episodes, env_params, deterministic) -> (returns, lengths)
+    reset_envs: Callable  # (state, key, env_params_per_env) -> state: every env reset, env i on its own
+    #                       params (a batch of levels, leading axis num_envs); the learner's own state kept
 
 
 def episode_metrics(last_return, episode_done, episode_return, iteration, batch_size):
@@ -38,8 +40,8 @@ def episode_metrics(last_return, episode_done, episode_return, iteration, batch_
     )
 
 
-def assemble(config, env, env_params, network, init, step, act, num_iterations: int, eval_episodes: int,
-             show_progress: bool = False) -> Agent:
+def assemble(config, env, env_params, network, init, step, act, reset_envs, num_iterations: int,
+             eval_episodes: int, show_progress: bool = False) -> Agent:
     """The Agent of a learner given its `init`, `step` and `act`."""
 
     def run(state, hparams, reward_params=None, objective_params=None, env_params=env_params,
@@ -58,4 +60,4 @@ def assemble(config, env, env_params, network, init, step, act, num_iterations: 
         policy = lambda obs, k: act(state.params, obs, k, deterministic, state.obs_stats)  # noqa: E731
         return run_evaluation(env, env_params, policy, key, num_episodes, episode_limit(env, env_params))
 
-    return Agent(config, env, env_params, network, init, step, run, train, act, evaluate)
+    return Agent(config, env, env_params, network, init, step, run, train, act, evaluate, reset_envs)

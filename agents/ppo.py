@@ -248,6 +248,12 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
             iteration=jnp.zeros((), jnp.int32),
         )
 
+    def reset_envs(ts, key, env_params_per_env):
+        """Every env reset on its own params (leading axis num_envs: a batch of
+        levels); the reward scaler's running discounted return restarts."""
+        obs, env_state = jax.vmap(env.reset)(jax.random.split(key, num_envs), env_params_per_env)
+        return ts.replace(env_state=env_state, obs=obs, discounted_return=jnp.zeros_like(ts.discounted_return))
+
     def collect(ts, hparams, reward_params, env_params):
         def env_step(carry, keys):
             env_state, obs, obs_stats = carry
@@ -365,5 +371,5 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
         dist = network.apply(params, obs, method=ActorCritic.policy)
         return mode(dist, discrete) if deterministic else sample(key, dist, discrete)
 
-    return base.assemble(config, env, env_params, network, init, step, act, num_iterations, config.eval_episodes,
-                         show_progress)
+    return base.assemble(config, env, env_params, network, init, step, act, reset_envs, num_iterations,
+                         config.eval_episodes, show_progress)

@@ -512,5 +512,10 @@ def make(config: SACConfig, env=None, env_params=None, reward_fn=env_reward, obj
         mean, log_std = out
         return to_env(jnp.tanh(mean) if deterministic else squashed_sample(key, mean, log_std)[0])
 
-    return base.assemble(config, env, env_params, {"actor": actor, "critic": critic}, init, step, act,
+    def reset_envs(ts, key, env_params_per_env):
+        """Every env reset on its own params (leading axis num_envs: a batch of levels)."""
+        obs, env_state = jax.vmap(env.reset)(jax.random.split(key, num_envs), env_params_per_env)
+        return ts.replace(env_state=env_state, obs=obs)
+
+    return base.assemble(config, env, env_params, {"actor": actor, "critic": critic}, init, step, act, reset_envs,
                          config.num_iterations, config.eval_episodes, show_progress)

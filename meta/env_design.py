@@ -5,8 +5,7 @@ Levels are env_params pytrees from a `envs.levels.LevelSpace`. The student is
 our PPO, driven one iteration at a time through `agent.step`; it trains on a
 different level per parallel environment because the level space's
 environment keeps the level in its state (`envs.levels.LevelInState`):
-swapping levels is resetting the train state's env states with the new
-levels (`set_levels`).
+swapping levels is the agent contract's `reset_envs` with the new levels.
 
 One outer iteration trains the student exactly once (num_envs * num_steps
 env steps), for every method, so methods compare at equal student env steps
@@ -353,7 +352,6 @@ class UED(NamedTuple):
     init: Callable           # key -> UEDState
     iteration: Callable      # (state, coin_key) -> (state, metrics)
     evaluate: Callable       # (state, key) -> {"returns": [L, E], "solved": [L, E]}
-    set_levels: Callable
     score_levels: Callable
 
 
@@ -371,13 +369,8 @@ def make(config: UEDConfig, space=None) -> UED:
     solvable = jax.vmap(space.solvable)
     adv_opt = optax.adam(config.adversary_lr)
 
-    def set_levels(ts, levels, key):
-        obs, env_state = jax.vmap(space.env.reset)(jax.random.split(key, B), levels)
-        return ts.replace(env_state=env_state, obs=obs, discounted_return=jnp.zeros_like(ts.discounted_return))
-
     def train_on(ts, levels, key):
-        ts = set_levels(ts, levels, key)
-        return agent.step(ts, hparams)
+        return agent.step(agent.reset_envs(ts, key, levels), hparams)
 
     def reference_returns(levels, key):
         """A reference PPO trained from scratch on each level; its mean return."""
@@ -505,7 +498,7 @@ def make(config: UEDConfig, space=None) -> UED:
         returns = returns_on(agent, state.student, levels, key, config.eval_episodes, space.max_steps)
         return {"returns": returns, "solved": space.solved(returns)}
 
-    return UED(config, space, agent, hparams, init, iteration, evaluate, set_levels, score_levels)
+    return UED(config, space, agent, hparams, init, iteration, evaluate, score_levels)
 
 
 def evaluate_policy(agent, ts, level, key, episodes: int, max_steps: int):
