@@ -144,17 +144,6 @@ def antithetic_gradient(fitness: Callable, size: int, noise_key, pair_key, pairs
 FITNESS_COLUMNS = ("generation", "mean", "std", "max", "min", "best_so_far", "seconds")
 
 
-def _truncate_csv(path, generation):
-    if not os.path.exists(path):
-        return
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["generation"]) <= generation]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FITNESS_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def read_fitness(out):
     with open(os.path.join(out, "fitness.csv"), newline="") as f:
         return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
@@ -199,7 +188,7 @@ def evolve(es: ES, evaluate: Callable, mean, key, generations: int, out: str, se
     and OUT/checkpoint.json ({"generation": g}) every `checkpoint_every`
     generations and at the end. Returns the final ES state.
     """
-    from src import checkpoint, progress, rundir
+    from src import experiment, progress
 
     if checkpoint_every < 1:
         raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
@@ -207,21 +196,12 @@ def evolve(es: ES, evaluate: Callable, mean, key, generations: int, out: str, se
     if not 0 < stop_at <= generations:
         raise ConfigError(f"stop_at must be in 1..{generations}, got {stop_at}")
     os.makedirs(out, exist_ok=True)
-    ckpt_dir, csv_path = os.path.join(out, "checkpoint"), os.path.join(out, "fitness.csv")
+    run = experiment.Run(out, None, None, resume, unit="generation")
     init_key, loop_key = jax.random.split(key)
-    state = es.init(init_key, mean)
-    done = 0
-    if resume and os.path.exists(os.path.join(out, "checkpoint.json")):
-        import json
-        with open(os.path.join(out, "checkpoint.json")) as f:
-            done = json.load(f)["generation"]
-        state = checkpoint.restore(ckpt_dir, state)
+    state, done = run.restore(es.init(init_key, mean)) if resume else (es.init(init_key, mean), 0)
     if done >= stop_at:
         raise ConfigError(f"the run in {out} has already reached generation {done}")
-    _truncate_csv(csv_path, done)
-    if not os.path.exists(csv_path):
-        with open(csv_path, "w", newline="") as f:
-            csv.DictWriter(f, fieldnames=FITNESS_COLUMNS).writeheader()
+    run.cut_rows("fitness.csv", lambda row: int(float(row["generation"])) <= done)
 
     best = -np.inf
     if done:
@@ -243,11 +223,9 @@ def evolve(es: ES, evaluate: Callable, mean, key, generations: int, out: str, se
             row = {"generation": generation + 1, "mean": float(fitness.mean()), "std": float(fitness.std()),
                    "max": float(fitness.max()), "min": float(fitness.min()), "best_so_far": best,
                    "seconds": time.perf_counter() - t0}
-            with open(csv_path, "a", newline="") as f:
-                csv.DictWriter(f, fieldnames=FITNESS_COLUMNS).writerow(row)
+            run.append_rows("fitness.csv", [{k: row[k] for k in FITNESS_COLUMNS}])
             if (generation + 1) % checkpoint_every == 0 or generation + 1 == stop_at:
-                checkpoint.save(ckpt_dir, state)
-                rundir.write_json(out, "checkpoint.json", {"generation": generation + 1})
+                run.save(state, generation + 1)
             if bar is not None:
                 bar.update_to(generation + 1)
                 bar._bar.set_postfix(mean=f"{row['mean']:.3g}", max=f"{row['max']:.3g}")
