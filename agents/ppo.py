@@ -20,7 +20,6 @@ from jax.flatten_util import ravel_pytree
 import envs
 from agents import base
 from envs.rewards import Transition, env_reward
-from robustness import attacks
 from src import normalize, xla_cpu
 from src.config import ConfigError
 from src.gae import gae
@@ -188,7 +187,7 @@ def ppo_losses(objective, objective_params, new_log_prob, old_log_prob, value, o
 
 
 def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, objective=ppo_clip,
-         show_progress: bool = False, runs_per_device: int | None = None) -> base.Agent:
+         show_progress: bool = False, runs_per_device: int | None = None, extra_loss=None) -> base.Agent:
     """Build the agent's pure functions. `objective(objective_params, ratio,
     advantage, progress)` returns per-sample policy losses; when a call passes
     objective_params=None, PPO-clip's clip_eps hyperparameter is used.
@@ -198,8 +197,16 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
     XLA setting (`src/xla_cpu.py`), and small enough, the rollout's policy is
     evaluated without dots so that the rollout loop compiles into one kernel.
     None keeps the dots: a large vmapped population's rollout stays op by op,
-    where the dot form is the faster one."""
+    where the dot form is the faster one.
+
+    `extra_loss(policy, params, obs, key, progress_frac, discrete) -> (loss,
+    metrics)` is added to every minibatch's loss (with a key of its own per
+    minibatch); config's `sa_kappa > 0` builds SA-PPO's regulariser
+    (`robustness/sappo.py`) when none is given."""
     config = config.validate()
+    if extra_loss is None and config.sa_kappa > 0:
+        from robustness import sappo
+        extra_loss = sappo.regulariser(config.sa_kappa, config.sa_eps, config.sa_pgd_steps, config.sa_ramp)
     if env is None:
         env, env_params = envs.make(config.env, **config.env_kwargs)
     discrete = envs.is_discrete(env, env_params)
@@ -296,27 +303,16 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
         stats = normalize.update(ts.return_stats, returns)
         return ts.replace(return_stats=stats, discounted_return=discounted), normalize.scale(stats, rollout.reward)
 
-    def sa_regulariser(params, obs, key, progress_frac):
-        # SA-PPO: the worst KL in the ball, found by PGD on frozen parameters,
-        # then differentiated at that point
-        ramp = jnp.minimum(1.0, progress_frac / config.sa_ramp) if config.sa_ramp > 0 else 1.0
-        eps = config.sa_eps * ramp
-        policy = lambda p, x: network.apply(p, x, method=ActorCritic.policy)  # noqa: E731
-        clean = jax.lax.stop_gradient(policy(params, obs))
-        frozen = jax.lax.stop_gradient(params)
-        delta = attacks.pgd_maximise(lambda x: attacks.kl(clean, policy(frozen, x), discrete),
-                                     key, obs, eps, "linf", config.sa_pgd_steps)
-        return attacks.kl(clean, policy(params, obs + delta), discrete).mean()
-
     def loss_fn(flat_params, unravel, batch, hparams, objective_params, progress_frac):
         obs, action, old_log_prob, old_value, advantage, target = batch[:6]
         dist, value = network.apply(unravel(flat_params), obs)
         total, aux = ppo_losses(objective, objective_params, log_prob(dist, action, discrete), old_log_prob, value,
                                 old_value, advantage, target, entropy(dist, discrete), hparams, progress_frac)
-        if config.sa_kappa > 0:   # static: plain PPO compiles the same program as without SA-PPO
-            reg = sa_regulariser(unravel(flat_params), obs, batch[6], progress_frac)
-            total = total + config.sa_kappa * reg
-            aux["sa_kl"] = reg
+        if extra_loss is not None:   # static: plain PPO compiles the same program as without one
+            policy = lambda p, x: network.apply(p, x, method=ActorCritic.policy)  # noqa: E731
+            extra, extra_aux = extra_loss(policy, unravel(flat_params), obs, batch[6], progress_frac, discrete)
+            total = total + extra
+            aux.update(extra_aux)
         return total, aux
 
     def step(ts, hparams, reward_params=None, objective_params=None, env_params=env_params):
@@ -351,7 +347,7 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
             order = jax.random.permutation(key, num_steps * num_envs)
             batches = jax.tree.map(
                 lambda x: x[order].reshape(config.num_minibatches, minibatch_size, *x.shape[1:]), flat)
-            if config.sa_kappa > 0:   # PGD random starts, one key per minibatch
+            if extra_loss is not None:   # its own randomness (SA-PPO's PGD starts), one key per minibatch
                 batches = (*batches, jax.random.split(jax.random.fold_in(key, 1), config.num_minibatches))
             return jax.lax.scan(minibatch_update, carry, batches)
 

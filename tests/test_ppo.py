@@ -384,3 +384,27 @@ def test_brax_inverted_pendulum_preset_reaches_900():
     _, metrics = jax.jit(jax.vmap(agent.train, in_axes=(0, None)))(keys, ppo.hparams_from(config))
     final = np.asarray(metrics["episode_return"][:, -1])
     assert final.mean() >= 900, final
+
+
+def test_an_extra_loss_term_composes_with_ppo():
+    """`make(config, extra_loss=...)`: its metrics are reported, a term that is
+    zero leaves the update exactly as plain PPO's, and a real one changes it."""
+    config = ppo.PPOConfig(total_steps=4 * 16 * 2, num_envs=4, num_steps=16, hidden=(8,), num_minibatches=2)
+    hp = ppo.hparams_from(config)
+
+    def train(extra_loss):
+        return jax.jit(ppo.make(config, extra_loss=extra_loss).train)(jax.random.PRNGKey(0), hp)
+
+    def zero(policy, params, obs, key, progress_frac, discrete):
+        return 0.0 * jnp.sum(policy(params, obs)), {"obs_mean": obs.mean()}
+
+    def entropy_bonus(policy, params, obs, key, progress_frac, discrete):
+        logits = policy(params, obs)
+        return -jnp.mean(jnp.sum(jax.nn.softmax(logits) * jax.nn.log_softmax(logits), -1)), {}
+
+    plain, with_zero, with_bonus = train(None), train(zero), train(entropy_bonus)
+    assert "obs_mean" in with_zero[1] and np.all(np.isfinite(with_zero[1]["obs_mean"]))
+    from jax.flatten_util import ravel_pytree
+    flat = lambda ts: np.asarray(ravel_pytree(ts.params)[0])  # noqa: E731
+    np.testing.assert_array_equal(flat(plain[0]), flat(with_zero[0]))
+    assert not np.array_equal(flat(plain[0]), flat(with_bonus[0]))
