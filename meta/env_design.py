@@ -47,6 +47,7 @@ from flax import struct
 
 import envs
 from agents import ppo
+from src import config as cfg
 from src import normalize
 from src.config import ConfigError
 from src.evaluate import evaluate as run_evaluation
@@ -279,6 +280,7 @@ class UEDConfig:
     adversary_lr: float = 0.05
     adversary_ent_coef: float = 0.0
     paired_episodes: int = 4          # episodes per level for the regret estimate
+    ppo: dict = dataclasses.field(default_factory=dict)   # any other PPOConfig key of the student (--set ppo.KEY=V)
 
     def validate(self):
         from envs.levels import SPACES
@@ -295,6 +297,7 @@ class UEDConfig:
         if self.num_iterations % self.eval_every:
             raise ConfigError(f"num_iterations ({self.num_iterations}) must be a multiple of eval_every "
                               f"({self.eval_every})")
+        self.ppo_config()   # an unknown or doubly set `ppo:` key fails here
         if not 0 <= self.replay_prob <= 1 or not 0 <= self.staleness_coef <= 1 or self.temperature <= 0:
             raise ConfigError("need 0 <= replay_prob <= 1, 0 <= staleness_coef <= 1 and temperature > 0, got "
                               f"{self.replay_prob}, {self.staleness_coef}, {self.temperature}")
@@ -306,15 +309,15 @@ class UEDConfig:
         self.ppo_config().validate()
         return self
 
-    def ppo_config(self, reference: bool = False) -> ppo.PPOConfig:
+    def ppo_config(self, reference: bool = False) -> "ppo.PPOConfig":
         num_envs = self.ref_num_envs if reference else self.num_envs
         iterations = self.ref_iterations if reference else self.num_iterations
-        return ppo.PPOConfig(
+        return cfg.inner_config(ppo.PPOConfig, dict(
             env=self.env, seeds=self.seeds, total_steps=iterations * num_envs * self.num_steps,
             num_envs=num_envs, num_steps=self.num_steps, num_epochs=self.num_epochs,
             num_minibatches=self.num_minibatches, hidden=tuple(self.hidden), anneal_lr=self.anneal_lr,
             normalize_obs=self.normalize_obs, lr=self.lr, gamma=self.gamma, gae_lambda=self.gae_lambda,
-            ent_coef=self.ent_coef)
+            ent_coef=self.ent_coef), self.ppo, "ppo")
 
     @property
     def uses_buffer(self):

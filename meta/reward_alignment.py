@@ -58,6 +58,7 @@ from agents import ppo
 from envs import heuristics, rewards
 from envs.rewards import Transition
 from meta import es as es_lib
+from src import config as cfg
 from src import progress
 from src.config import ConfigError
 from src.gae import gae
@@ -108,6 +109,7 @@ class AlignmentConfig:
     es_pairs: int = 4
     es_sigma: float = 0.05
     checkpoint_every: int = 0    # blocks between checkpoints of each method's run (0: at the end only)
+    ppo: dict = dataclasses.field(default_factory=dict)   # any other PPOConfig key of the learner (--set ppo.KEY=V)
 
     @property
     def batch_size(self):
@@ -163,15 +165,16 @@ class AlignmentConfig:
                               f"choose one of {', '.join(OUTER_OPTIMIZERS)}")
         if self.outer_lr <= 0 or self.neumann_alpha <= 0 or self.es_sigma <= 0:
             raise ConfigError("outer_lr, neumann_alpha and es_sigma must be positive")
+        self.ppo_config()   # an unknown or doubly set `ppo:` key fails here
         return self
 
-    def ppo_config(self) -> ppo.PPOConfig:
-        return ppo.PPOConfig(
+    def ppo_config(self) -> "ppo.PPOConfig":
+        return cfg.inner_config(ppo.PPOConfig, dict(
             env=self.env, env_kwargs=self.env_kwargs, seed=self.seed, seeds=self.seeds,
             total_steps=self.num_iterations * self.batch_size, num_envs=self.num_envs, num_steps=self.num_steps,
             num_epochs=self.num_epochs, num_minibatches=self.num_minibatches, hidden=tuple(self.hidden),
-            lr=self.lr, anneal_lr=self.anneal_lr, normalize_reward=self.normalize_reward, gamma=self.gamma, gae_lambda=self.gae_lambda,
-            clip_eps=self.clip_eps, ent_coef=self.ent_coef)
+            lr=self.lr, anneal_lr=self.anneal_lr, normalize_reward=self.normalize_reward, gamma=self.gamma,
+            gae_lambda=self.gae_lambda, clip_eps=self.clip_eps, ent_coef=self.ent_coef), self.ppo, "ppo")
 
 
 def normalize_by_global_norm(eps: float = 1e-12) -> optax.GradientTransformation:

@@ -78,9 +78,35 @@ def override(config, assignments):
     for item in assignments or ():
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        changes[key.strip()] = coerce(type(config), key.strip(), raw)
+        key, raw = (part.strip() for part in item.split("=", 1))
+        if "." in key:   # one key of a mapping field: --set ppo.vf_coef=0.25
+            field, sub = key.split(".", 1)
+            current = changes.get(field, getattr(config, field, None)) if field in field_names(type(config)) else None
+            if not isinstance(current, dict):
+                raise ConfigError(f"--set {key}: {field!r} is not a mapping of this config")
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                raise ConfigError(f"--set {key}: cannot read {raw!r}") from None
+            changes[field] = {**current, sub: value}
+        else:
+            changes[key] = coerce(type(config), key, raw)
     return dataclasses.replace(config, **changes)
+
+
+def inner_config(cls, own: dict, block: dict, block_name: str):
+    """The inner agent's config of a meta loop: the loop's own settings for it
+    (`own`) plus any other key of `cls` from the loop's `block_name:` mapping.
+    A key set in both places, or unknown to `cls`, is refused."""
+    twice = sorted(set(own) & set(block))
+    if twice:
+        raise ConfigError(f"{', '.join(twice)} set both at the top level and in `{block_name}:`; "
+                          "set it at the top level")
+    for key in block:
+        if key not in field_names(cls):
+            raise ConfigError(f"`{block_name}:` key {key!r} is not a {cls.__name__} key "
+                              f"({', '.join(field_names(cls))})")
+    return from_dict(cls, {**own, **block})
 
 
 def load_yaml(path, _seen=()) -> dict:

@@ -102,3 +102,24 @@ def test_presets_inherit_from_a_base_and_refuse_a_cycle(tmp_path):
     sappo, plain = cfg.load_yaml("configs/ppo_cartpole_sappo.yaml"), cfg.load_yaml("configs/ppo_cartpole.yaml")
     assert {k: v for k, v in sappo.items() if plain.get(k) != v} == {
         "seeds": 5, "ent_coef": 0.0, "sa_kappa": 1.0, "sa_eps": 0.2, "sa_pgd_steps": 10, "sa_ramp": 0.5}
+
+
+def test_meta_configs_take_any_ppo_key_in_their_ppo_block():
+    """BARFI's and UED's PPO learner: the loop's own PPO settings plus any
+    other PPOConfig key under `ppo:` (`--set ppo.KEY=VALUE`); a key the loop
+    already sets, or one PPO does not have, is refused."""
+    from meta import env_design as ed
+    from meta import reward_alignment as ra
+    from src import config as cfg
+    aligned = cfg.override(ra.AlignmentConfig(), ["ppo.vf_coef=0.25", "ppo.activation=relu"]).validate()
+    assert aligned.ppo == {"vf_coef": 0.25, "activation": "relu"}
+    inner = aligned.ppo_config()
+    assert (inner.vf_coef, inner.activation, inner.lr) == (0.25, "relu", ra.AlignmentConfig().lr)
+    assert ra.AlignmentConfig().ppo_config().vf_coef == 0.5     # PPO's default where nothing is set
+    with pytest.raises(ConfigError, match="lr set both at the top level and in `ppo:`"):
+        cfg.override(ra.AlignmentConfig(), ["ppo.lr=0.1"]).validate()
+    with pytest.raises(ConfigError, match="'vf_coeff' is not a PPOConfig key"):
+        cfg.override(ed.UEDConfig(), ["ppo.vf_coeff=0.1"]).validate()
+    with pytest.raises(ConfigError, match="'seed' is not a mapping"):
+        cfg.override(ed.UEDConfig(), ["seed.x=1"])
+    assert cfg.override(ed.UEDConfig(), ["ppo.max_grad_norm=2"]).validate().ppo_config().max_grad_norm == 2.0
