@@ -279,23 +279,18 @@ class FiniteWatch:
                         seen = True
                     elif seen:
                         if first is None or (i, member) < first[:2]:
-                            first = (i, member, name)
+                            first = (i, member, name, v)
                         break
                 self.seen[(name, member)] = seen
         bad = _bad_members(params)   # (the state is vmapped: its members are on axis 0)
         if first is None and not bad:
             return
         if first is not None:
-            i, member, name = first
-            where = f"{name} of member {member} became {values_at(metrics, name, member, i, self.member_axis)} " \
-                    f"at {unit} {first_iteration + i + 1}"
+            i, member, name, value = first
+            where = f"{name} of member {member} became {value} at {unit} {first_iteration + i + 1}"
         else:
+            chunk = np.shape(next(iter(metrics.values())))[1 - self.member_axis]
             where = f"the parameters of member{'s' * (len(bad) > 1)} {', '.join(map(str, bad))} hold NaN or " \
-                    f"infinite values by {unit} {first_iteration + np.shape(next(iter(metrics.values())))[1]}"
+                    f"infinite values by {unit} {first_iteration + chunk}"
         raise Diverged(f"the run diverged: {where}; it stops here, its last good checkpoint (at {unit} "
                        f"{first_iteration}) kept. Lower the learning rate or look at that member's rows in the CSV.")
-
-
-def values_at(metrics, name, member, i, member_axis):
-    values = np.moveaxis(np.asarray(metrics[name]), member_axis, 0).reshape(np.shape(metrics[name])[member_axis], -1)
-    return values[member, i]

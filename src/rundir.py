@@ -36,16 +36,6 @@ def metric_rows(metrics, members, first_iteration):
     return rows
 
 
-def append_metrics(path, rows):
-    file = os.path.join(path, "metrics.csv")
-    new = not os.path.exists(file)
-    with open(file, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-
-
 def read_metrics(path):
     with open(os.path.join(path, "metrics.csv"), newline="") as f:
         rows = list(csv.DictReader(f))
@@ -53,21 +43,6 @@ def read_metrics(path):
     for row in rows:
         out.append({k: (int(v) if k in FIRST_COLUMNS else float(v)) for k, v in row.items()})
     return out
-
-
-def truncate_metrics(path, last_iteration):
-    """Drop rows after `last_iteration` (a resumed run rewrites them)."""
-    file = os.path.join(path, "metrics.csv")
-    if not os.path.exists(file):
-        return
-    with open(file, newline="") as f:
-        rows = list(csv.DictReader(f))
-    kept = [r for r in rows if int(r["iteration"]) <= last_iteration]
-    with open(file, "w", newline="") as f:
-        if rows:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(kept)
 
 
 def _finite(x):
