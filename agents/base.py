@@ -17,13 +17,17 @@ class Agent(NamedTuple):
     env_params: object
     network: object
     init: Callable        # (key, hparams, env_params) -> state
-    step: Callable        # (state, hparams, reward_params, objective_params, env_params) -> (state, metrics)
+    step: Callable        # (state, hparams, reward_params, objective_params, env_params) -> (state, metrics);
+    #                       PPO's with_rollout=True also returns the rollout it trained on, as a third output
     run: Callable         # step `num_iterations` (static) times: (state, metrics per iteration)
     train: Callable       # (key, hparams, reward_params, objective_params, env_params) -> (state, metrics)
     act: Callable         # (params, obs, key, deterministic, obs_stats) -> action
     evaluate: Callable    # (state, key, num_episodes, env_params, deterministic) -> (returns, lengths)
     reset_envs: Callable  # (state, key, env_params_per_env) -> state: every env reset, env i on its own
     #                       params (a batch of levels, leading axis num_envs); the learner's own state kept
+    collect: Callable | None = None   # (state, reward_params, env_params, num_steps) -> (state, rollout):
+    #                       the current policy run in the state's envs, nothing trained (PPO; None for SAC,
+    #                       whose transitions go to its replay buffer and which has no state-value critic)
 
 
 def episode_metrics(last_return, episode_done, episode_return, iteration, batch_size):
@@ -41,7 +45,7 @@ def episode_metrics(last_return, episode_done, episode_return, iteration, batch_
 
 
 def assemble(config, env, env_params, network, init, step, act, reset_envs, num_iterations: int,
-             eval_episodes: int, show_progress: bool = False) -> Agent:
+             eval_episodes: int, show_progress: bool = False, collect=None) -> Agent:
     """The Agent of a learner given its `init`, `step` and `act`."""
 
     def run(state, hparams, reward_params=None, objective_params=None, env_params=env_params,
@@ -60,4 +64,4 @@ def assemble(config, env, env_params, network, init, step, act, reset_envs, num_
         policy = lambda obs, k: act(state.params, obs, k, deterministic, state.obs_stats)  # noqa: E731
         return run_evaluation(env, env_params, policy, key, num_episodes, episode_limit(env, env_params))
 
-    return Agent(config, env, env_params, network, init, step, run, train, act, evaluate, reset_envs)
+    return Agent(config, env, env_params, network, init, step, run, train, act, evaluate, reset_envs, collect)

@@ -146,6 +146,7 @@ class Rollout(NamedTuple):
     next_obs: jax.Array
     episode_done: jax.Array
     episode_return: jax.Array
+    env_reward: jax.Array   # the environment's own reward, before the reward function
 
 
 def ppo_clip(clip_eps, ratio, advantage, progress):
@@ -261,7 +262,11 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
         obs, env_state = jax.vmap(env.reset)(jax.random.split(key, num_envs), env_params_per_env)
         return ts.replace(env_state=env_state, obs=obs, discounted_return=jnp.zeros_like(ts.discounted_return))
 
-    def collect(ts, hparams, reward_params, env_params):
+    def collect(ts, reward_params=None, env_params=env_params, num_steps=num_steps):
+        """`num_steps` (static) steps of the current policy in the state's envs,
+        nothing trained: the state's envs, observations, observation statistics
+        and key move on. With the default length this is exactly the batch the
+        next `step` from the same state would collect and train on."""
         def env_step(carry, keys):
             env_state, obs, obs_stats = carry
             obs_in = norm_obs(obs_stats, obs)
@@ -273,7 +278,7 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
             reward = rewards_of(reward_params, Transition(obs, action, final_obs, env_rew, terminated, info))
             step = Rollout(obs_in, action, log_prob(dist, action, discrete), None, None, reward, terminated,
                            jnp.logical_or(terminated, truncated), norm_obs(obs_stats, final_obs),
-                           info["episode_done"], info["episode_return"])
+                           info["episode_done"], info["episode_return"], env_rew)
             if config.normalize_obs:
                 obs_stats = normalize.update(obs_stats, next_obs)
             return (env_state, next_obs, obs_stats), step
@@ -315,11 +320,13 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
             aux.update(extra_aux)
         return total, aux
 
-    def step(ts, hparams, reward_params=None, objective_params=None, env_params=env_params):
-        """One iteration: collect num_envs*num_steps transitions, then update."""
+    def step(ts, hparams, reward_params=None, objective_params=None, env_params=env_params, with_rollout=False):
+        """One iteration: collect num_envs*num_steps transitions, then update.
+        `with_rollout` (static): also return the rollout it trained on, as a
+        third output, for outer loops that score or differentiate through it."""
         if objective_params is None:
             objective_params = hparams.clip_eps
-        ts, rollout = collect(ts, hparams, reward_params, env_params)
+        ts, rollout = collect(ts, reward_params, env_params)
         rewards = rollout.reward
         if config.normalize_reward:
             ts, rewards = scale_rewards(ts, rollout, hparams)
@@ -359,6 +366,8 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
         metrics = {k: v.mean() for k, v in aux.items()}
         metrics.update(base.episode_metrics(ts.env_state.last_return, rollout.episode_done, rollout.episode_return,
                                             ts.iteration, config.batch_size))
+        if with_rollout:
+            return ts, metrics, rollout
         return ts, metrics
 
     def act(params, obs, key, deterministic=False, obs_stats=None):
@@ -368,4 +377,4 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
         return mode(dist, discrete) if deterministic else sample(key, dist, discrete)
 
     return base.assemble(config, env, env_params, network, init, step, act, reset_envs, num_iterations,
-                         config.eval_episodes, show_progress)
+                         config.eval_episodes, show_progress, collect=collect)

@@ -45,14 +45,11 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-import envs
 from agents import ppo
 from src import config as cfg
-from src import normalize
 from src.config import ConfigError
 from src.evaluate import evaluate as run_evaluation
 from src.gae import gae
-from src.networks import ActorCritic, sample as sample_action
 
 METHODS = ("dr", "plr", "robust_plr", "accel", "paired")
 SCORES = ("pvl", "maxmc", "regret")
@@ -192,47 +189,37 @@ def paired_regret(antagonist_returns, protagonist_returns):
 
 
 class LevelRollout(NamedTuple):
-    rewards: jax.Array        # [T, B]
-    values: jax.Array
-    next_values: jax.Array
+    """What scoring a level reads from a rollout (field names as agents/ppo.py's Rollout)."""
+    reward: jax.Array        # [T, B]
+    value: jax.Array
+    next_value: jax.Array
     terminated: jax.Array
     done: jax.Array
     episode_done: jax.Array
     episode_return: jax.Array
 
 
-def rollout_levels(agent, ts, levels, key, num_steps: int) -> LevelRollout:
-    """One environment per level, `num_steps` steps of the current (sampled)
-    policy, values recorded; nothing is trained. Used to score levels."""
-    env, network, config = agent.env, agent.network, agent.config
-    discrete = envs.is_discrete(env, agent.env_params)
+def rollout_levels(agent, ts, levels, key, num_steps: int):
+    """Every env of the learner reset on its own level (one level per env),
+    then `num_steps` steps of the current (sampled) policy through the agent's
+    `collect`, values recorded; nothing is trained and the learner's state is
+    not changed. Used to score levels."""
     num = jax.tree.leaves(levels)[0].shape[0]
+    if num != agent.config.num_envs:
+        raise ValueError(f"{num} levels for {agent.config.num_envs} envs: score one level per env")
     reset_key, run_key = jax.random.split(key)
-    obs, state = jax.vmap(env.reset)(jax.random.split(reset_key, num), levels)
-    norm = (lambda o: normalize.normalize(ts.obs_stats, o)) if config.normalize_obs else (lambda o: o)
-
-    def body(carry, key):
-        obs, state = carry
-        act_key, step_key = jax.random.split(key)
-        dist, value = network.apply(ts.params, norm(obs))
-        action = sample_action(act_key, dist, discrete)
-        obs, state, reward, terminated, truncated, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
-            jax.random.split(step_key, num), state, action, agent.env_params)
-        next_value = network.apply(ts.params, norm(info["final_observation"]), method=ActorCritic.value)
-        return (obs, state), LevelRollout(reward, value, next_value, terminated, terminated | truncated,
-                                          info["episode_done"], info["episode_return"])
-
-    _, out = jax.lax.scan(body, (obs, state), jax.random.split(run_key, num_steps))
-    return out
+    scoring = agent.reset_envs(ts.replace(key=run_key), reset_key, levels)
+    _, rollout = agent.collect(scoring, None, agent.env_params, num_steps)
+    return rollout
 
 
-def rollout_returns(rollout: LevelRollout):
+def rollout_returns(rollout):
     """(mean, max) return of the episodes finished in the rollout, per level.
     A level with no finished episode counts the return so far of its running
     one (a lower bound: 0 for a maze never solved)."""
     finished = rollout.episode_done.sum(axis=0)
     total = (rollout.episode_return * rollout.episode_done).sum(axis=0)
-    running = rollout.rewards.sum(axis=0)   # no episode ended: the whole rollout is one partial episode
+    running = rollout.reward.sum(axis=0)   # no episode ended: the whole rollout is one partial episode
     mean = jnp.where(finished > 0, total / jnp.maximum(finished, 1), running)
     best = jnp.where(finished > 0, jnp.where(rollout.episode_done, rollout.episode_return, -jnp.inf).max(axis=0),
                      running)
@@ -392,10 +379,10 @@ def make(config: UEDConfig, space=None) -> UED:
         mean_ret, best_ret = rollout_returns(roll)
         best = best_ret if max_returns is None else jnp.maximum(best_ret, max_returns)
         if config.score == "pvl":
-            scores = positive_value_loss(roll.rewards, roll.values, roll.next_values, roll.terminated, roll.done,
+            scores = positive_value_loss(roll.reward, roll.value, roll.next_value, roll.terminated, roll.done,
                                          hparams.gamma, hparams.gae_lambda)
         elif config.score == "maxmc":
-            scores = max_mc(roll.values, best)
+            scores = max_mc(roll.value, best)
         else:
             if reference is None:
                 reference = reference_returns(levels, ref_key)

@@ -34,12 +34,15 @@ With `reuse_rollout` (the presets' setting) the rollout the outer gradient is
 computed on is not a fresh one: it is the inner learner's own next on-policy
 batch, the num_envs x num_steps transitions PPO's next `agent.step` collects
 from the same TrainState (same parameters, env states and key), scored with
-r_p. `collect_inner` replays PPO's collection exactly (tests check the env
-state it ends in against `agent.step`'s), and the TrainState is left as it
-was, so PPO then trains on those very transitions: the outer step costs no
-extra environment steps. (agents/ppo.py does not return its rollout, hence
-the replay; it costs compute, not samples.) The batch is on-policy for the
-parameters the implicit gradient is taken at, as the separate rollout was.
+r_p. `collect_inner` is the agent's own `collect` from the learner's state
+(tests check the env state it ends in against `agent.step`'s), and the
+TrainState is left as it was, so PPO then trains on those very transitions:
+the outer step costs no extra environment steps. (The outer step comes
+before the iteration that trains on the batch, so that iteration already
+sees the updated phi; collecting the batch twice costs compute, not
+samples.) The batch is on-policy for the parameters the implicit gradient
+is taken at, as the separate rollout was. No rollout is written here: every
+one is the agent's `collect`.
 
 The baselines (methods "primary", "naive", "pbrs") run the same PPO with
 r_p, r_p + r_aux and r_p + gamma*Phi(s') - Phi(s).
@@ -62,7 +65,7 @@ from src import config as cfg
 from src import progress
 from src.config import ConfigError
 from src.gae import gae
-from src.networks import ActorCritic, entropy, log_prob, sample
+from src.networks import ActorCritic, entropy, log_prob
 
 METHODS = ("barfi", "naive", "pbrs", "primary")
 ESTIMATORS = ("implicit", "unrolled", "es")
@@ -165,7 +168,9 @@ class AlignmentConfig:
                               f"choose one of {', '.join(OUTER_OPTIMIZERS)}")
         if self.outer_lr <= 0 or self.neumann_alpha <= 0 or self.es_sigma <= 0:
             raise ConfigError("outer_lr, neumann_alpha and es_sigma must be positive")
-        self.ppo_config()   # an unknown or doubly set `ppo:` key fails here
+        if self.ppo_config().normalize_obs:   # an unknown or doubly set `ppo:` key fails here too
+            raise ConfigError("ppo.normalize_obs is not supported here: the learned reward and the heuristics "
+                              "read raw observations; drop ppo.normalize_obs")
         return self
 
     def ppo_config(self) -> "ppo.PPOConfig":
@@ -297,12 +302,13 @@ def make(config: AlignmentConfig, show_progress: bool = False) -> Aligner:
     }[config.method]
     learned = rewards.learned_reward(heuristic.aux)
     agent = ppo.make(pconfig, env, env_params, reward_fn=reward_fn)
+    # the same learner scoring the primary reward, for the rollouts outer steps evaluate
+    primary_agent = ppo.make(pconfig, env, env_params)
     network = agent.network
     base_hparams = ppo.hparams_from(pconfig)
     outer_opt = make_outer_optimizer(config.outer_optimizer, config.outer_lr)
     barfi = config.method == "barfi"
     T, E = config.outer_rollout, config.num_envs
-    step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
     def hparams_for(reward_params):
         if not barfi:
@@ -316,37 +322,26 @@ def make(config: AlignmentConfig, show_progress: bool = False) -> Aligner:
         opt_state = outer_opt.init(reward_params) if barfi else None
         return State(ts, reward_params, opt_state, key, jnp.zeros((), jnp.int32))
 
+    def batch_of(rollout):
+        """BARFI's view of a PPO rollout: the primary reward, and no gradient
+        into the data (PPO never normalises observations here: validate)."""
+        transition = Transition(rollout.obs, rollout.action, rollout.next_obs, rollout.env_reward,
+                                rollout.terminated, {})
+        return jax.lax.stop_gradient(Batch(transition, rollout.done, rollout.value, rollout.next_value))
+
     def collect(ts, key, length=T):
         """`length` steps of the current policy in the inner learner's own envs
-        (their episodes go on), recording primary rewards; gradients do not flow
-        into the data. The per-step keys are split as agents/ppo.py's rollout
-        splits them, so `collect_inner` can replay PPO's own batch."""
-        params = jax.lax.stop_gradient(ts.params)
-
-        def env_step(carry, keys):
-            env_state, obs = carry
-            dist, value = network.apply(params, obs)
-            action = sample(keys[0], dist, discrete)
-            next_obs, env_state, reward, terminated, truncated, info = step_envs(keys[1:], env_state, action,
-                                                                                env_params)
-            final = info["final_observation"]
-            out = (Transition(obs, action, final, reward, terminated, {}), jnp.logical_or(terminated, truncated),
-                   value)
-            return (env_state, next_obs), out
-
-        keys = jax.random.split(key, length * (E + 1))
-        keys = keys.reshape(length, E + 1, *keys.shape[1:])
-        (env_state, obs), (transition, done, value) = jax.lax.scan(env_step, (ts.env_state, ts.obs), keys)
-        next_value = network.apply(params, transition.next_obs, method=ActorCritic.value)
-        return ts.replace(env_state=env_state, obs=obs), Batch(transition, done, value, next_value)
+        (their episodes go on), through the agent's `collect`; the learner's
+        own key is left as it was."""
+        after, rollout = primary_agent.collect(ts.replace(key=key), None, env_params, length)
+        return after.replace(key=ts.key), batch_of(rollout)
 
     def collect_inner(ts):
-        """The batch PPO's next `agent.step(ts, ...)` collects (same key split as
-        agents/ppo.py's rollout; observations are not normalised there, as
-        AlignmentConfig never turns normalize_obs on), with primary rewards.
-        Returns the env states after it: equal to those `agent.step` ends in."""
-        _, rollout_key = jax.random.split(ts.key)
-        return collect(ts, rollout_key, config.num_steps)
+        """The batch PPO's next `agent.step(ts, ...)` collects and trains on (the
+        agent's `collect` from the same state), with primary rewards. Returns
+        the state after it: its env states are those `agent.step` ends in."""
+        after, rollout = primary_agent.collect(ts, None, env_params)
+        return after, batch_of(rollout)
 
     def outer_batch(ts, key):
         """The rollout an outer step evaluates: PPO's own next batch (ts left as
