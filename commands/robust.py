@@ -15,6 +15,8 @@ smoothed policy under a PGD attack with that total L2 budget.
 import argparse
 import os
 
+from src import experiment
+
 # Known return ranges (what the certificate integrates over); others need --return-range.
 RETURN_RANGES = {"CartPole-v1": (0.0, 500.0), "Acrobot-v1": (-500.0, 0.0), "MountainCar-v0": (-200.0, 0.0),
                  "Pendulum-v1": (-16.2736044 * 200, 0.0), "brax/inverted_pendulum": (0.0, 1000.0)}
@@ -54,9 +56,10 @@ def parse_args(argv):
     p.add_argument("--shift", default=None, metavar="PARAM=F1,F2,...",
                    help="instead of attacks: return of the clean policy with env parameter PARAM scaled by each factor")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="output directory (default RUN_DIR/robust)")
-    p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    experiment.core_flags(p, seeds=False, resume=False, logger=False, stop_at=False,
+                          out_help="output directory (default RUN_DIR/robust)")
+    p.epilog = "--config FILE and --set KEY=VALUE set any flag above (YAML keys are the flags' names)"
+    return experiment.parse_with_presets(p, argv)
 
 
 def floats(text, flag):

@@ -27,6 +27,7 @@ import math
 import os
 
 import numpy as np
+import yaml
 
 from src import config as cfg
 from src import rundir
@@ -37,14 +38,15 @@ class Diverged(RuntimeError):
     """A loss or a parameter became NaN or infinite; the message says where."""
 
 
-def core_flags(parser: argparse.ArgumentParser, *, seeds=True, resume=True, logger=True, stop_at=True):
+def core_flags(parser: argparse.ArgumentParser, *, seeds=True, resume=True, logger=True, stop_at=True,
+               out_help="run directory (default runs/<name>-<time>)"):
     """The flags every command takes where they make sense."""
     parser.add_argument("--config", default=None, help="YAML preset (see configs/) or a run's config.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (repeatable)")
     if seeds:
         parser.add_argument("--seeds", type=int, default=None, help="seeds (vmapped)")
-    parser.add_argument("--out", default=None, help="run directory (default runs/<name>-<time>)")
+    parser.add_argument("--out", default=None, help=out_help)
     if resume:
         parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     if stop_at:
@@ -55,6 +57,39 @@ def core_flags(parser: argparse.ArgumentParser, *, seeds=True, resume=True, logg
         parser.add_argument("--logger", default="csv", choices=("csv", "tensorboard"),
                             help="also write TensorBoard events")
     return parser
+
+
+def parse_with_presets(parser: argparse.ArgumentParser, argv):
+    """Parse a command whose settings are its flags (no config dataclass):
+    `--config FILE` (YAML whose keys are the flags' names, `-` or `_`) and
+    `--set KEY=VALUE` become the flags' defaults, so flags given on the command
+    line still win. Unknown keys fail, naming the known ones."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    pre.add_argument("--set", dest="overrides", action="append", default=[])
+    known, _ = pre.parse_known_args(argv)
+    dests = {a.dest: a for a in parser._actions if a.dest not in ("help", "config", "overrides")}
+    settings = cfg.load_yaml(known.config) if known.config else {}
+    for item in known.overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        settings[key.strip()] = yaml.safe_load(value)
+    defaults = {}
+    for key, value in settings.items():
+        dest = key.replace("-", "_")
+        if dest not in dests or not dests[dest].option_strings:
+            raise ConfigError(f"unknown setting {key!r}; known: {', '.join(sorted(d for d, a in dests.items() if a.option_strings))}")
+        if isinstance(value, list):    # a YAML list for a comma-list flag
+            value = ",".join(str(v) for v in value)
+        defaults[dest] = value
+    parser.set_defaults(**defaults)
+    args = parser.parse_args(argv)
+    for dest, action in dests.items():   # YAML gives numbers as they are; argparse types apply to strings only
+        value = getattr(args, dest)
+        if action.type is not None and dest in defaults and value is not None and not isinstance(value, str):
+            setattr(args, dest, action.type(value))
+    return args
 
 
 def default_out(name: str) -> str:

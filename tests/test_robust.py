@@ -151,6 +151,19 @@ def test_robust_cli_bad_input_fails_before_compiling(run_dir, tmp_path, capsys):
         robust.main([str(tmp_path)])
 
 
+def test_robust_settings_come_from_a_preset_and_set_and_flags_win(tmp_path):
+    """`run.py robust` takes --config and --set like every command: YAML keys
+    are the flags' names (lists for comma lists), --set overrides the preset
+    and a flag on the command line overrides both; a misspelt key fails."""
+    preset = tmp_path / "attack.yaml"
+    preset.write_text("attacks: [random, pgd]\neps: [0, 0.1]\nepisodes: 3\npgd-steps: 2\nsigma: 0.3\n")
+    args = robust.parse_args(["RUN", "--config", str(preset), "--set", "episodes=4", "--pgd-steps", "5"])
+    assert (args.attacks, args.eps, args.episodes, args.pgd_steps, args.sigma) == ("random,pgd", "0,0.1", 4, 5, 0.3)
+    assert isinstance(args.episodes, int) and args.norm == "linf"        # untouched flags keep their defaults
+    with pytest.raises(ConfigError, match="unknown setting 'epsilon'.*eps"):
+        robust.parse_args(["RUN", "--set", "epsilon=0.1"])
+
+
 def test_critic_attack_on_an_agent_without_a_state_value_critic_fails_clearly(tmp_path):
     # a SAC run directory (its initial state as the checkpoint): SAC has Q(s, a) critics, no V(s)
     config = dataclasses.replace(sac.SACConfig(), env="CartPole-v1", seeds=1, hidden=(8,), buffer_size=64,
