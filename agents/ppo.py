@@ -275,8 +275,11 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
             next_obs, env_state, env_rew, terminated, truncated, info = step_envs(
                 keys[1:], env_state, action, env_params)
             final_obs = info["final_observation"]
-            reward = rewards_of(reward_params, Transition(obs, action, final_obs, env_rew, terminated, info))
-            step = Rollout(obs_in, action, log_prob(dist, action, discrete), None, None, reward, terminated,
+            logp = log_prob(dist, action, discrete)
+            # the acting policy's log-probability, for rewards that penalise divergence from a reference
+            reward = rewards_of(reward_params, Transition(obs, action, final_obs, env_rew, terminated,
+                                                          {**info, "log_prob": logp}))
+            step = Rollout(obs_in, action, logp, None, None, reward, terminated,
                            jnp.logical_or(terminated, truncated), norm_obs(obs_stats, final_obs),
                            info["episode_done"], info["episode_return"], env_rew)
             if config.normalize_obs:

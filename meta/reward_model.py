@@ -1,0 +1,423 @@
+"""Optimising a learned reward: reward models from synthetic preferences, and
+how far a policy can push them before the gold reward falls (Gao et al. 2022's
+overoptimisation curves, Coste et al. 2023's ensembles).
+
+The pipeline, every stage vmapped over seeds:
+
+1. A reference policy: PPO trained on the gold reward (the environment's) for
+   `reference_steps`, partly trained on purpose (the "SFT" policy).
+2. Preference data: rollouts of the reference policy (through the agent's
+   `collect`), cut into segment pairs and labelled by the Bradley-Terry
+   oracle of the gold returns, with label noise (`envs/preferences.py`).
+3. Reward models: an ensemble of `ensemble` MLPs over (s, a, s') per pair
+   count, trained by Bradley-Terry cross-entropy, each member normalised to
+   mean 0 and std 1 over the reference rollouts (`envs/reward_models.py`).
+   Aggregated as mean, worst case (member minimum) or uncertainty-weighted
+   (mean - lambda * variance); the aggregation is a traced weight vector, so
+   every aggregation shares one program.
+4. Optimisation against the proxy, two ways:
+   - best-of-n over reference episodes ranked by the proxy, with the
+     analytic KL log n - (n - 1)/n (`envs/overoptimisation.py`);
+   - PPO continued from the reference policy's state on the per-step reward
+     r_proxy - beta * (log pi(a|s) - log pi_ref(a|s)) (RLHF's KL penalty;
+     beta is a traced leaf of the reward parameters, so a beta sweep is a
+     vmap). Every `eval_every` iterations the policy is evaluated on
+     `eval_episodes` whole episodes: gold return, proxy return, and
+     KL(pi || pi_ref) of the episode distribution (the sum over the episode
+     of log pi - log pi_ref along the policy's own actions: an unbiased
+     estimate of the trajectory KL).
+
+The x-axis of every curve is d = sqrt(KL(pi || pi_ref)) per episode.
+"""
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import envs
+from agents import ppo
+from envs import overoptimisation as oo
+from envs import preferences as prefs
+from envs import reward_models as rm
+from envs.core import episode_limit
+from src import config as cfg
+from src import normalize
+from src.config import ConfigError
+from src.networks import ActorCritic, log_prob
+
+AGGREGATIONS = rm.AGGREGATIONS
+GOLDS = ("env",)
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardModelConfig:
+    env: str = "Pendulum-v1"
+    env_kwargs: dict = dataclasses.field(default_factory=dict)
+    gold: str = "env"                  # the gold reward: the environment's own
+    seed: int = 0
+    seeds: int = 5
+    # the reference policy, PPO on the gold reward (any PPOConfig key under ppo:)
+    reference_steps: int = 200_000
+    ppo: dict = dataclasses.field(default_factory=dict)
+    # preference data from the reference policy's rollouts
+    data_envs: int = 64
+    data_steps: int = 400              # steps per env of the reference rollouts segments are cut from
+    pairs: tuple[int, ...] = (100, 1000, 10000)
+    held_out_pairs: int = 1000         # drawn separately, for the reward models' accuracy
+    segment_len: int = 25
+    temperature: float = 1.0           # Bradley-Terry temperature of the oracle (0: deterministic)
+    label_noise: float = 0.0
+    # reward models
+    ensemble: int = 1
+    bootstrap: bool = False            # False: members differ by seed only; True: and by a resample of the pairs
+    aggregate: tuple[str, ...] = ("mean",)
+    uwo_lambda: float = 1.0
+    rm_hidden: tuple[int, ...] = (64, 64)
+    rm_steps: int = 2000
+    rm_lr: float = 1e-3
+    rm_batch: int = 64
+    # optimisation against the proxy
+    beta: tuple[float, ...] = (0.0, 0.01, 0.1, 1.0)
+    rl_steps: int = 500_000
+    eval_every: int = 10               # PPO iterations between curve points
+    eval_episodes: int = 32
+    bon: tuple[int, ...] = (1, 4, 16, 64, 256)
+    bon_episodes: int = 512            # reference episodes best-of-n draws from (>= max n)
+
+    def reference_config(self) -> "ppo.PPOConfig":
+        base = {"env": self.env, "env_kwargs": self.env_kwargs, "seed": self.seed, "seeds": self.seeds,
+                "total_steps": self.reference_steps}
+        return cfg.inner_config(ppo.PPOConfig, base, self.ppo, "ppo")
+
+    def rl_config(self) -> "ppo.PPOConfig":
+        """The reference's PPO, continued on the proxy: no learning-rate
+        schedule (the run starts from the reference's state, mid-way)."""
+        ref = self.reference_config()
+        return dataclasses.replace(ref, total_steps=self.rl_steps, anneal_lr=False).validate()
+
+    def rl_iterations(self) -> int:
+        return self.rl_config().num_iterations
+
+    def validate(self):
+        envs.check_name(self.env)
+        if self.gold not in GOLDS:
+            raise ConfigError(f"unknown gold reward {self.gold!r}; choose one of {', '.join(GOLDS)}")
+        for kind in self.aggregate:
+            if kind not in AGGREGATIONS:
+                raise ConfigError(f"unknown aggregation {kind!r}; choose from {', '.join(AGGREGATIONS)}")
+        if not self.aggregate or not self.pairs or not self.beta:
+            raise ConfigError("aggregate, pairs and beta each need at least one value")
+        if any(b < 0 for b in self.beta):
+            raise ConfigError(f"beta must be >= 0 (a KL penalty), got {list(self.beta)}")
+        if self.ensemble < 1:
+            raise ConfigError(f"ensemble must be >= 1, got {self.ensemble}")
+        if self.ensemble == 1 and any(k != "mean" for k in self.aggregate):
+            raise ConfigError("wco and uwo aggregate an ensemble's members: set ensemble >= 2 (e.g. "
+                              "--set ensemble=5) or aggregate=[mean]")
+        for name in ("seeds", "data_envs", "data_steps", "held_out_pairs", "rm_steps", "rm_batch", "eval_every",
+                     "eval_episodes", "bon_episodes", "reference_steps", "rl_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        try:
+            prefs.validate(self.data_steps, self.segment_len, min(self.pairs), label_noise=self.label_noise,
+                           temperature=self.temperature)
+            if self.bootstrap:
+                prefs.check_bootstrap(min(self.pairs), self.ensemble)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.bon and max(self.bon) > self.bon_episodes:
+            raise ConfigError(f"best-of-{max(self.bon)} needs at least that many reference episodes: "
+                              f"set bon_episodes >= {max(self.bon)} (now {self.bon_episodes})")
+        if min(self.bon, default=1) < 1:
+            raise ConfigError(f"best-of-n needs n >= 1, got {list(self.bon)}")
+        self.rl_config()
+        if self.rl_iterations() % self.eval_every:
+            raise ConfigError(f"eval_every ({self.eval_every}) must divide the PPO iterations of the "
+                              f"optimisation ({self.rl_iterations()}): change rl_steps or eval_every")
+        return self
+
+
+class Programs(NamedTuple):
+    config: RewardModelConfig
+    reference: object          # key -> (reference TrainState, metrics)
+    data: object               # (reference TrainState, key) -> reference rollouts as prefs.Segments [E, T]
+    reward_models: object      # (rollouts, key, num_pairs) -> (normalised ensemble, accuracy dict)
+    score: object              # (TrainState, scoring params, key, episodes) -> per-episode dict
+    rlhf_chunk: object         # (TrainState, reward params) -> TrainState after eval_every iterations
+    rl_agent: object
+    aggregation_weights: dict
+
+
+def make(config: RewardModelConfig) -> Programs:
+    config = config.validate()
+    ref_config = config.reference_config()
+    env, env_params = envs.make(config.env, **config.env_kwargs)
+    discrete = envs.is_discrete(env, env_params)
+    obs_dim = envs.obs_size(env, env_params)
+    action_size = envs.action_dim(env, env_params)
+    horizon = episode_limit(env, env_params)
+    ref_agent = ppo.make(ref_config, env, env_params)
+    ref_hparams = ppo.hparams_from(ref_config)
+    network = ref_agent.network
+
+    def policy_log_prob(policy, obs, action):
+        """log pi(a|s) of a policy {"params", "obs_stats"} on raw observations."""
+        x = normalize.normalize(policy["obs_stats"], obs) if ref_config.normalize_obs else obs
+        return log_prob(network.apply(policy["params"], x, method=ActorCritic.policy), action, discrete)
+
+    def aggregated(params, transition):
+        """[mean, member minimum, mean - lambda * variance] of the ensemble's rewards."""
+        members = rm.member_rewards(params["rm"], transition.obs, transition.action, transition.next_obs)
+        mean = members.mean(axis=0)
+        return jnp.stack([mean, members.min(axis=0), mean - params["uwo_lambda"] * members.var(axis=0)])
+
+    def penalised_proxy(params, transition):
+        """RLHF's per-step reward: the proxy minus beta times the log-ratio of the
+        acting policy to the reference on the action taken."""
+        proxy = jnp.dot(params["weights"], aggregated(params, transition))
+        log_ratio = transition.info["log_prob"] - policy_log_prob(params["ref"], transition.obs, transition.action)
+        return proxy - params["beta"] * log_ratio
+
+    def scores(params, transition):
+        """What an evaluation records per step: the three aggregations and the
+        log-ratio to the reference."""
+        log_ratio = transition.info["log_prob"] - policy_log_prob(params["ref"], transition.obs, transition.action)
+        return jnp.concatenate([aggregated(params, transition), log_ratio[None]])
+
+    rl_config = config.rl_config()
+    rl_agent = ppo.make(rl_config, env, env_params, reward_fn=penalised_proxy)
+    rl_hparams = ppo.hparams_from(rl_config)
+
+    def scorer(episodes):
+        return ppo.make(dataclasses.replace(rl_config, num_envs=episodes, num_minibatches=1), env, env_params,
+                        reward_fn=scores)
+
+    scorers = {n: scorer(n) for n in {config.eval_episodes, config.bon_episodes}}
+    # its "reward" records the raw observations (the rollout keeps the policy's normalised input)
+    data_agent = ppo.make(dataclasses.replace(ref_config, num_envs=config.data_envs, num_minibatches=1), env,
+                          env_params, reward_fn=lambda _, tr: jnp.concatenate([tr.obs, tr.next_obs]).astype(jnp.float32))
+
+    def reference(key):
+        return ref_agent.train(key, ref_hparams)
+
+    def fresh_envs(agent, ts, key, num):
+        levels = jax.tree.map(lambda x: jnp.broadcast_to(x, (num, *jnp.shape(x))), env_params)
+        reset_key, run_key = jax.random.split(key)
+        return agent.reset_envs(ts.replace(key=run_key), reset_key, levels)
+
+    def data(ref_ts, key):
+        """The reference policy's rollouts (envs freshly reset), time second."""
+        _, rollout = data_agent.collect(fresh_envs(data_agent, ref_ts, key, config.data_envs), None, env_params,
+                                        config.data_steps)
+        raw = prefs.Segments(rollout.reward[..., :obs_dim], rollout.action, rollout.reward[..., obs_dim:],
+                             rollout.env_reward, rollout.terminated)
+        return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), raw)
+
+    def reward_models(rollouts, key, num_pairs: int):
+        pair_key, held_key, rm_key = jax.random.split(key, 3)
+        pairs = prefs.make_pairs(pair_key, rollouts, config.segment_len, num_pairs, config.temperature,
+                                 config.label_noise)
+        held = prefs.make_pairs(held_key, rollouts, config.segment_len, config.held_out_pairs, config.temperature,
+                                config.label_noise)
+        params, losses, _ = rm.train_ensemble(rm_key, pairs, config.ensemble, config.bootstrap, config.rm_steps,
+                                              config.rm_lr, config.rm_batch, action_size, tuple(config.rm_hidden))
+        params = rm.normalise(params, rollouts)
+        member = rm.accuracy(params, held)
+        acc = {"accuracy_label": member.label.mean(), "accuracy_gold": member.gold.mean(),
+               "train_loss": losses[:, -max(config.rm_steps // 10, 1):].mean()}
+        for kind in config.aggregate:
+            agg = rm.accuracy(params, held, kind, config.uwo_lambda)
+            acc[f"accuracy_gold_{kind}"] = agg.gold
+        return params, acc
+
+    def score(ts, params, key, episodes: int):
+        """Per episode (the first of each of `episodes` fresh envs, run to the
+        episode limit): gold return, the three aggregations' proxy returns and
+        the episode's log-ratio to the reference (its mean is KL(pi || pi_ref))."""
+        agent = scorers[episodes]
+        _, rollout = agent.collect(fresh_envs(agent, ts, key, episodes), params, env_params, horizon)
+        ended_before = jnp.cumsum(rollout.episode_done, axis=0) - rollout.episode_done
+        first = (ended_before == 0).astype(jnp.float32)                           # [T, E]
+        gold = (rollout.env_reward * first).sum(axis=0)
+        per_step = (rollout.reward * first[..., None]).sum(axis=0)                # [E, 4]
+        return {"gold": gold, "proxy_mean": per_step[:, 0], "proxy_wco": per_step[:, 1],
+                "proxy_uwo": per_step[:, 2], "log_ratio": per_step[:, 3]}
+
+    def rlhf_chunk(ts, params):
+        return rl_agent.run(ts, rl_hparams, params, None, env_params, num_iterations=config.eval_every)
+
+    weights = {k: jnp.eye(3, dtype=jnp.float32)[i] for i, k in enumerate(AGGREGATIONS)}
+    return Programs(config, reference, data, reward_models, score, rlhf_chunk, rl_agent, weights)
+
+
+def policy_of(ts):
+    return {"params": ts.params, "obs_stats": ts.obs_stats}
+
+
+def curve_point(episodes: dict, kind: str):
+    """Means over episodes: gold, the proxy of `kind`, KL and d = sqrt(KL)."""
+    kl = jnp.maximum(episodes["log_ratio"].mean(), 0.0)
+    return {"gold": episodes["gold"].mean(), "proxy": episodes[f"proxy_{kind}"].mean(), "kl": kl,
+            "d": jnp.sqrt(kl)}
+
+
+def best_of_n_curve(episodes: dict, kind: str, ns):
+    """Gold and proxy of best-of-n by the proxy of `kind`, for each n, at
+    d = sqrt(log n - (n - 1)/n)."""
+    proxy, gold = np.asarray(episodes[f"proxy_{kind}"]), np.asarray(episodes["gold"])
+    rows = []
+    for n in ns:
+        kl = float(oo.bon_kl(n))
+        rows.append({"n": int(n), "kl": kl, "d": math.sqrt(kl), "gold": float(oo.best_of_n(proxy, gold, n)),
+                     "proxy": float(oo.best_of_n(proxy, proxy, n))})
+    return rows
+
+
+def grid(config: RewardModelConfig):
+    """The optimisation runs, one per (pair count, aggregation, beta, seed), in
+    that nesting order: a list of dicts."""
+    return [{"pairs": p, "aggregate": a, "beta": b, "seed": s}
+            for p in config.pairs for a in config.aggregate for b in config.beta for s in range(config.seeds)]
+
+
+def take(tree, index):
+    """tree[index] on every leaf: an int or a tuple of ints (one per leading
+    axis), or a list of ints (a gather along the first axis)."""
+    index = np.asarray(index) if isinstance(index, list) else index
+    return jax.tree.map(lambda x: x[index], tree)
+
+
+def sweep(config: RewardModelConfig, show_progress: bool = True, log=print):
+    """The whole experiment (see the module docstring): every stage is one
+    program vmapped over seeds (reward models: one per pair count), and the
+    optimisation is one program over every (pair count, aggregation, beta,
+    seed), run `eval_every` iterations at a time with an evaluation between.
+    Returns a dict of plain numbers: reward-model accuracy, best-of-n rows,
+    RL curve rows, the reference's gold return."""
+    import time
+
+    from src import progress
+    programs = make(config)
+    c = programs.config
+    timing = {}
+    keys = jax.random.split(jax.random.PRNGKey(c.seed), c.seeds)
+    stage_keys = jax.vmap(lambda k: jax.random.split(k, 5))(keys)          # [seeds, 5, key]
+    ref_keys, data_keys, rm_keys, bon_keys, eval_keys = (stage_keys[:, i] for i in range(5))
+
+    start = time.time()
+    ref_ts, _ = jax.jit(jax.vmap(programs.reference))(ref_keys)
+    rollouts = jax.jit(jax.vmap(programs.data))(ref_ts, data_keys)
+    jax.block_until_ready(rollouts)
+    timing["reference_and_data_s"] = time.time() - start
+    log(f"reference policy trained ({c.reference_steps} steps x {c.seeds} seeds) and "
+        f"{c.data_envs * c.data_steps} steps of its rollouts per seed collected: {timing['reference_and_data_s']:.0f} s")
+
+    start = time.time()
+    ensembles, accuracy = [], {}
+    for num_pairs in c.pairs:
+        params, acc = jax.jit(jax.vmap(lambda r, k, n=num_pairs: programs.reward_models(r, k, n)))(rollouts, rm_keys)
+        ensembles.append(params)
+        accuracy[num_pairs] = {k: np.asarray(v).tolist() for k, v in acc.items()}
+        log(f"{num_pairs} pairs: held-out accuracy against gold {np.mean(acc['accuracy_gold']):.3f} "
+            f"(labels {np.mean(acc['accuracy_label']):.3f})")
+    ensembles = jax.tree.map(lambda *x: jnp.stack(x), *ensembles)           # [pair counts, seeds, K, ...]
+    timing["reward_models_s"] = time.time() - start
+
+    reference = policy_of(ref_ts)
+
+    def scoring_params(pair_index, seed, kind, beta):
+        return {"rm": take(ensembles, (pair_index, seed)), "uwo_lambda": jnp.float32(c.uwo_lambda),
+                "ref": take(reference, seed), "weights": programs.aggregation_weights[kind],
+                "beta": jnp.float32(beta)}
+
+    def stacked(items):
+        return jax.tree.map(lambda *x: jnp.stack(x), *items)
+
+    # best-of-n: the reference's episodes, scored once per (pair count, seed)
+    start = time.time()
+    bon_members = [(i, s) for i in range(len(c.pairs)) for s in range(c.seeds)]
+    bon_params = stacked([scoring_params(i, s, "mean", 0.0) for i, s in bon_members])
+    bon_ts = take(ref_ts, [s for _, s in bon_members])
+    bon_eps = jax.jit(jax.vmap(lambda t, p, k: programs.score(t, p, k, c.bon_episodes)))(
+        bon_ts, bon_params, bon_keys[np.asarray([s for _, s in bon_members])])
+    bon_eps = jax.tree.map(np.asarray, bon_eps)
+    bon_rows = []
+    for m, (i, s) in enumerate(bon_members):
+        episodes = {k: v[m] for k, v in bon_eps.items()}
+        for kind in c.aggregate:
+            for row in best_of_n_curve(episodes, kind, c.bon):
+                bon_rows.append({"method": "bon", "pairs": c.pairs[i], "aggregate": kind, "seed": s, **row})
+    reference_gold = [float(bon_eps["gold"][m].mean()) for m, (i, s) in enumerate(bon_members) if i == 0]
+    timing["best_of_n_s"] = time.time() - start
+
+    # the optimisation: every (pair count, aggregation, beta, seed) in one program
+    runs = grid(c)
+    params = stacked([scoring_params(c.pairs.index(r["pairs"]), r["seed"], r["aggregate"], r["beta"]) for r in runs])
+    ts = take(ref_ts, [r["seed"] for r in runs])
+    eval_key = eval_keys[np.asarray([r["seed"] for r in runs])]
+    chunk = jax.jit(jax.vmap(programs.rlhf_chunk))
+    evaluate = jax.jit(jax.vmap(lambda t, p, k: programs.score(t, p, k, c.eval_episodes)))
+    kinds = np.asarray([AGGREGATIONS.index(r["aggregate"]) for r in runs])
+    rl_rows = []
+
+    def record(ts, iteration, key):
+        eps = jax.tree.map(np.asarray, evaluate(ts, params, key))
+        proxy = np.stack([eps["proxy_mean"], eps["proxy_wco"], eps["proxy_uwo"]], axis=1)   # [runs, 3, episodes]
+        for m, r in enumerate(runs):
+            kl = max(float(eps["log_ratio"][m].mean()), 0.0)
+            rl_rows.append({"method": "rl", **r, "iteration": iteration,
+                            "env_steps": iteration * programs.rl_agent.config.batch_size,
+                            "gold": float(eps["gold"][m].mean()), "proxy": float(proxy[m, kinds[m]].mean()),
+                            "kl": kl, "d": math.sqrt(kl)})
+
+    start = time.time()
+    total = c.rl_iterations()
+    record(ts, 0, jax.vmap(lambda k: jax.random.fold_in(k, 0))(eval_key))
+    with progress.bar(total, desc=f"PPO on the proxy, {len(runs)} runs", enabled=show_progress) as bar:
+        for done in range(c.eval_every, total + 1, c.eval_every):
+            ts, _ = chunk(ts, params)
+            record(ts, done, jax.vmap(lambda k, d=done: jax.random.fold_in(k, d))(eval_key))
+            if bar is not None:
+                bar.update(c.eval_every)
+    timing["rl_s"] = time.time() - start
+    log(f"PPO on the proxy: {len(runs)} runs x {c.rl_steps} steps in {timing['rl_s']:.0f} s")
+    return {"accuracy": accuracy, "bon": bon_rows, "rl": rl_rows, "reference_gold": reference_gold,
+            "timing": timing}
+
+
+def summarise(config: RewardModelConfig, result: dict):
+    """Per curve (method, pair count, aggregation, and beta for RL): the mean
+    over seeds at each point, the fitted functional form on gold relative to
+    the reference's (Gao et al.), where gold peaks and where it ends."""
+    summaries = []
+    groups = {}
+    for row in result["bon"] + result["rl"]:
+        key = (row["method"], row["pairs"], row["aggregate"], row.get("beta"))
+        groups.setdefault(key, []).append(row)
+    for (method, pairs, kind, beta), rows in groups.items():
+        x_name = "n" if method == "bon" else "iteration"
+        xs = sorted({r[x_name] for r in rows})
+        by_x = {x: [r for r in rows if r[x_name] == x] for x in xs}
+        gold = np.array([[r["gold"] for r in sorted(by_x[x], key=lambda r: r["seed"])] for x in xs])   # [points, seeds]
+        proxy = np.array([[r["proxy"] for r in sorted(by_x[x], key=lambda r: r["seed"])] for x in xs])
+        d = np.array([np.mean([r["d"] for r in by_x[x]]) for x in xs])
+        base = gold[0]           # the reference's (n = 1, iteration 0), per seed
+        rel = gold - base
+        fit = (oo.fit_bon if method == "bon" else oo.fit_rl)(np.repeat(d, gold.shape[1]), rel.ravel())
+        mean_gold = gold.mean(axis=1)
+        peak = int(np.argmax(mean_gold))
+        se = gold.std(axis=1, ddof=1) / np.sqrt(gold.shape[1]) if gold.shape[1] > 1 else np.zeros(len(xs))
+        summaries.append({
+            "method": method, "pairs": pairs, "aggregate": kind, "beta": beta, "points": len(xs),
+            "seeds": int(gold.shape[1]), "x": xs, "d": d.tolist(), "gold_mean": mean_gold.tolist(),
+            "gold_se": se.tolist(), "proxy_mean": proxy.mean(axis=1).tolist(),
+            "peak_d": float(d[peak]), "peak_gold": float(mean_gold[peak]), "final_gold": float(mean_gold[-1]),
+            "final_gold_se": float(se[-1]), "final_d": float(d[-1]),
+            # a hump: gold falls from its peak by more than 2 standard errors while the proxy still rises
+            "hump": bool(peak < len(xs) - 1 and mean_gold[peak] - mean_gold[-1] > 2 * max(se[-1], se[peak])
+                         and proxy.mean(axis=1)[-1] > proxy.mean(axis=1)[peak]),
+            "fit": fit._asdict()})
+    return summaries
