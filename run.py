@@ -5,7 +5,7 @@
     python run.py eval RUN_DIR --episodes 50
     python run.py plot RUN_DIR
     python run.py envs
-    python run.py meta reward-alignment|lpo|ued ...  # meta-learning loops (see commands/)
+    python run.py meta reward-alignment|lpo|ued|reward-model ...  # meta-learning loops (see commands/)
     python run.py robust RUN_DIR ...                 # attacks and certificates on a trained run
 
 Parses, builds, runs and writes the run directory; no algorithm logic here.
@@ -35,6 +35,8 @@ META_LOOPS = {
     "reward-alignment": ("commands.reward_alignment", "bi-level reward alignment (BARFI) and its baselines"),
     "lpo": ("commands.lpo", "ES-discovered policy objectives (learned policy optimisation)"),
     "ued": ("commands.ued", "adversarial environment design: DR, PLR, robust PLR, ACCEL, PAIRED"),
+    "reward-model": ("commands.reward_model", "reward models from preferences: ensembles, best-of-n, PPO with a "
+                                              "KL penalty, overoptimisation curves"),
 }
 ROBUST_MODULE = "commands.robust"
 

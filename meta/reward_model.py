@@ -99,7 +99,9 @@ class RewardModelConfig:
         return dataclasses.replace(ref, total_steps=self.rl_steps, anneal_lr=False).validate()
 
     def rl_iterations(self) -> int:
-        return self.rl_config().num_iterations
+        """PPO iterations on the proxy: rl_steps' worth, rounded down to whole
+        evaluation intervals (at least one)."""
+        return max(self.rl_config().num_iterations // self.eval_every, 1) * self.eval_every
 
     def validate(self):
         envs.check_name(self.env)
@@ -134,9 +136,6 @@ class RewardModelConfig:
         if min(self.bon, default=1) < 1:
             raise ConfigError(f"best-of-n needs n >= 1, got {list(self.bon)}")
         self.rl_config()
-        if self.rl_iterations() % self.eval_every:
-            raise ConfigError(f"eval_every ({self.eval_every}) must divide the PPO iterations of the "
-                              f"optimisation ({self.rl_iterations()}): change rl_steps or eval_every")
         return self
 
 
@@ -290,13 +289,20 @@ def take(tree, index):
     return jax.tree.map(lambda x: x[index], tree)
 
 
-def sweep(config: RewardModelConfig, show_progress: bool = True, log=print):
+def sweep(config: RewardModelConfig, show_progress: bool = True, log=print, restore=None, on_chunk=None,
+          stop_at: int | None = None):
     """The whole experiment (see the module docstring): every stage is one
     program vmapped over seeds (reward models: one per pair count), and the
     optimisation is one program over every (pair count, aggregation, beta,
     seed), run `eval_every` iterations at a time with an evaluation between.
     Returns a dict of plain numbers: reward-model accuracy, best-of-n rows,
-    RL curve rows, the reference's gold return."""
+    RL curve rows, the reference's gold return.
+
+    The stages before the optimisation are recomputed on every call (they are
+    deterministic in the seed). `restore(ts) -> (ts, iterations done)` gives
+    the optimisation's checkpoint, if any; `on_chunk(ts, done, new rl rows)`
+    is called after every chunk (to checkpoint and write rows); `stop_at`
+    stops after that many PPO iterations (a multiple of eval_every)."""
     import time
 
     from src import progress
@@ -375,17 +381,24 @@ def sweep(config: RewardModelConfig, show_progress: bool = True, log=print):
 
     start = time.time()
     total = c.rl_iterations()
-    record(ts, 0, jax.vmap(lambda k: jax.random.fold_in(k, 0))(eval_key))
-    with progress.bar(total, desc=f"PPO on the proxy, {len(runs)} runs", enabled=show_progress) as bar:
-        for done in range(c.eval_every, total + 1, c.eval_every):
+    stop = total if stop_at is None else stop_at
+    ts, first = restore(ts) if restore is not None else (ts, 0)
+    if first == 0:
+        record(ts, 0, jax.vmap(lambda k: jax.random.fold_in(k, 0))(eval_key))
+    with progress.bar(total, desc=f"PPO on the proxy, {len(runs)} runs", enabled=show_progress,
+                      initial=first) as bar:
+        for done in range(first + c.eval_every, stop + 1, c.eval_every):
+            before = len(rl_rows)
             ts, _ = chunk(ts, params)
             record(ts, done, jax.vmap(lambda k, d=done: jax.random.fold_in(k, d))(eval_key))
+            if on_chunk is not None:
+                on_chunk(ts, done, rl_rows[before if done > c.eval_every else 0:])
             if bar is not None:
                 bar.update(c.eval_every)
     timing["rl_s"] = time.time() - start
-    log(f"PPO on the proxy: {len(runs)} runs x {c.rl_steps} steps in {timing['rl_s']:.0f} s")
+    log(f"PPO on the proxy: {len(runs)} runs x {total * programs.rl_agent.config.batch_size} steps in {timing['rl_s']:.0f} s")
     return {"accuracy": accuracy, "bon": bon_rows, "rl": rl_rows, "reference_gold": reference_gold,
-            "timing": timing}
+            "timing": timing, "complete": stop >= total}
 
 
 def summarise(config: RewardModelConfig, result: dict):
