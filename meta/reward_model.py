@@ -30,6 +30,7 @@ The pipeline, every stage vmapped over seeds:
 The x-axis of every curve is d = sqrt(KL(pi || pi_ref)) per episode.
 """
 import dataclasses
+import functools
 import math
 from typing import NamedTuple
 
@@ -140,17 +141,34 @@ class RewardModelConfig:
 
 
 class Programs(NamedTuple):
+    """One experiment's functions, each jitted and vmapped over its leading
+    (member) axis once, so that sweeps of the same config share compiled
+    programs (`make` is cached per config)."""
     config: RewardModelConfig
-    reference: object          # key -> (reference TrainState, metrics)
-    data: object               # (reference TrainState, key) -> reference rollouts as prefs.Segments [E, T]
-    reward_models: object      # (rollouts, key, num_pairs) -> (normalised ensemble, accuracy dict)
-    score: object              # (TrainState, scoring params, key, episodes) -> per-episode dict
-    rlhf_chunk: object         # (TrainState, reward params) -> TrainState after eval_every iterations
+    reference: object          # keys -> (reference TrainStates, metrics)
+    data: object               # (reference TrainStates, keys) -> reference rollouts as prefs.Segments [E, T]
+    reward_models: dict        # num_pairs -> ((rollouts, keys) -> (normalised ensembles, accuracy dict))
+    score_bon: object          # (TrainStates, scoring params, keys) -> per-episode dicts, bon_episodes each
+    score_eval: object         # the same with eval_episodes each
+    rlhf_chunk: object         # (TrainStates, reward params) -> TrainStates after eval_every iterations
     rl_agent: object
     aggregation_weights: dict
 
 
+_PROGRAMS = {}
+
+
 def make(config: RewardModelConfig) -> Programs:
+    """`build`, cached per config (by value)."""
+    import json
+    key = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+    if key not in _PROGRAMS:
+        _PROGRAMS.clear()          # one experiment's programs at a time: they hold compiled code
+        _PROGRAMS[key] = build(config)
+    return _PROGRAMS[key]
+
+
+def build(config: RewardModelConfig) -> Programs:
     config = config.validate()
     ref_config = config.reference_config()
     env, env_params = envs.make(config.env, **config.env_kwargs)
@@ -249,7 +267,11 @@ def make(config: RewardModelConfig) -> Programs:
         return rl_agent.run(ts, rl_hparams, params, None, env_params, num_iterations=config.eval_every)
 
     weights = {k: jnp.eye(3, dtype=jnp.float32)[i] for i, k in enumerate(AGGREGATIONS)}
-    return Programs(config, reference, data, reward_models, score, rlhf_chunk, rl_agent, weights)
+    return Programs(config, jax.jit(jax.vmap(reference)), jax.jit(jax.vmap(data)),
+                    {n: jax.jit(jax.vmap(functools.partial(reward_models, num_pairs=n))) for n in config.pairs},
+                    jax.jit(jax.vmap(lambda t, p, k: score(t, p, k, config.bon_episodes))),
+                    jax.jit(jax.vmap(lambda t, p, k: score(t, p, k, config.eval_episodes))),
+                    jax.jit(jax.vmap(rlhf_chunk)), rl_agent, weights)
 
 
 def policy_of(ts):
@@ -314,8 +336,8 @@ def sweep(config: RewardModelConfig, show_progress: bool = True, log=print, rest
     ref_keys, data_keys, rm_keys, bon_keys, eval_keys = (stage_keys[:, i] for i in range(5))
 
     start = time.time()
-    ref_ts, _ = jax.jit(jax.vmap(programs.reference))(ref_keys)
-    rollouts = jax.jit(jax.vmap(programs.data))(ref_ts, data_keys)
+    ref_ts, _ = programs.reference(ref_keys)
+    rollouts = programs.data(ref_ts, data_keys)
     jax.block_until_ready(rollouts)
     timing["reference_and_data_s"] = time.time() - start
     log(f"reference policy trained ({c.reference_steps} steps x {c.seeds} seeds) and "
@@ -324,7 +346,7 @@ def sweep(config: RewardModelConfig, show_progress: bool = True, log=print, rest
     start = time.time()
     ensembles, accuracy = [], {}
     for num_pairs in c.pairs:
-        params, acc = jax.jit(jax.vmap(lambda r, k, n=num_pairs: programs.reward_models(r, k, n)))(rollouts, rm_keys)
+        params, acc = programs.reward_models[num_pairs](rollouts, rm_keys)
         ensembles.append(params)
         accuracy[num_pairs] = {k: np.asarray(v).tolist() for k, v in acc.items()}
         log(f"{num_pairs} pairs: held-out accuracy against gold {np.mean(acc['accuracy_gold']):.3f} "
@@ -347,8 +369,7 @@ def sweep(config: RewardModelConfig, show_progress: bool = True, log=print, rest
     bon_members = [(i, s) for i in range(len(c.pairs)) for s in range(c.seeds)]
     bon_params = stacked([scoring_params(i, s, "mean", 0.0) for i, s in bon_members])
     bon_ts = take(ref_ts, [s for _, s in bon_members])
-    bon_eps = jax.jit(jax.vmap(lambda t, p, k: programs.score(t, p, k, c.bon_episodes)))(
-        bon_ts, bon_params, bon_keys[np.asarray([s for _, s in bon_members])])
+    bon_eps = programs.score_bon(bon_ts, bon_params, bon_keys[np.asarray([s for _, s in bon_members])])
     bon_eps = jax.tree.map(np.asarray, bon_eps)
     bon_rows = []
     for m, (i, s) in enumerate(bon_members):
@@ -364,8 +385,7 @@ def sweep(config: RewardModelConfig, show_progress: bool = True, log=print, rest
     params = stacked([scoring_params(c.pairs.index(r["pairs"]), r["seed"], r["aggregate"], r["beta"]) for r in runs])
     ts = take(ref_ts, [r["seed"] for r in runs])
     eval_key = eval_keys[np.asarray([r["seed"] for r in runs])]
-    chunk = jax.jit(jax.vmap(programs.rlhf_chunk))
-    evaluate = jax.jit(jax.vmap(lambda t, p, k: programs.score(t, p, k, c.eval_episodes)))
+    chunk, evaluate = programs.rlhf_chunk, programs.score_eval
     kinds = np.asarray([AGGREGATIONS.index(r["aggregate"]) for r in runs])
     rl_rows = []
 
