@@ -50,14 +50,19 @@ from src.config import ConfigError
 from src.networks import ActorCritic, log_prob
 
 AGGREGATIONS = rm.AGGREGATIONS
-GOLDS = ("env",)
+GOLDS = ("env", "random")
 
 
 @dataclasses.dataclass(frozen=True)
 class RewardModelConfig:
     env: str = "Pendulum-v1"
     env_kwargs: dict = dataclasses.field(default_factory=dict)
-    gold: str = "env"                  # the gold reward: the environment's own
+    # the gold reward: "env", the environment's own; "random", a frozen randomly
+    # initialised wide network over (s, a, s') (as Gao et al.'s large gold model),
+    # one for all seeds, unscaled (the oracle's temperature is in its units);
+    # the reference policy is still trained on the environment's reward
+    gold: str = "env"
+    gold_width: int = 256
     seed: int = 0
     seeds: int = 5
     # the reference policy, PPO on the gold reward (any PPOConfig key under ppo:)
@@ -198,11 +203,20 @@ def build(config: RewardModelConfig) -> Programs:
         log_ratio = transition.info["log_prob"] - policy_log_prob(params["ref"], transition.obs, transition.action)
         return proxy - params["beta"] * log_ratio
 
+    if config.gold == "random":
+        gold_fn, gold_params = rm.random_gold(jax.random.PRNGKey(config.seed + 7919), obs_dim, action_size,
+                                              discrete, config.gold_width)
+
+    def gold_of(transition):
+        if config.gold == "env":
+            return transition.reward
+        return gold_fn(gold_params, transition)
+
     def scores(params, transition):
-        """What an evaluation records per step: the three aggregations and the
-        log-ratio to the reference."""
+        """What an evaluation records per step: the three aggregations, the
+        log-ratio to the reference and the gold reward."""
         log_ratio = transition.info["log_prob"] - policy_log_prob(params["ref"], transition.obs, transition.action)
-        return jnp.concatenate([aggregated(params, transition), log_ratio[None]])
+        return jnp.concatenate([aggregated(params, transition), log_ratio[None], gold_of(transition)[None]])
 
     rl_config = config.rl_config()
     rl_agent = ppo.make(rl_config, env, env_params, reward_fn=penalised_proxy)
@@ -231,6 +245,8 @@ def build(config: RewardModelConfig) -> Programs:
                                         config.data_steps)
         raw = prefs.Segments(rollout.reward[..., :obs_dim], rollout.action, rollout.reward[..., obs_dim:],
                              rollout.env_reward, rollout.terminated)
+        if config.gold == "random":
+            raw = prefs.with_gold(raw, gold_fn, gold_params)
         return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), raw)
 
     def reward_models(rollouts, key, num_pairs: int):
@@ -258,8 +274,8 @@ def build(config: RewardModelConfig) -> Programs:
         _, rollout = agent.collect(fresh_envs(agent, ts, key, episodes), params, env_params, horizon)
         ended_before = jnp.cumsum(rollout.episode_done, axis=0) - rollout.episode_done
         first = (ended_before == 0).astype(jnp.float32)                           # [T, E]
-        gold = (rollout.env_reward * first).sum(axis=0)
-        per_step = (rollout.reward * first[..., None]).sum(axis=0)                # [E, 4]
+        per_step = (rollout.reward * first[..., None]).sum(axis=0)                # [E, 5]
+        gold = per_step[:, 4]
         return {"gold": gold, "proxy_mean": per_step[:, 0], "proxy_wco": per_step[:, 1],
                 "proxy_uwo": per_step[:, 2], "log_ratio": per_step[:, 3]}
 
@@ -295,6 +311,16 @@ def best_of_n_curve(episodes: dict, kind: str, ns):
         rows.append({"n": int(n), "kl": kl, "d": math.sqrt(kl), "gold": float(oo.best_of_n(proxy, gold, n)),
                      "proxy": float(oo.best_of_n(proxy, proxy, n))})
     return rows
+
+
+def check_gold_varies(gold, env: str):
+    """Preferences need gold returns that differ: a constant per-step gold
+    reward (CartPole pays 1 per step) makes every pair a tie."""
+    gold = np.asarray(gold)
+    if gold.size and np.all(gold == gold.ravel()[0]):
+        raise ConfigError(f"the gold reward of {env} is the same ({gold.ravel()[0]:g}) on every step of the "
+                          f"reference's rollouts, so every preference is a tie: use --set gold=random (a random "
+                          f"network as the gold reward) or another environment")
 
 
 def grid(config: RewardModelConfig):
@@ -338,7 +364,7 @@ def sweep(config: RewardModelConfig, show_progress: bool = True, log=print, rest
     start = time.time()
     ref_ts, _ = programs.reference(ref_keys)
     rollouts = programs.data(ref_ts, data_keys)
-    jax.block_until_ready(rollouts)
+    check_gold_varies(rollouts.gold, c.env)
     timing["reference_and_data_s"] = time.time() - start
     log(f"reference policy trained ({c.reference_steps} steps x {c.seeds} seeds) and "
         f"{c.data_envs * c.data_steps} steps of its rollouts per seed collected: {timing['reference_and_data_s']:.0f} s")

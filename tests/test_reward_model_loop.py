@@ -119,6 +119,12 @@ def test_cli_writes_the_run_directory(sweeps, tmp_path):
         assert len(json.load(f)) == 12
 
 
+def test_a_constant_gold_reward_is_refused_naming_the_fix():
+    with pytest.raises(ConfigError, match="gold=random"):
+        rmod.check_gold_varies(np.ones((4, 10), np.float32), "CartPole-v1")
+    rmod.check_gold_varies(np.array([[0.0, 1.0]]), "gridworld/barfi")
+
+
 @pytest.mark.parametrize("change, message", [
     ({"aggregate": ("wco",), "ensemble": 1}, "set ensemble >= 2"),
     ({"beta": (0.0, -0.1)}, "beta must be >= 0"),
