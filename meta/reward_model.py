@@ -440,7 +440,7 @@ def sweep(config: RewardModelConfig, show_progress: bool = True, log=print, rest
             if on_chunk is not None:
                 on_chunk(ts, done, rl_rows[before if done > c.eval_every else 0:])
             if bar is not None:
-                bar.update(c.eval_every)
+                bar.update_to(done)
     timing["rl_s"] = time.time() - start
     log(f"PPO on the proxy: {len(runs)} runs x {total * programs.rl_agent.config.batch_size} steps in {timing['rl_s']:.0f} s")
     return {"accuracy": accuracy, "bon": bon_rows, "rl": rl_rows, "reference_gold": reference_gold,
