@@ -25,7 +25,8 @@ def parser():
     p.add_argument("--pairs", default=None, help="comma list of preference-pair counts")
     p.add_argument("--label-noise", type=float, default=None, help="probability a label is flipped")
     p.add_argument("--ensemble", type=int, default=None, help="reward models per ensemble")
-    p.add_argument("--aggregate", default=None, help="comma list of mean, wco, uwo")
+    p.add_argument("--aggregate", default=None,
+                   help="comma list of mean, wco, uwo, single (the first member alone)")
     p.add_argument("--beta", default=None, help="comma list of KL-penalty weights")
     p.add_argument("--bon", default=None, help="comma list of best-of-n sizes")
     return experiment.core_flags(p, resume=True, logger=False, stop_at=True)

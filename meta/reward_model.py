@@ -49,7 +49,9 @@ from src import normalize
 from src.config import ConfigError
 from src.networks import ActorCritic, log_prob
 
-AGGREGATIONS = rm.AGGREGATIONS
+# the ensemble's aggregations, and "single": its first member alone (a single
+# reward model trained on the same data, for comparison)
+AGGREGATIONS = (*rm.AGGREGATIONS, "single")
 GOLDS = ("env", "random")
 
 
@@ -122,7 +124,7 @@ class RewardModelConfig:
             raise ConfigError(f"beta must be >= 0 (a KL penalty), got {list(self.beta)}")
         if self.ensemble < 1:
             raise ConfigError(f"ensemble must be >= 1, got {self.ensemble}")
-        if self.ensemble == 1 and any(k != "mean" for k in self.aggregate):
+        if self.ensemble == 1 and any(k in ("wco", "uwo") for k in self.aggregate):
             raise ConfigError("wco and uwo aggregate an ensemble's members: set ensemble >= 2 (e.g. "
                               "--set ensemble=5) or aggregate=[mean]")
         for name in ("seeds", "data_envs", "data_steps", "held_out_pairs", "rm_steps", "rm_batch", "eval_every",
@@ -191,10 +193,11 @@ def build(config: RewardModelConfig) -> Programs:
         return log_prob(network.apply(policy["params"], x, method=ActorCritic.policy), action, discrete)
 
     def aggregated(params, transition):
-        """[mean, member minimum, mean - lambda * variance] of the ensemble's rewards."""
+        """[mean, member minimum, mean - lambda * variance, first member] of the
+        ensemble's rewards (the order of AGGREGATIONS)."""
         members = rm.member_rewards(params["rm"], transition.obs, transition.action, transition.next_obs)
         mean = members.mean(axis=0)
-        return jnp.stack([mean, members.min(axis=0), mean - params["uwo_lambda"] * members.var(axis=0)])
+        return jnp.stack([mean, members.min(axis=0), mean - params["uwo_lambda"] * members.var(axis=0), members[0]])
 
     def penalised_proxy(params, transition):
         """RLHF's per-step reward: the proxy minus beta times the log-ratio of the
@@ -213,7 +216,7 @@ def build(config: RewardModelConfig) -> Programs:
         return gold_fn(gold_params, transition)
 
     def scores(params, transition):
-        """What an evaluation records per step: the three aggregations, the
+        """What an evaluation records per step: every aggregation, the
         log-ratio to the reference and the gold reward."""
         log_ratio = transition.info["log_prob"] - policy_log_prob(params["ref"], transition.obs, transition.action)
         return jnp.concatenate([aggregated(params, transition), log_ratio[None], gold_of(transition)[None]])
@@ -262,27 +265,28 @@ def build(config: RewardModelConfig) -> Programs:
         acc = {"accuracy_label": member.label.mean(), "accuracy_gold": member.gold.mean(),
                "train_loss": losses[:, -max(config.rm_steps // 10, 1):].mean()}
         for kind in config.aggregate:
-            agg = rm.accuracy(params, held, kind, config.uwo_lambda)
-            acc[f"accuracy_gold_{kind}"] = agg.gold
+            if kind == "single":
+                acc["accuracy_gold_single"] = member.gold[0]
+            else:
+                acc[f"accuracy_gold_{kind}"] = rm.accuracy(params, held, kind, config.uwo_lambda).gold
         return params, acc
 
     def score(ts, params, key, episodes: int):
         """Per episode (the first of each of `episodes` fresh envs, run to the
-        episode limit): gold return, the three aggregations' proxy returns and
+        episode limit): gold return, every aggregation's proxy return and
         the episode's log-ratio to the reference (its mean is KL(pi || pi_ref))."""
         agent = scorers[episodes]
         _, rollout = agent.collect(fresh_envs(agent, ts, key, episodes), params, env_params, horizon)
         ended_before = jnp.cumsum(rollout.episode_done, axis=0) - rollout.episode_done
         first = (ended_before == 0).astype(jnp.float32)                           # [T, E]
-        per_step = (rollout.reward * first[..., None]).sum(axis=0)                # [E, 5]
-        gold = per_step[:, 4]
-        return {"gold": gold, "proxy_mean": per_step[:, 0], "proxy_wco": per_step[:, 1],
-                "proxy_uwo": per_step[:, 2], "log_ratio": per_step[:, 3]}
+        per_step = (rollout.reward * first[..., None]).sum(axis=0)                # [E, 6]
+        return {"gold": per_step[:, 5], "log_ratio": per_step[:, 4],
+                **{f"proxy_{kind}": per_step[:, i] for i, kind in enumerate(AGGREGATIONS)}}
 
     def rlhf_chunk(ts, params):
         return rl_agent.run(ts, rl_hparams, params, None, env_params, num_iterations=config.eval_every)
 
-    weights = {k: jnp.eye(3, dtype=jnp.float32)[i] for i, k in enumerate(AGGREGATIONS)}
+    weights = {k: jnp.eye(len(AGGREGATIONS), dtype=jnp.float32)[i] for i, k in enumerate(AGGREGATIONS)}
     return Programs(config, jax.jit(jax.vmap(reference)), jax.jit(jax.vmap(data)),
                     {n: jax.jit(jax.vmap(functools.partial(reward_models, num_pairs=n))) for n in config.pairs},
                     jax.jit(jax.vmap(lambda t, p, k: score(t, p, k, config.bon_episodes))),
@@ -417,7 +421,7 @@ def sweep(config: RewardModelConfig, show_progress: bool = True, log=print, rest
 
     def record(ts, iteration, key):
         eps = jax.tree.map(np.asarray, evaluate(ts, params, key))
-        proxy = np.stack([eps["proxy_mean"], eps["proxy_wco"], eps["proxy_uwo"]], axis=1)   # [runs, 3, episodes]
+        proxy = np.stack([eps[f"proxy_{k}"] for k in AGGREGATIONS], axis=1)   # [runs, kinds, episodes]
         for m, r in enumerate(runs):
             kl = max(float(eps["log_ratio"][m].mean()), 0.0)
             rl_rows.append({"method": "rl", **r, "iteration": iteration,
