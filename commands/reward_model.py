@@ -63,9 +63,12 @@ def markdown(config, result, summaries):
              f"{np.mean(result['reference_gold']):.2f}); pairs of {config.segment_len}-step segments, "
              f"temperature {config.temperature}, label noise {config.label_noise}; ensembles of {config.ensemble} "
              f"({'bootstrap' if config.bootstrap else 'seeds only'}); PPO on the proxy {config.rl_steps} steps.", "",
-             "## Reward models (held-out pairs)", "", "| pairs | accuracy vs gold | vs labels |", "|---|---|---|"]
+             "## Reward models (held-out pairs)", "",
+             "| pairs | accuracy vs gold (ties count half) | on pairs gold decides (share of pairs) | vs labels |",
+             "|---|---|---|---|"]
     for pairs, acc in result["accuracy"].items():
         lines.append(f"| {pairs} | {np.mean(acc['accuracy_gold']):.3f} ± {np.std(acc['accuracy_gold']):.3f} | "
+                     f"{np.mean(acc['accuracy_gold_decided']):.3f} ({np.mean(acc['decided_fraction']):.2f}) | "
                      f"{np.mean(acc['accuracy_label']):.3f} |")
     lines += ["", "## Gold return against d = sqrt(KL), per curve (mean over seeds; se: standard error)", "",
               "| method | pairs | aggregate | beta | gold at start | peak gold (at d) | final gold ± se (at d) | "

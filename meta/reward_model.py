@@ -263,7 +263,8 @@ def build(config: RewardModelConfig) -> Programs:
         params = rm.normalise(params, rollouts)
         member = rm.accuracy(params, held)
         acc = {"accuracy_label": member.label.mean(), "accuracy_gold": member.gold.mean(),
-               "train_loss": losses[:, -max(config.rm_steps // 10, 1):].mean()}
+               "train_loss": losses[:, -max(config.rm_steps // 10, 1):].mean(),
+               **decided_accuracy(params, held)}
         for kind in config.aggregate:
             if kind == "single":
                 acc["accuracy_gold_single"] = member.gold[0]
@@ -315,6 +316,19 @@ def best_of_n_curve(episodes: dict, kind: str, ns):
         rows.append({"n": int(n), "kl": kl, "d": math.sqrt(kl), "gold": float(oo.best_of_n(proxy, gold, n)),
                      "proxy": float(oo.best_of_n(proxy, proxy, n))})
     return rows
+
+
+def decided_accuracy(params, pairs):
+    """Accuracy against gold on the pairs whose gold returns differ (ties,
+    which count half in `accuracy_gold`, left out), mean over members; and
+    the fraction of such pairs (sparse rewards tie most segments)."""
+    gold_diff = prefs.segment_returns(pairs.first.gold) - prefs.segment_returns(pairs.second.gold)
+    decided = (gold_diff != 0).astype(jnp.float32)
+    model_diff = jax.vmap(lambda p: rm.segment_return(p, pairs.first) - rm.segment_return(p, pairs.second))(
+        rm.as_ensemble(params))
+    right = (jnp.sign(model_diff) == jnp.sign(gold_diff)).astype(jnp.float32) * decided
+    return {"accuracy_gold_decided": (right.sum(axis=1) / jnp.maximum(decided.sum(), 1.0)).mean(),
+            "decided_fraction": decided.mean()}
 
 
 def check_gold_varies(gold, env: str):

@@ -120,6 +120,23 @@ def test_cli_writes_the_run_directory(sweeps, tmp_path):
         assert len(json.load(f)) == 12
 
 
+def test_decided_accuracy_leaves_ties_out():
+    """Two pairs gold decides (the model right on one) and one tie: 1/2 of the
+    decided pairs, whatever the model says about the tie."""
+    import jax.numpy as jnp
+    from envs import preferences as prefs
+    from envs import reward_models as rm
+    params = [{"w": jnp.ones((3, 1)), "b": jnp.zeros((1,))}]       # r = obs + action + next_obs, obs_dim 1
+    seg = lambda obs, gold: prefs.Segments(jnp.asarray(obs, jnp.float32)[:, :, None],  # noqa: E731
+                                           jnp.zeros((3, 1, 1), jnp.float32), jnp.zeros((3, 1, 1), jnp.float32),
+                                           jnp.asarray(gold, jnp.float32), jnp.zeros((3, 1), bool))
+    pairs = prefs.Pairs(seg([[2.0], [3.0], [5.0]], [[1.0], [0.0], [0.0]]),
+                        seg([[1.0], [1.0], [0.0]], [[0.0], [1.0], [0.0]]), jnp.ones(3), jnp.ones(3))
+    out = rmod.decided_accuracy(params, pairs)
+    assert float(out["accuracy_gold_decided"]) == 0.5 and float(out["decided_fraction"]) == pytest.approx(2 / 3)
+    assert rm.num_members(params) == 1
+
+
 def test_a_constant_gold_reward_is_refused_naming_the_fix():
     with pytest.raises(ConfigError, match="gold=random"):
         rmod.check_gold_varies(np.ones((4, 10), np.float32), "CartPole-v1")
