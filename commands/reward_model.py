@@ -96,12 +96,18 @@ def plot(path, summaries, method, config):
     if not mine:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    # one colour per reward model (pair count, aggregation), one line style per beta
+    models = sorted({(s["pairs"], s["aggregate"]) for s in mine}, key=str)
+    betas = sorted({s["beta"] for s in mine if s["beta"] is not None})
+    styles = ["-", "--", ":", "-.", (0, (1, 3)), (0, (5, 1))]
     for s in mine:
         label = f"{s['pairs']} pairs, {s['aggregate']}" + ("" if s["beta"] is None else f", beta {s['beta']:g}")
+        colour = plt.cm.tab10(models.index((s["pairs"], s["aggregate"])) % 10)
+        style = styles[betas.index(s["beta"]) % len(styles)] if s["beta"] is not None else "-"
         d, gold, se = np.asarray(s["d"]), np.asarray(s["gold_mean"]), np.asarray(s["gold_se"])
-        line, = axes[0].plot(d, gold, marker=".", label=label)
-        axes[0].fill_between(d, gold - se, gold + se, color=line.get_color(), alpha=0.2)
-        axes[1].plot(d, s["proxy_mean"], marker=".", color=line.get_color(), label=label)
+        axes[0].plot(d, gold, marker=".", color=colour, linestyle=style, label=label)
+        axes[0].fill_between(d, gold - se, gold + se, color=colour, alpha=0.15)
+        axes[1].plot(d, s["proxy_mean"], marker=".", color=colour, linestyle=style, label=label)
     axes[0].set_ylabel(f"gold return (mean ± s.e., {config.seeds} seeds)")
     axes[1].set_ylabel("proxy return (normalised reward model)")
     for ax in axes:
