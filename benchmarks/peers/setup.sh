@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Create the two isolated virtual environments used by benchmarks/ppo_vs_peers.py:
+# Create the isolated virtual environments used by benchmarks/ppo_vs_peers.py (rejax, sb3)
+# and by benchmarks/peers/imitation_prefs.py (imitation):
 #
 #   benchmarks/peers/.venv-rejax  <- requirements-rejax.txt  (rejax 0.1.3, gymnax 0.0.9, jax 0.10.2)
 #   benchmarks/peers/.venv-sb3    <- requirements-sb3.txt    (stable-baselines3 2.9.2, torch 2.13.0 CPU)
+#   benchmarks/peers/.venv-imitation <- requirements-imitation.txt (imitation 1.0.1, stable-baselines3 2.2.1,
+#                                    gymnasium 0.29.1, torch 2.13.0 CPU); built only when asked for by name
 #
 # Each requirements file pins the complete dependency closure and is installed
 # with --no-deps, so what lands in the venv is exactly what the file says.
 # Idempotent: a venv whose stamp matches the sha256 of its requirements file is
 # left alone; otherwise it is rebuilt from scratch.
 #
-# Usage: bash benchmarks/peers/setup.sh [rejax] [sb3]      (default: both)
+# Usage: bash benchmarks/peers/setup.sh [rejax] [sb3] [imitation]   (default: rejax and sb3)
 # Env:   PYTHON=python3.11 to choose the base interpreter (default: python3).
 set -euo pipefail
 
@@ -64,12 +67,25 @@ print("[setup] sb3 venv:", {"stable_baselines3": stable_baselines3.__version__,
                             "torch": torch.__version__, "gymnasium": gymnasium.__version__})
 EOF
             ;;
+        imitation)
+            "$venv/bin/python" - <<'EOF'
+import sys
+import torch, gymnasium, stable_baselines3, imitation
+import imitation.algorithms.preference_comparisons  # noqa: F401
+if torch.version.cuda is not None:
+    sys.exit(f"[setup] imitation venv got a CUDA torch build ({torch.__version__}); expected the CPU wheel")
+gymnasium.make("Pendulum-v1").reset(seed=0)
+print("[setup] imitation venv:", {"imitation": imitation.__version__,
+                                  "stable_baselines3": stable_baselines3.__version__,
+                                  "torch": torch.__version__, "gymnasium": gymnasium.__version__})
+EOF
+            ;;
     esac
 }
 
 for name in "${want[@]}"; do
     case "$name" in
-        rejax|sb3) build_venv "$name" ;;
-        *) echo "[setup] unknown venv '$name' (expected rejax or sb3)" >&2; exit 2 ;;
+        rejax|sb3|imitation) build_venv "$name" ;;
+        *) echo "[setup] unknown venv '$name' (expected rejax, sb3 or imitation)" >&2; exit 2 ;;
     esac
 done
