@@ -1,4 +1,5 @@
 import dataclasses
+import functools
 import math
 import os
 
@@ -229,6 +230,25 @@ def test_step_is_one_iteration_of_train(small):
     trained, _ = train(key, hp)
     for x, y in zip(jax.tree.leaves(ts.params), jax.tree.leaves(trained.params)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_step_returns_the_rollout_collect_gathers_and_the_reward_fn_sees_the_log_prob(small):
+    """From one state, `collect` gathers exactly the batch `step` trains on and
+    `step(with_rollout=True)` returns it; the reward function gets the acting
+    policy's log-probability of the action in info["log_prob"] (here the
+    reward is that log-probability, so it equals the rollout's own)."""
+    agent, hp, _ = small
+    logp_agent = ppo.make(SMALL, reward_fn=lambda _, tr: tr.info["log_prob"])
+    ts = agent.init(jax.random.PRNGKey(3), hp)
+    after_collect, collected = jax.jit(logp_agent.collect)(ts)
+    after_step, _, trained_on = jax.jit(functools.partial(logp_agent.step, with_rollout=True))(ts, hp)
+    for x, y in zip(jax.tree.leaves(collected), jax.tree.leaves(trained_on), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    for x, y in zip(jax.tree.leaves(after_collect.env_state), jax.tree.leaves(after_step.env_state), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert collected.reward.shape == (SMALL.num_steps, SMALL.num_envs)
+    np.testing.assert_allclose(collected.reward, collected.log_prob, rtol=1e-6)
+    np.testing.assert_array_equal(collected.env_reward, np.ones_like(collected.env_reward))   # CartPole's reward
 
 
 def test_custom_objective_is_used():
