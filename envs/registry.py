@@ -20,7 +20,7 @@ GYMNAX_ENVS = tuple(gymnax.registered_envs)
 def names() -> list[str]:
     """Every environment `make` accepts."""
     return [*GYMNAX_ENVS, *(f"brax/{n}" for n in BRAX_ENVS), *(f"probe/{p}" for p in PROBES),
-            *(f"gridworld/{g}" for g in GRIDWORLDS), "maze"]
+            *(f"gridworld/{g}" for g in GRIDWORLDS), "gridworld/tomato", "maze"]
 
 
 class UnknownEnvironment(ConfigError):
@@ -51,6 +51,9 @@ def make_raw(name: str, **kwargs):
         env = ProbeEnv(name[6:])
     elif name.startswith("gridworld/") and name[10:] in GRIDWORLDS:
         env = GridWorld(**kwargs)
+    elif name == "gridworld/tomato":   # envs/tomato.py: gold reward, and the farmable proxy tomato_proxy
+        from envs.tomato import Tomato
+        env = Tomato(**kwargs)
     elif name == "maze":   # level = env_params (envs/maze.py); kwargs height, width, view, max_steps
         from envs.maze import Maze
         env = Maze(**kwargs)
