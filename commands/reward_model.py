@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 
 from src import experiment
-from src.config import ConfigError
 
 
 def parser():
@@ -33,13 +32,7 @@ def parser():
 
 
 def _list(text, kind, flag):
-    try:
-        values = [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"{flag} expects a comma list of {kind.__name__}s, got {text!r}") from None
-    if not values:
-        raise ConfigError(f"{flag}: no values given")
-    return tuple(values)
+    return tuple(experiment.comma_list(text, kind, flag))
 
 
 def build_config(args):

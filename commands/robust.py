@@ -63,14 +63,7 @@ def parse_args(argv):
 
 
 def floats(text, flag):
-    from src.config import ConfigError
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"{flag} expects comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise ConfigError(f"{flag}: no values given")
-    return values
+    return experiment.comma_list(text, float, flag)
 
 
 def check_args(args):

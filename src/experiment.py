@@ -59,6 +59,18 @@ def core_flags(parser: argparse.ArgumentParser, *, seeds=True, resume=True, logg
     return parser
 
 
+def comma_list(text, kind, flag):
+    """`kind` values of a comma-separated flag ("0,0.1,1"), refusing an empty
+    or malformed list with the flag's name."""
+    try:
+        values = [kind(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} expects a comma list of {kind.__name__}s, got {text!r}") from None
+    if not values:
+        raise ConfigError(f"{flag}: no values given")
+    return values
+
+
 def parse_with_presets(parser: argparse.ArgumentParser, argv):
     """Parse a command whose settings are its flags (no config dataclass):
     `--config FILE` (YAML whose keys are the flags' names, `-` or `_`) and
