@@ -14,6 +14,7 @@ experiment (gold and proxy against d) and comparison.md.
 """
 import argparse
 import dataclasses
+import os
 
 from src import experiment
 
@@ -142,6 +143,8 @@ def main(argv):
     for r in rl_rows:          # read back as numbers; the grid's own types
         r.update(pairs=int(r["pairs"]), seed=int(r["seed"]), iteration=int(r["iteration"]))
     result["rl"] = rl_rows
+    if os.path.exists(run.file("curves_bon.csv")):     # a complete run resumed again writes it anew
+        os.remove(run.file("curves_bon.csv"))
     run.append_rows("curves_bon.csv", result["bon"])
     summaries = rmod.summarise(config, result)
     run.write_json("accuracy.json", result["accuracy"])

@@ -119,6 +119,7 @@ def test_brax_termination_resets_and_never_steps_past_done():
     assert np.isfinite(obs).all() and np.isfinite(reward).all()
 
 
+@pytest.mark.slow   # 24 s; brax truncation test stays
 def test_brax_ant_episode_ends_without_nans():
     env, params = envs.make("brax/ant", episode_length=1000)
     obs, nobs, reward, terminated, truncated, final = map(np.asarray, run_steps(env, params, jnp.ones(8), 150))

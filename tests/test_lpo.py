@@ -132,6 +132,7 @@ def lpo_runs(tmp_path_factory):
     return a, b, {**printed, "after_stop": after_stop}
 
 
+@pytest.mark.slow   # 92 s of compiling; LPO's resume stays covered by test_tiny_meta_training_resumes_bit_identically
 def test_cli_run_stops_resumes_and_ends_as_the_uninterrupted_run(lpo_runs):
     from agents import objectives as lo
     a, b, runs = lpo_runs
@@ -167,6 +168,7 @@ def test_cli_run_stops_resumes_and_ends_as_the_uninterrupted_run(lpo_runs):
     check_golden("meta_lpo", {"fitness": read_rows(b), "train_envs": whole["train_envs"]}, where="subprocess")
 
 
+@pytest.mark.slow   # shares the slow CLI runs above
 def test_cli_reevaluate_compares_on_fresh_seeds(lpo_runs):
     a, _, runs = lpo_runs
     res = read_json(a, "reeval_CartPole-v1_2_2026.json")

@@ -310,6 +310,7 @@ def test_unknown_and_mistyped_keys_fail():
     assert override(SMALL, ["lr=1e-3", "hidden=[8, 8]"]).hidden == (8, 8)
 
 
+@pytest.mark.slow   # train's resume stays covered by tests/test_run.py::test_resume_equals_uninterrupted_run
 def test_checkpoint_round_trip_and_resume_equals_uninterrupted(tmp_path):
     agent, hp = small_agent()
     ts = agent.init(jax.random.PRNGKey(0), hp)
@@ -363,6 +364,7 @@ def test_cartpole_published_defaults_reach_475_over_8_seeds():
     assert final.mean() >= 475, final
 
 
+@pytest.mark.slow   # CartPole and Pendulum learning tests stay in the default suite
 def test_acrobot_learns():
     config = ppo.PPOConfig(env="Acrobot-v1", total_steps=250_000)
     agent = ppo.make(config)

@@ -105,6 +105,7 @@ def test_attacks_lower_a_trained_victims_return_and_pgd_le_fgsm_le_random(attack
     assert means["pgd"][1] <= means["fgsm"][1] + tol and means["fgsm"][1] <= means["random"][1] + tol, means
 
 
+@pytest.mark.slow   # 36 s
 def test_robust_cli_learned_adversary_takes_most_of_the_clean_return(run_dir):
     """The fast proxy for the learned-adversary figures (about 20 s on 2 cores,
     most of it compiling the adversary's PPO): 16384 adversary steps do not yet

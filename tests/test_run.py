@@ -166,6 +166,9 @@ def _validate_preset(path):
     if name.startswith("ued_"):
         from commands import ued
         return ued.build_config(ued.parse(["--config", path]))
+    if name.startswith("reward_model_"):
+        from commands import reward_model
+        return reward_model.build_config(reward_model.parser().parse_args(["--config", path]))
     if name.startswith("robust_"):   # benchmarks/robustness.py: names the two victims' train presets
         data = cfg.load_yaml(path)
         return [_validate_preset(os.path.join(ROOT, data[k])) for k in ("vanilla-config", "sappo-config")]
@@ -184,6 +187,7 @@ def test_yaml_is_loaded_safely(tmp_path):
         cfg.load_yaml(evil)
 
 
+@pytest.mark.slow   # sharding stays covered by tests/test_population.py's two-device tests
 def test_sharded_population_equals_one_device(tmp_path):
     """run.py shards members over the CPU cores; the numbers must not change.
 

@@ -612,6 +612,7 @@ def _one_step_linear_fit(env_name, env_kwargs, episodes=4, steps=300):
     return 1.0 - (y - x @ coef).var(0) / y.var(0)
 
 
+@pytest.mark.slow   # 21 s
 def test_brax_inverted_pendulum_preset_observes_a_markov_state():
     """Issue 3: on brax's spring backend the observation (q, qd) of inverted_pendulum
     is not a Markov state (from (obs, action) a linear model explains only ~56% of the
