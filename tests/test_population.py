@@ -97,6 +97,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow   # 21 s; sharding across devices stays covered by the two-device test above
 def test_two_process_distributed_run_equals_single_process():
     port = str(free_port())
     procs = [run_worker("distributed", port, str(i)) for i in range(2)]

@@ -296,6 +296,7 @@ def test_sa_ppo_regulariser_trains_deterministically_and_validates():
     assert "sa_kl" not in plain
 
 
+@pytest.mark.slow   # 20 s
 def test_alternating_adversarial_training_runs_and_gives_a_plain_victim_state():
     """ATLA's mechanics in the default suite (about 18 s on 2 cores): two rounds
     run, the same inputs give the same numbers, the victim ends after all its
