@@ -299,13 +299,6 @@ def policy_of(ts):
     return {"params": ts.params, "obs_stats": ts.obs_stats}
 
 
-def curve_point(episodes: dict, kind: str):
-    """Means over episodes: gold, the proxy of `kind`, KL and d = sqrt(KL)."""
-    kl = jnp.maximum(episodes["log_ratio"].mean(), 0.0)
-    return {"gold": episodes["gold"].mean(), "proxy": episodes[f"proxy_{kind}"].mean(), "kl": kl,
-            "d": jnp.sqrt(kl)}
-
-
 def best_of_n_curve(episodes: dict, kind: str, ns):
     """Gold and proxy of best-of-n by the proxy of `kind`, for each n, at
     d = sqrt(log n - (n - 1)/n)."""
