@@ -9,8 +9,10 @@ compile_small_loops()
 # The modules that take longest on 2 cores (minutes, most of it compiling),
 # handed out first: with one module per worker (--dist loadfile), a long module
 # started last would leave the other worker idle at the end.
-SLOWEST_FIRST = ("test_ppo", "test_envs", "test_env_design", "test_robust", "test_sac", "test_run", "test_lpo",
-                 "test_reward_alignment", "test_networks", "test_attacks", "test_population")
+SLOWEST_FIRST = ("test_env_design_cli", "test_ppo", "test_reward_model_loop", "test_env_design", "test_robust",
+                 "test_reward_alignment", "test_envs", "test_sac", "test_run", "test_orpo", "test_lpo",
+                 "test_reward_alignment_cli", "test_own_env", "test_xla_cpu", "test_networks", "test_attacks",
+                 "test_population", "test_experiment", "test_probes")
 
 
 def pytest_collection_modifyitems(session, config, items):

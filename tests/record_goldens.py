@@ -15,7 +15,7 @@ import sys
 TESTS = ["tests/test_run.py::test_resume_equals_uninterrupted_run",
          "tests/test_run.py::test_sac_train_command_keeps_its_numbers",
          "tests/test_lpo.py::test_cli_run_stops_resumes_and_ends_as_the_uninterrupted_run",
-         "tests/test_env_design.py::test_cli_plr_run_end_to_end_replays_when_the_coin_says",
+         "tests/test_env_design_cli.py::test_cli_plr_run_end_to_end_replays_when_the_coin_says",
          "tests/test_robust.py::test_robust_cli_writes_table_plot_and_json_and_certificates",
          "tests/test_reward_alignment_cli.py::test_barfi_run_from_the_gridworld_preset_leaves_a_consistent_run_directory"]
 
