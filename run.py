@@ -26,7 +26,7 @@ from src.xla_cpu import compile_small_loops
 use_all_cpu_cores()   # before JAX starts: populations are sharded over the cores
 compile_small_loops()   # and small rollout loops become single kernels
 
-COMMANDS = ("train", "eval", "plot", "envs", "meta", "robust")
+COMMANDS = ("train", "eval", "plot", "envs", "meta", "robust", "rewards")
 
 # `meta NAME` and `robust` hand their remaining arguments to one module each
 # (a fixed table: nothing the user types is imported or evaluated). Each
@@ -39,6 +39,7 @@ META_LOOPS = {
                                               "KL penalty, overoptimisation curves"),
 }
 ROBUST_MODULE = "commands.robust"
+REWARDS_MODULE = "commands.rewards"
 
 from agents import algorithms, load_run, member_keys, stacked_hparams  # noqa: E402  (after the CPU settings)
 
@@ -48,6 +49,8 @@ def parse_args(argv):
         argv = ["train", *argv]
     if argv[0] == "robust":   # everything after it, options first included, is commands/robust.py's
         return argparse.Namespace(command="robust", rest=argv[1:])
+    if argv[0] == "rewards":   # likewise commands/rewards.py's (`rewards compare ...`)
+        return argparse.Namespace(command="rewards", rest=argv[1:])
     parser = argparse.ArgumentParser(prog="run.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -77,6 +80,10 @@ def parse_args(argv):
 
     robust = sub.add_parser("robust", help="attack or certify a trained run (run.py robust -h)", add_help=False)
     robust.add_argument("rest", nargs=argparse.REMAINDER)
+
+    rewards = sub.add_parser("rewards", help="distances between reward functions: EPIC, STARC, a naive baseline "
+                                             "(run.py rewards compare -h)", add_help=False)
+    rewards.add_argument("rest", nargs=argparse.REMAINDER)
     return parser.parse_args(argv)
 
 
@@ -360,6 +367,8 @@ def main(argv=None):
             return run_module(META_LOOPS[args.loop][0], args.rest)
         if args.command == "robust":
             return run_module(ROBUST_MODULE, args.rest)
+        if args.command == "rewards":
+            return run_module(REWARDS_MODULE, args.rest)
         return {"train": train, "eval": evaluate, "plot": plot, "envs": list_envs}[args.command](args)
     except (ConfigError, FileNotFoundError, experiment.Diverged) as error:
         fail(str(error))
