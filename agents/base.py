@@ -28,6 +28,9 @@ class Agent(NamedTuple):
     collect: Callable | None = None   # (state, reward_params, env_params, num_steps) -> (state, rollout):
     #                       the current policy run in the state's envs, nothing trained (PPO; None for SAC,
     #                       whose transitions go to its replay buffer and which has no state-value critic)
+    log_prob: Callable | None = None  # (params, obs, action, obs_stats) -> log pi(a|s) on raw observations,
+    #                       normalised as `act` does (PPO; None for SAC). Meta loops that compare a policy
+    #                       with a reference (KL penalties, preference losses) go through it.
 
 
 def episode_metrics(last_return, episode_done, episode_return, iteration, batch_size):
@@ -45,7 +48,7 @@ def episode_metrics(last_return, episode_done, episode_return, iteration, batch_
 
 
 def assemble(config, env, env_params, network, init, step, act, reset_envs, num_iterations: int,
-             eval_episodes: int, show_progress: bool = False, collect=None) -> Agent:
+             eval_episodes: int, show_progress: bool = False, collect=None, log_prob=None) -> Agent:
     """The Agent of a learner given its `init`, `step` and `act`."""
 
     def run(state, hparams, reward_params=None, objective_params=None, env_params=env_params,
@@ -64,4 +67,5 @@ def assemble(config, env, env_params, network, init, step, act, reset_envs, num_
         policy = lambda obs, k: act(state.params, obs, k, deterministic, state.obs_stats)  # noqa: E731
         return run_evaluation(env, env_params, policy, key, num_episodes, episode_limit(env, env_params))
 
-    return Agent(config, env, env_params, network, init, step, run, train, act, evaluate, reset_envs, collect)
+    return Agent(config, env, env_params, network, init, step, run, train, act, evaluate, reset_envs, collect,
+                 log_prob)

@@ -373,11 +373,17 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
             return ts, metrics, rollout
         return ts, metrics
 
-    def act(params, obs, key, deterministic=False, obs_stats=None):
+    def policy_on_raw(params, obs, obs_stats):
         if config.normalize_obs:
             obs = normalize.normalize(obs_stats, obs)
-        dist = network.apply(params, obs, method=ActorCritic.policy)
+        return network.apply(params, obs, method=ActorCritic.policy)
+
+    def act(params, obs, key, deterministic=False, obs_stats=None):
+        dist = policy_on_raw(params, obs, obs_stats)
         return mode(dist, discrete) if deterministic else sample(key, dist, discrete)
 
+    def policy_log_prob(params, obs, action, obs_stats=None):
+        return log_prob(policy_on_raw(params, obs, obs_stats), action, discrete)
+
     return base.assemble(config, env, env_params, network, init, step, act, reset_envs, num_iterations,
-                         config.eval_episodes, show_progress, collect=collect)
+                         config.eval_episodes, show_progress, collect=collect, log_prob=policy_log_prob)

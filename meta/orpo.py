@@ -100,7 +100,6 @@ from envs.rewards import env_reward
 from envs.tomato import tomato_proxy
 from src import config as cfg
 from src.config import ConfigError
-from src.networks import ActorCritic, log_prob
 
 KINDS = ("action_kl", "chi2", "om_kl")
 PROXIES = {"tomato_proxy": tomato_proxy, "env": env_reward}
@@ -336,12 +335,7 @@ def build(config: ORPOConfig) -> Programs:
     clip = config.logit_clip
 
     ref_agent = ppo.make(ref_config, env, env_params)              # gold: the environment's reward
-    network = ref_agent.network
-
-    def policy_log_prob(params, obs, action):
-        return log_prob(network.apply(params, obs, method=ActorCritic.policy), action, discrete)
-
-    terms = {"action_kl": action_kl_term(policy_log_prob), "chi2": chi2_term(num_actions, discrete, clip),
+    terms = {"action_kl": action_kl_term(ref_agent.log_prob), "chi2": chi2_term(num_actions, discrete, clip),
              "om_kl": om_kl_term(num_actions, discrete, clip)}
     rl_agent = ppo.make(rl_config, env, env_params, reward_fn=penalised_reward(proxy, terms))
 

@@ -25,7 +25,10 @@ The pipeline, every stage vmapped over seeds:
      `eval_episodes` whole episodes: gold return, proxy return, and
      KL(pi || pi_ref) of the episode distribution (the sum over the episode
      of log pi - log pi_ref along the policy's own actions: an unbiased
-     estimate of the trajectory KL).
+     estimate of the trajectory KL). Every evaluation of a run uses the
+     same key (common random numbers: the same start states and action
+     noise), so the differences along a curve are the policy's, not the
+     start states' (Pendulum's returns vary by hundreds between them).
 
 The x-axis of every curve is d = sqrt(KL(pi || pi_ref)) per episode.
 """
@@ -45,9 +48,7 @@ from envs import preferences as prefs
 from envs import reward_models as rm
 from envs.core import episode_limit
 from src import config as cfg
-from src import normalize
 from src.config import ConfigError
-from src.networks import ActorCritic, log_prob
 
 # the ensemble's aggregations, and "single": its first member alone (a single
 # reward model trained on the same data, for comparison)
@@ -185,12 +186,10 @@ def build(config: RewardModelConfig) -> Programs:
     horizon = episode_limit(env, env_params)
     ref_agent = ppo.make(ref_config, env, env_params)
     ref_hparams = ppo.hparams_from(ref_config)
-    network = ref_agent.network
 
     def policy_log_prob(policy, obs, action):
         """log pi(a|s) of a policy {"params", "obs_stats"} on raw observations."""
-        x = normalize.normalize(policy["obs_stats"], obs) if ref_config.normalize_obs else obs
-        return log_prob(network.apply(policy["params"], x, method=ActorCritic.policy), action, discrete)
+        return ref_agent.log_prob(policy["params"], obs, action, policy["obs_stats"])
 
     def aggregated(params, transition):
         """[mean, member minimum, mean - lambda * variance, first member] of the
@@ -441,13 +440,13 @@ def sweep(config: RewardModelConfig, show_progress: bool = True, log=print, rest
     stop = total if stop_at is None else stop_at
     ts, first = restore(ts) if restore is not None else (ts, 0)
     if first == 0:
-        record(ts, 0, jax.vmap(lambda k: jax.random.fold_in(k, 0))(eval_key))
+        record(ts, 0, eval_key)
     with progress.bar(total, desc=f"PPO on the proxy, {len(runs)} runs", enabled=show_progress,
                       initial=first) as bar:
         for done in range(first + c.eval_every, stop + 1, c.eval_every):
             before = len(rl_rows)
             ts, _ = chunk(ts, params)
-            record(ts, done, jax.vmap(lambda k, d=done: jax.random.fold_in(k, d))(eval_key))
+            record(ts, done, eval_key)
             if on_chunk is not None:
                 on_chunk(ts, done, rl_rows[before if done > c.eval_every else 0:])
             if bar is not None:

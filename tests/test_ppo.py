@@ -251,6 +251,26 @@ def test_step_returns_the_rollout_collect_gathers_and_the_reward_fn_sees_the_log
     np.testing.assert_array_equal(collected.env_reward, np.ones_like(collected.env_reward))   # CartPole's reward
 
 
+def test_the_agents_log_prob_is_the_acting_policys_on_raw_observations(small):
+    """`agent.log_prob(params, obs, action, obs_stats)` (what KL penalties and
+    preference losses compare a reference with) normalises raw observations
+    as the acting policy does: on the first step of a rollout (statistics not
+    yet updated) it equals the log-probability the rollout acted with; other
+    parameters give other values."""
+    _, hp, _ = small
+    config = dataclasses.replace(SMALL, normalize_obs=True)
+    plain = ppo.make(config)
+    gap = ppo.make(config, reward_fn=lambda p, tr: tr.info["log_prob"] - plain.log_prob(p["params"], tr.obs, tr.action,
+                                                                                         p["obs_stats"]))
+    ts = gap.init(jax.random.PRNGKey(3), hp)
+    ts = ts.replace(obs_stats=ts.obs_stats.replace(mean=ts.obs_stats.mean + 0.5, var=ts.obs_stats.var * 3.0))
+    other = gap.init(jax.random.PRNGKey(4), hp).params
+    _, same = jax.jit(gap.collect)(ts, {"params": ts.params, "obs_stats": ts.obs_stats})
+    _, differ = jax.jit(gap.collect)(ts, {"params": other, "obs_stats": ts.obs_stats})
+    np.testing.assert_allclose(same.reward[0], 0.0, atol=1e-5)
+    assert np.abs(np.asarray(differ.reward[0])).min() > 1e-4
+
+
 def test_custom_objective_is_used():
     """A zero policy objective with no entropy bonus leaves the actor untouched."""
     zero = lambda params, ratio, advantage, progress: 0.0 * ratio  # noqa: E731
