@@ -444,57 +444,32 @@ def build_sources(sources, runs, config, env, env_params, seed_keys, log=print):
 
 
 def recompute(run: RunInfo, log=print):
-    """A reward-model run's reward models, rebuilt from its config.yaml with
-    meta/reward_model.py's own programs and the key derivation of its
-    `sweep` (PRNGKey(seed) split per seed, then 5 ways: reference, data,
-    reward models, best-of-n, evaluation), and checked against the run's
-    accuracy.json; its gold reward, checked against the gold labels of the
-    recomputed rollouts. Returns {"ensembles": {pairs: params [seeds, K, ...]},
+    """A reward-model run's reward models, rebuilt from its config.yaml by
+    meta/reward_model.py's own stages (`learned_rewards`: deterministic in
+    the seed) and checked against the run's accuracy.json, with its gold
+    reward. Returns {"ensembles": {pairs: params [seeds, K, ...]},
     "accuracy": {pairs: held-out gold accuracy per seed}, "gold": (fn, params)}."""
-    import jax
     import numpy as np
 
-    import envs
-    from envs import reward_models as rm
     from meta import reward_model as rmod
     from src.config import ConfigError
 
     c = run.config
     start = time.time()
     programs = rmod.make(c)
-    keys = jax.random.split(jax.random.PRNGKey(c.seed), c.seeds)
-    stage_keys = jax.vmap(lambda k: jax.random.split(k, 5))(keys)
-    ref_ts, _ = programs.reference(stage_keys[:, 0])
-    rollouts = programs.data(ref_ts, stage_keys[:, 1])
-    ensembles, accuracy = {}, {}
+    _, _, ensembles, stats, _ = rmod.learned_rewards(programs, log=lambda *a: None)
+    accuracy = {}
     for pairs in c.pairs:
-        params, acc = programs.reward_models[pairs](rollouts, stage_keys[:, 2])
-        ensembles[pairs] = params
-        accuracy[pairs] = np.asarray(acc["accuracy_gold"]).tolist()
+        accuracy[pairs] = stats[pairs]["accuracy_gold"]
         stored = run.accuracy.get(str(pairs), {}).get("accuracy_gold")
         if stored is None or not np.allclose(accuracy[pairs], stored, rtol=0, atol=1e-6):
             raise ConfigError(f"{run.path}: the reward models recomputed from its config.yaml do not reproduce "
                               f"its accuracy.json ({pairs} pairs: held-out gold accuracy {accuracy[pairs]} here, "
                               f"{stored} in the run): it was made by other code or on another kind of device; "
                               f"run `run.py meta reward-model --config {run.path}/config.yaml` again here")
-    env, env_params = envs.make(c.env, **c.env_kwargs)
-    if c.gold == "env":
-        from envs import rewards
-        gold = (rewards.env_reward, None)
-    else:   # meta/reward_model.build's gold network, checked below against the gold labels it gave
-        gold = rm.random_gold(jax.random.PRNGKey(c.seed + 7919), envs.obs_size(env, env_params),
-                              envs.action_dim(env, env_params), envs.is_discrete(env, env_params), c.gold_width)
-        from envs.rewards import Transition
-        fn, p = gold
-        mine = jax.jit(jax.vmap(lambda o, a, o2: fn(p, Transition(o, a, o2, 0.0, False, {}))))
-        flat = lambda x: np.reshape(np.asarray(x), (-1, *np.shape(x)[3:]))  # noqa: E731  [seeds, E, T, ...]
-        got = np.asarray(mine(flat(rollouts.obs), flat(rollouts.action), flat(rollouts.next_obs)))
-        if not np.allclose(got, np.ravel(rollouts.gold), rtol=1e-5, atol=1e-5):
-            raise ConfigError(f"{run.path}: its gold network could not be rebuilt (the labels of its rollouts "
-                              f"differ): meta/reward_model.py draws it differently now")
     log(f"{run.path}: reward models recomputed ({c.seeds} seeds, pairs {', '.join(map(str, c.pairs))}; held-out "
         f"accuracy matches accuracy.json) in {time.time() - start:.0f} s")
-    return {"ensembles": ensembles, "accuracy": accuracy, "gold": gold}
+    return {"ensembles": ensembles, "accuracy": accuracy, "gold": programs.gold}
 
 
 # ----------------------------------------------------------------------------- the distances

@@ -47,6 +47,7 @@ from envs import overoptimisation as oo
 from envs import preferences as prefs
 from envs import reward_models as rm
 from envs.core import episode_limit
+from envs.rewards import env_reward
 from src import config as cfg
 from src.config import ConfigError
 
@@ -161,6 +162,7 @@ class Programs(NamedTuple):
     rlhf_chunk: object         # (TrainStates, reward params) -> TrainStates after eval_every iterations
     rl_agent: object
     aggregation_weights: dict
+    gold: tuple                # (reward_fn, reward_params) of the gold reward (envs.rewards.env_reward for "env")
 
 
 _PROGRAMS = {}
@@ -208,6 +210,8 @@ def build(config: RewardModelConfig) -> Programs:
     if config.gold == "random":
         gold_fn, gold_params = rm.random_gold(jax.random.PRNGKey(config.seed + 7919), obs_dim, action_size,
                                               discrete, config.gold_width)
+    else:
+        gold_fn, gold_params = env_reward, None
 
     def gold_of(transition):
         if config.gold == "env":
@@ -252,11 +256,7 @@ def build(config: RewardModelConfig) -> Programs:
         return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), raw)
 
     def reward_models(rollouts, key, num_pairs: int):
-        pair_key, held_key, rm_key = jax.random.split(key, 3)
-        pairs = prefs.make_pairs(pair_key, rollouts, config.segment_len, num_pairs, config.temperature,
-                                 config.label_noise)
-        held = prefs.make_pairs(held_key, rollouts, config.segment_len, config.held_out_pairs, config.temperature,
-                                config.label_noise)
+        pairs, held, rm_key = preference_pairs(config, rollouts, key, num_pairs)
         params, losses, _ = rm.train_ensemble(rm_key, pairs, config.ensemble, config.bootstrap, config.rm_steps,
                                               config.rm_lr, config.rm_batch, action_size, tuple(config.rm_hidden))
         params = rm.normalise(params, rollouts)
@@ -277,9 +277,7 @@ def build(config: RewardModelConfig) -> Programs:
         the episode's log-ratio to the reference (its mean is KL(pi || pi_ref))."""
         agent = scorers[episodes]
         _, rollout = agent.collect(fresh_envs(agent, ts, key, episodes), params, env_params, horizon)
-        ended_before = jnp.cumsum(rollout.episode_done, axis=0) - rollout.episode_done
-        first = (ended_before == 0).astype(jnp.float32)                           # [T, E]
-        per_step = (rollout.reward * first[..., None]).sum(axis=0)                # [E, 6]
+        per_step = first_episode_totals(rollout)                                  # [E, 6]
         return {"gold": per_step[:, 5], "log_ratio": per_step[:, 4],
                 **{f"proxy_{kind}": per_step[:, i] for i, kind in enumerate(AGGREGATIONS)}}
 
@@ -291,7 +289,29 @@ def build(config: RewardModelConfig) -> Programs:
                     {n: jax.jit(jax.vmap(functools.partial(reward_models, num_pairs=n))) for n in config.pairs},
                     jax.jit(jax.vmap(lambda t, p, k: score(t, p, k, config.bon_episodes))),
                     jax.jit(jax.vmap(lambda t, p, k: score(t, p, k, config.eval_episodes))),
-                    jax.jit(jax.vmap(rlhf_chunk)), rl_agent, weights)
+                    jax.jit(jax.vmap(rlhf_chunk)), rl_agent, weights, (gold_fn, gold_params))
+
+
+def preference_pairs(config, rollouts, key, num_pairs: int):
+    """The training pairs, the held-out pairs and the reward models' key drawn
+    from one seed's reward-model stage key: the pairs a reward-model run
+    trains on are the pairs `meta/prefopt.py` optimises a policy on, for the
+    same data settings and seed."""
+    pair_key, held_key, rm_key = jax.random.split(key, 3)
+    pairs = prefs.make_pairs(pair_key, rollouts, config.segment_len, num_pairs, config.temperature,
+                             config.label_noise)
+    held = prefs.make_pairs(held_key, rollouts, config.segment_len, config.held_out_pairs, config.temperature,
+                            config.label_noise)
+    return pairs, held, rm_key
+
+
+def first_episode_totals(rollout):
+    """The sum of the rollout's reward (any trailing shape) over each env's
+    first episode: [E, ...] from time-major [T, E, ...] (the rollout runs at
+    least an episode limit from a fresh reset)."""
+    ended_before = jnp.cumsum(rollout.episode_done, axis=0) - rollout.episode_done
+    first = (ended_before == 0).astype(jnp.float32)                               # [T, E]
+    return (rollout.reward * first.reshape(first.shape + (1,) * (rollout.reward.ndim - 2))).sum(axis=0)
 
 
 def policy_of(ts):
@@ -347,6 +367,44 @@ def take(tree, index):
     return jax.tree.map(lambda x: x[index], tree)
 
 
+def stage_keys(config: RewardModelConfig):
+    """Each seed's keys for the five stages (reference, data, reward models,
+    best-of-n, evaluation), each [seeds, key]: PRNGKey(seed) split per seed,
+    then five ways."""
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), config.seeds)
+    per_stage = jax.vmap(lambda k: jax.random.split(k, 5))(keys)             # [seeds, 5, key]
+    return tuple(per_stage[:, i] for i in range(5))
+
+
+def learned_rewards(programs: Programs, log=print):
+    """The stages before any optimisation, deterministic in the config's
+    seed: the reference policies, their rollouts, and the reward models per
+    pair count. Returns (reference TrainStates, rollouts, {pairs: ensemble
+    params [seeds, K, ...]}, {pairs: accuracy lists}, timing). `sweep` starts
+    from it; `run.py rewards compare` rebuilds a run's reward models with it."""
+    import time
+    c = programs.config
+    ref_keys, data_keys, rm_keys, _, _ = stage_keys(c)
+    timing = {}
+    start = time.time()
+    ref_ts, _ = programs.reference(ref_keys)
+    rollouts = programs.data(ref_ts, data_keys)
+    check_gold_varies(rollouts.gold, c.env)
+    timing["reference_and_data_s"] = time.time() - start
+    log(f"reference policy trained ({c.reference_steps} steps x {c.seeds} seeds) and "
+        f"{c.data_envs * c.data_steps} steps of its rollouts per seed collected: {timing['reference_and_data_s']:.0f} s")
+    start = time.time()
+    ensembles, accuracy = {}, {}
+    for num_pairs in c.pairs:
+        params, acc = programs.reward_models[num_pairs](rollouts, rm_keys)
+        ensembles[num_pairs] = params
+        accuracy[num_pairs] = {k: np.asarray(v).tolist() for k, v in acc.items()}
+        log(f"{num_pairs} pairs: held-out accuracy against gold {np.mean(acc['accuracy_gold']):.3f} "
+            f"(labels {np.mean(acc['accuracy_label']):.3f})")
+    timing["reward_models_s"] = time.time() - start
+    return ref_ts, rollouts, ensembles, accuracy, timing
+
+
 def sweep(config: RewardModelConfig, show_progress: bool = True, log=print, restore=None, on_chunk=None,
           stop_at: int | None = None):
     """The whole experiment (see the module docstring): every stage is one
@@ -366,29 +424,9 @@ def sweep(config: RewardModelConfig, show_progress: bool = True, log=print, rest
     from src import progress
     programs = make(config)
     c = programs.config
-    timing = {}
-    keys = jax.random.split(jax.random.PRNGKey(c.seed), c.seeds)
-    stage_keys = jax.vmap(lambda k: jax.random.split(k, 5))(keys)          # [seeds, 5, key]
-    ref_keys, data_keys, rm_keys, bon_keys, eval_keys = (stage_keys[:, i] for i in range(5))
-
-    start = time.time()
-    ref_ts, _ = programs.reference(ref_keys)
-    rollouts = programs.data(ref_ts, data_keys)
-    check_gold_varies(rollouts.gold, c.env)
-    timing["reference_and_data_s"] = time.time() - start
-    log(f"reference policy trained ({c.reference_steps} steps x {c.seeds} seeds) and "
-        f"{c.data_envs * c.data_steps} steps of its rollouts per seed collected: {timing['reference_and_data_s']:.0f} s")
-
-    start = time.time()
-    ensembles, accuracy = [], {}
-    for num_pairs in c.pairs:
-        params, acc = programs.reward_models[num_pairs](rollouts, rm_keys)
-        ensembles.append(params)
-        accuracy[num_pairs] = {k: np.asarray(v).tolist() for k, v in acc.items()}
-        log(f"{num_pairs} pairs: held-out accuracy against gold {np.mean(acc['accuracy_gold']):.3f} "
-            f"(labels {np.mean(acc['accuracy_label']):.3f})")
-    ensembles = jax.tree.map(lambda *x: jnp.stack(x), *ensembles)           # [pair counts, seeds, K, ...]
-    timing["reward_models_s"] = time.time() - start
+    _, _, _, bon_keys, eval_keys = stage_keys(c)
+    ref_ts, rollouts, ensembles, accuracy, timing = learned_rewards(programs, log)
+    ensembles = jax.tree.map(lambda *x: jnp.stack(x), *ensembles.values())    # [pair counts, seeds, K, ...]
 
     reference = policy_of(ref_ts)
 

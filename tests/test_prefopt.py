@@ -1,0 +1,116 @@
+"""Offline preference optimisation (meta/prefopt.py) on a tiny gridworld
+sweep: the pairs are the reward-model loop's, every (loss, beta, seed) is one
+compiled program, zero KL before training, the loss picked by its index is
+the named loss, bit-identical stop and resume, and bad input refused before
+anything compiles."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agents import preference_losses as pl
+from meta import prefopt as po
+from meta import reward_model as rmod
+from src.config import ConfigError
+
+TINY = po.PrefOptConfig(
+    env="gridworld/barfi", env_kwargs={"size": 3}, seeds=2, reference_steps=2048,
+    ppo={"num_envs": 8, "num_steps": 32, "hidden": [16], "num_minibatches": 2, "num_epochs": 2},
+    data_envs=8, data_steps=64, pairs=80, held_out_pairs=50, segment_len=8, losses=("dpo", "ipo", "copg"),
+    beta=(0.1, 1.0), steps=40, batch=16, lr=1e-2, eval_every=20, eval_episodes=8)
+STOP = 20
+
+
+@pytest.fixture(scope="module")
+def sweeps():
+    quiet = dict(show_progress=False, log=lambda *a: None)
+    whole = po.sweep(TINY, **quiet)
+    saved = {}
+    stopped = po.sweep(TINY, on_chunk=lambda state, done, rows: saved.update(state=state, done=done), stop_at=STOP,
+                       **quiet)
+    resumed = po.sweep(TINY, restore=lambda like: (saved["state"], saved["done"]), **quiet)
+    return whole, stopped, resumed
+
+
+def test_every_run_is_in_one_program_compiled_once(sweeps):
+    whole, _, _ = sweeps
+    programs = po.make(TINY)
+    assert programs.chunk._cache_size() == 1 and programs.evaluate._cache_size() == 1
+    runs = po.runs(TINY)
+    assert len(runs) == 3 * 2 * 2
+    assert len(whole["rows"]) == len(runs) * (TINY.steps // TINY.eval_every + 1)
+    assert {(r["loss"], r["beta"], r["seed"]) for r in whole["rows"]} == {(r["loss"], r["beta"], r["seed"]) for r in runs}
+    assert all(np.isfinite(r["gold"]) and r["kl"] >= 0 for r in whole["rows"])
+
+
+def test_before_training_the_policy_is_the_reference(sweeps):
+    whole, _, _ = sweeps
+    start = [r for r in whole["rows"] if r["step"] == 0]
+    assert all(r["kl"] == pytest.approx(0.0, abs=1e-5) for r in start)
+    # every run of a seed starts from the same reference and is scored on the same episodes
+    for seed in range(TINY.seeds):
+        assert len({r["gold"] for r in start if r["seed"] == seed}) == 1
+    # and training moves it: some KL, different for different losses or betas
+    final = [r for r in whole["rows"] if r["step"] == TINY.steps]
+    assert all(r["kl"] > 1e-3 for r in final if r["loss"] == "dpo") and np.mean([r["kl"] for r in final]) > 1e-2
+    assert len({round(r["kl"], 6) for r in final}) > len(final) // 2
+
+
+def test_the_pairs_are_the_reward_model_loops():
+    """For the same data settings and seed, the pairs this loop trains on are
+    those `run.py meta reward-model` trains its reward models on."""
+    data_config = TINY.data_config()
+    assert data_config.pairs == (TINY.pairs,) and data_config.segment_len == TINY.segment_len
+    programs = po.make(TINY)
+    ref_keys, data_keys, rm_keys, _, _ = rmod.stage_keys(data_config)
+    ref_ts, _ = programs.data.reference(ref_keys)
+    rollouts = programs.data.data(ref_ts, data_keys)
+    mine = programs.pairs(rollouts, rm_keys)
+    theirs = jax.vmap(lambda r, k: rmod.preference_pairs(data_config, r, k, TINY.pairs)[0])(rollouts, rm_keys)
+    for x, y in zip(jax.tree.leaves(mine), jax.tree.leaves(theirs), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_the_loss_index_picks_the_named_loss():
+    """lax.switch over config.losses: each index's value is the named loss's
+    on the same batch (a permuted list would fail)."""
+    rng = np.random.default_rng(0)
+    batch = pl.PairBatch(*(jnp.asarray(rng.normal(size=6), jnp.float32) for _ in range(4)),
+                         jnp.full(6, 8.0), jnp.full(6, 8.0))
+    params = pl.loss_params(beta=0.3)
+    losses = [pl.LOSSES[n] for n in TINY.losses]
+    for i, name in enumerate(TINY.losses):
+        picked = jax.jit(lambda idx: jax.lax.switch(idx, losses, batch, params))(i)
+        assert float(picked) == pytest.approx(float(pl.LOSSES[name](batch, params)), rel=1e-6)
+
+
+def test_stop_and_resume_is_bit_identical(sweeps):
+    whole, stopped, resumed = sweeps
+    assert not stopped["complete"] and resumed["complete"]
+    first = [r for r in stopped["rows"] if r["step"] <= STOP]
+    as_text = lambda rows: [{k: repr(v) for k, v in r.items()} for r in rows]   # noqa: E731  (NaN == NaN)
+    assert as_text(first + resumed["rows"]) == as_text(whole["rows"])
+
+
+def test_summaries_name_the_peak_and_the_end(sweeps):
+    whole, _, _ = sweeps
+    summaries = po.summarise(TINY, whole["rows"])
+    assert len(summaries) == len(TINY.losses) * len(TINY.beta)
+    for s in summaries:
+        assert s["steps"] == [0, 20, 40] and s["peak_gold"] == max(s["gold_mean"])
+        assert s["final_gold"] == s["gold_mean"][-1] and s["d"][0] == pytest.approx(0.0, abs=1e-2)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"losses": ("dpo", "bogus")}, "unknown preference loss 'bogus'"),
+    ({"beta": (0.0,)}, "beta must be > 0"),
+    ({"losses": ("robust_dpo",), "noise_rate": 0.5}, "robust DPO divides"),
+    ({"steps": 30}, "multiple of eval_every"),
+    ({"segment_len": 100}, "segment_len"),
+    ({"losses": ("dpo", "dpo")}, "twice"),
+])
+def test_bad_input_fails_before_compiling(change, message):
+    with pytest.raises(ConfigError, match=message):
+        po.make(dataclasses.replace(TINY, **change))
