@@ -5,7 +5,7 @@
     python run.py eval RUN_DIR --episodes 50
     python run.py plot RUN_DIR
     python run.py envs
-    python run.py meta reward-alignment|lpo|ued|reward-model ...  # meta-learning loops (see commands/)
+    python run.py meta reward-alignment|lpo|ued|reward-model|prefopt ...  # meta-learning loops (see commands/)
     python run.py robust RUN_DIR ...                 # attacks and certificates on a trained run
 
 Parses, builds, runs and writes the run directory; no algorithm logic here.
@@ -37,6 +37,8 @@ META_LOOPS = {
     "ued": ("commands.ued", "adversarial environment design: DR, PLR, robust PLR, ACCEL, PAIRED"),
     "reward-model": ("commands.reward_model", "reward models from preferences: ensembles, best-of-n, PPO with a "
                                               "KL penalty, overoptimisation curves"),
+    "prefopt": ("commands.prefopt", "direct preference optimisation of a policy (DPO, IPO, SLiC, SimPO, RPO, CoPG, "
+                                    "...) on the reward-model loop's pairs; the gold-KL frontier"),
 }
 ROBUST_MODULE = "commands.robust"
 REWARDS_MODULE = "commands.rewards"

@@ -4,6 +4,7 @@ compiled program, zero KL before training, the loss picked by its index is
 the named loss, bit-identical stop and resume, and bad input refused before
 anything compiles."""
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
@@ -114,3 +115,64 @@ def test_summaries_name_the_peak_and_the_end(sweeps):
 def test_bad_input_fails_before_compiling(change, message):
     with pytest.raises(ConfigError, match=message):
         po.make(dataclasses.replace(TINY, **change))
+
+
+# ------------------------------------------------------------ the command line
+
+def write_tiny(path, config=TINY):
+    from src import config as cfg
+    cfg.save_yaml(config, str(path))
+    return str(path)
+
+
+def fake_reward_model_run(path, data_config, pairs=(TINY.pairs,)):
+    """A reward-model run directory (its config and a few PPO rows), enough
+    for --rlhf: the front end reads curves.csv, it does not rerun anything."""
+    import csv
+    from src import config as cfg
+    path.mkdir()
+    cfg.save_yaml(dataclasses.replace(data_config, pairs=pairs, aggregate=("mean",)), str(path / "config.yaml"))
+    with open(path / "curves.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["method", "pairs", "aggregate", "beta", "seed", "iteration", "gold", "kl", "d"])
+        w.writeheader()
+        for seed in range(2):
+            for it, (gold, d) in enumerate([(0.5, 0.0), (0.9, 1.0), (0.4, 3.0)]):
+                w.writerow({"method": "rl", "pairs": pairs[0], "aggregate": "mean", "beta": 0.0, "seed": seed,
+                            "iteration": 4 * it, "gold": gold + 0.1 * seed, "kl": d * d, "d": d})
+    return str(path)
+
+
+def test_cli_writes_the_run_directory_and_draws_the_rlhf_run_on_the_frontier(sweeps, tmp_path):
+    import json
+
+    import run
+    config = write_tiny(tmp_path / "tiny.yaml")
+    rlhf = fake_reward_model_run(tmp_path / "rm", TINY.data_config())
+    out = tmp_path / "run"
+    assert run.main(["meta", "prefopt", "--config", config, "--rlhf", rlhf, "--out", str(out), "--no-progress"]) == 0
+    assert {"config.yaml", "curves.csv", "fits.json", "summary.json", "comparison.md", "frontier.png"} <= \
+        set(os.listdir(out))
+    whole, _, _ = sweeps
+    with open(out / "curves.csv") as f:
+        assert sum(1 for _ in f) == len(whole["rows"]) + 1                  # the same sweep (programs shared)
+    text = (out / "comparison.md").read_text()
+    assert "reward model (mean) + PPO" in text and "| dpo | 0.1 |" in text
+    # the RLHF frontier: best mean gold with d <= the largest d is its peak, mean of 0.9 and 1.0
+    row = [line for line in text.splitlines() if line.startswith("| reward model (mean) + PPO")][0]
+    assert row.rstrip(" |").endswith("0.95 ± 0.05")
+    with open(out / "summary.json") as f:
+        assert json.load(f)["rlhf"] == rlhf
+
+
+def test_cli_refuses_an_rlhf_run_on_other_data_naming_the_difference(tmp_path):
+    from commands import prefopt as cli
+    config = write_tiny(tmp_path / "tiny.yaml")
+    other = fake_reward_model_run(tmp_path / "rm", dataclasses.replace(TINY.data_config(), segment_len=4))
+    with pytest.raises(ConfigError, match="data settings differ from this run's \\(segment_len\\)"):
+        cli.main(["--config", config, "--rlhf", other, "--out", str(tmp_path / "a")])
+    fewer = fake_reward_model_run(tmp_path / "rm2", TINY.data_config(), pairs=(40,))
+    with pytest.raises(ConfigError, match="not 80: set --pairs"):
+        cli.main(["--config", config, "--rlhf", fewer, "--out", str(tmp_path / "b")])
+    with pytest.raises(ConfigError, match="unknown preference loss"):
+        cli.main(["--config", config, "--loss", "dpo,nope", "--out", str(tmp_path / "c")])
+    assert not any((tmp_path / n).exists() for n in "abc")
