@@ -119,6 +119,7 @@ def test_robust_cli_learned_adversary_takes_most_of_the_clean_return(run_dir):
     assert (per_member[:, 1] < 0.5 * per_member[:, 0]).all(), per_member   # each member loses most of it
 
 
+@pytest.mark.slow   # the clipped objective's numbers: tests/test_attacks.py; its flags' checks: the bad-input test below
 def test_robust_cli_clipped_action_objective_on_a_continuous_victim(tmp_path):
     out = str(tmp_path / "pendulum")
     run.main(["train", "--env", "Pendulum-v1", *TINY, "--out", out])

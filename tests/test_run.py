@@ -169,6 +169,12 @@ def _validate_preset(path):
     if name.startswith("reward_model_"):
         from commands import reward_model
         return reward_model.build_config(reward_model.parser().parse_args(["--config", path]))
+    if name.startswith("prefopt_"):
+        from commands import prefopt
+        return prefopt.build_config(prefopt.parser().parse_args(["--config", path]))
+    if name.startswith("rewards_"):
+        from commands import rewards
+        return rewards.build_config(rewards.parser().parse_args(["--config", path]))
     if name.startswith("robust_"):   # benchmarks/robustness.py: names the two victims' train presets
         data = cfg.load_yaml(path)
         return [_validate_preset(os.path.join(ROOT, data[k])) for k in ("vanilla-config", "sappo-config")]
