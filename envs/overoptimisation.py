@@ -132,6 +132,26 @@ def fit_rl(d, gold) -> Fit:
 
 # ----------------------------------------------------------------------------- KL divergences
 
+class TurnDown(NamedTuple):
+    peak: int            # index of the mean curve's highest point
+    drop: float          # mean over seeds of gold at the peak minus gold at the end
+    drop_se: float       # its standard error, paired by seed
+    significant: bool    # drop > 2 drop_se (and the peak is not the last point)
+
+
+def turn_down(gold) -> TurnDown:
+    """Whether a gold curve [points, seeds] falls after its peak. The peak is
+    the mean curve's highest point; the drop to the last point is taken per
+    seed, so the seeds' different levels (their own reference and reward
+    model) cancel, and its standard error is over seeds. The peak is chosen on
+    the same data, which biases the drop upwards a little."""
+    gold = np.asarray(gold, np.float64)
+    peak = int(np.argmax(gold.mean(axis=1)))
+    drops = gold[peak] - gold[-1]
+    se = float(drops.std(ddof=1) / np.sqrt(len(drops))) if len(drops) > 1 else float("inf")
+    return TurnDown(peak, float(drops.mean()), se, bool(peak < len(gold) - 1 and drops.mean() > 2 * se))
+
+
 def kl_categorical(logits_p, logits_q):
     """KL(p || q) of categoricals given by logits, over the last axis."""
     logp = jax.nn.log_softmax(jnp.asarray(logits_p, jnp.float32), axis=-1)

@@ -31,6 +31,7 @@ import optax
 
 from agents import ppo
 from agents import preference_losses as pl
+from envs import overoptimisation as oo
 from envs.core import episode_limit
 from meta import reward_model as rmod
 from src.config import ConfigError
@@ -285,7 +286,8 @@ def sweep(config: PrefOptConfig, log=print, restore=None, on_chunk=None, stop_at
 def summarise(config: PrefOptConfig, rows):
     """Per (loss, beta): mean ± s.e. over seeds of gold and d at every
     evaluation, where gold peaks, where it ends, and whether it turned down
-    (peak minus final beyond 2 standard errors)."""
+    (peak minus final beyond 2 standard errors, paired by seed:
+    envs.overoptimisation.turn_down)."""
     out = []
     for loss in config.losses:
         for beta in config.beta:
@@ -298,10 +300,11 @@ def summarise(config: PrefOptConfig, rows):
             d = np.array([np.mean([r["d"] for r in mine if r["step"] == s]) for s in steps])
             mean = gold.mean(axis=1)
             se = gold.std(axis=1, ddof=1) / np.sqrt(gold.shape[1]) if gold.shape[1] > 1 else np.zeros(len(steps))
-            peak = int(np.argmax(mean))
+            down = oo.turn_down(gold)
+            peak = down.peak
             out.append({"loss": loss, "beta": beta, "steps": steps, "d": d.tolist(), "gold_mean": mean.tolist(),
                         "gold_se": se.tolist(), "peak_gold": float(mean[peak]), "peak_d": float(d[peak]),
                         "peak_step": steps[peak], "final_gold": float(mean[-1]), "final_gold_se": float(se[-1]),
-                        "final_d": float(d[-1]),
-                        "turns_down": bool(peak < len(steps) - 1 and mean[peak] - mean[-1] > 2 * max(se[peak], se[-1]))})
+                        "final_d": float(d[-1]), "drop": down.drop, "drop_se": down.drop_se,
+                        "turns_down": down.significant})
     return out

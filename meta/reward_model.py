@@ -515,7 +515,8 @@ def summarise(config: RewardModelConfig, result: dict):
         rel = gold - base
         fit = (oo.fit_bon if method == "bon" else oo.fit_rl)(np.repeat(d, gold.shape[1]), rel.ravel())
         mean_gold = gold.mean(axis=1)
-        peak = int(np.argmax(mean_gold))
+        down = oo.turn_down(gold)
+        peak = down.peak
         se = gold.std(axis=1, ddof=1) / np.sqrt(gold.shape[1]) if gold.shape[1] > 1 else np.zeros(len(xs))
         summaries.append({
             "method": method, "pairs": pairs, "aggregate": kind, "beta": beta, "points": len(xs),
@@ -523,8 +524,9 @@ def summarise(config: RewardModelConfig, result: dict):
             "gold_se": se.tolist(), "proxy_mean": proxy.mean(axis=1).tolist(),
             "peak_d": float(d[peak]), "peak_gold": float(mean_gold[peak]), "final_gold": float(mean_gold[-1]),
             "final_gold_se": float(se[-1]), "final_d": float(d[-1]),
-            # a hump: gold falls from its peak by more than 2 standard errors while the proxy still rises
-            "hump": bool(peak < len(xs) - 1 and mean_gold[peak] - mean_gold[-1] > 2 * max(se[-1], se[peak])
-                         and proxy.mean(axis=1)[-1] > proxy.mean(axis=1)[peak]),
+            "drop": down.drop, "drop_se": down.drop_se,
+            # a hump: gold falls from its peak by more than 2 standard errors (paired by seed) while the
+            # proxy still rises
+            "hump": bool(down.significant and proxy.mean(axis=1)[-1] > proxy.mean(axis=1)[peak]),
             "fit": fit._asdict()})
     return summaries

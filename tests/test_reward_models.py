@@ -368,3 +368,20 @@ def test_bad_input_stops_before_compiling_with_the_fix(data):
         prefs.split(pairs, 9)
     with pytest.raises(ValueError, match="uwo_lambda >= 0"):
         rm.aggregate("uwo", -1.0)
+
+
+def test_turn_down_pairs_the_drop_by_seed():
+    """Seeds at very different levels, each falling by 10 +- 1 after the
+    peak: paired, the drop is significant although the levels' spread (100s)
+    dwarfs it; a curve still rising at its end has no turn."""
+    from envs import overoptimisation as oo
+    levels = np.array([0.0, 300.0, -200.0, 50.0, 120.0])
+    shape = np.array([0.0, 20.0, 30.0, 20.0])[:, None]
+    gold = levels[None, :] + shape - np.array([0, 0, 0, 1.0])[:, None] * np.array([9.0, 11.0, 10.0, 9.5, 10.5])
+    down = oo.turn_down(gold)
+    assert down.peak == 2 and down.drop == pytest.approx(10.0 + 10.0) and down.significant
+    assert down.drop_se == pytest.approx(np.std([19.0, 21.0, 20.0, 19.5, 20.5], ddof=1) / np.sqrt(5))
+    rising = levels[None, :] + np.arange(4.0)[:, None]
+    assert not oo.turn_down(rising).significant and oo.turn_down(rising).peak == 3
+    noisy = levels[None, :] + np.array([[0, 0, 0, 0, 0], [5, -5, 5, -5, 5], [-5, 5, -5, 5, -4.0]])
+    assert not oo.turn_down(noisy).significant
