@@ -134,22 +134,34 @@ def fit_rl(d, gold) -> Fit:
 
 class TurnDown(NamedTuple):
     peak: int            # index of the mean curve's highest point
+    rise: float          # mean over seeds of gold at the peak minus gold at the first point
+    rise_se: float       # its standard error, paired by seed
     drop: float          # mean over seeds of gold at the peak minus gold at the end
     drop_se: float       # its standard error, paired by seed
     significant: bool    # drop > 2 drop_se (and the peak is not the last point)
+    hump: bool           # and rise > 2 rise_se: gold rose first, then fell
+
+
+def _paired(differences):
+    differences = np.asarray(differences, np.float64)
+    se = float(differences.std(ddof=1) / np.sqrt(len(differences))) if len(differences) > 1 else float("inf")
+    return float(differences.mean()), se
 
 
 def turn_down(gold) -> TurnDown:
-    """Whether a gold curve [points, seeds] falls after its peak. The peak is
-    the mean curve's highest point; the drop to the last point is taken per
-    seed, so the seeds' different levels (their own reference and reward
-    model) cancel, and its standard error is over seeds. The peak is chosen on
-    the same data, which biases the drop upwards a little."""
+    """Whether a gold curve [points, seeds] falls after its peak, and whether
+    it rose to it. The peak is the mean curve's highest point; the rise from
+    the first point and the drop to the last are taken per seed, so the
+    seeds' different levels (their own reference and reward model) cancel,
+    and their standard errors are over seeds. The peak is chosen on the same
+    data, which biases both upwards a little."""
     gold = np.asarray(gold, np.float64)
     peak = int(np.argmax(gold.mean(axis=1)))
-    drops = gold[peak] - gold[-1]
-    se = float(drops.std(ddof=1) / np.sqrt(len(drops))) if len(drops) > 1 else float("inf")
-    return TurnDown(peak, float(drops.mean()), se, bool(peak < len(gold) - 1 and drops.mean() > 2 * se))
+    rise, rise_se = _paired(gold[peak] - gold[0])
+    drop, drop_se = _paired(gold[peak] - gold[-1])
+    significant = bool(peak < len(gold) - 1 and drop > 2 * drop_se)
+    return TurnDown(peak, rise, rise_se, drop, drop_se, significant, bool(significant and peak > 0
+                                                                          and rise > 2 * rise_se))
 
 
 def kl_categorical(logits_p, logits_q):

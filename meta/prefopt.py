@@ -305,6 +305,7 @@ def summarise(config: PrefOptConfig, rows):
             out.append({"loss": loss, "beta": beta, "steps": steps, "d": d.tolist(), "gold_mean": mean.tolist(),
                         "gold_se": se.tolist(), "peak_gold": float(mean[peak]), "peak_d": float(d[peak]),
                         "peak_step": steps[peak], "final_gold": float(mean[-1]), "final_gold_se": float(se[-1]),
-                        "final_d": float(d[-1]), "drop": down.drop, "drop_se": down.drop_se,
-                        "turns_down": down.significant})
+                        "final_d": float(d[-1]), "rise": down.rise, "rise_se": down.rise_se,
+                        "drop": down.drop, "drop_se": down.drop_se, "turns_down": down.significant,
+                        "hump": down.hump})
     return out

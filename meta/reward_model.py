@@ -524,9 +524,9 @@ def summarise(config: RewardModelConfig, result: dict):
             "gold_se": se.tolist(), "proxy_mean": proxy.mean(axis=1).tolist(),
             "peak_d": float(d[peak]), "peak_gold": float(mean_gold[peak]), "final_gold": float(mean_gold[-1]),
             "final_gold_se": float(se[-1]), "final_d": float(d[-1]),
-            "drop": down.drop, "drop_se": down.drop_se,
-            # a hump: gold falls from its peak by more than 2 standard errors (paired by seed) while the
-            # proxy still rises
-            "hump": bool(down.significant and proxy.mean(axis=1)[-1] > proxy.mean(axis=1)[peak]),
+            "rise": down.rise, "rise_se": down.rise_se, "drop": down.drop, "drop_se": down.drop_se,
+            # a hump: gold rises to its peak and falls from it, each by more than 2 standard errors
+            # (paired by seed), while the proxy still rises
+            "hump": bool(down.hump and proxy.mean(axis=1)[-1] > proxy.mean(axis=1)[peak]),
             "fit": fit._asdict()})
     return summaries

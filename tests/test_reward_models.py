@@ -380,6 +380,9 @@ def test_turn_down_pairs_the_drop_by_seed():
     gold = levels[None, :] + shape - np.array([0, 0, 0, 1.0])[:, None] * np.array([9.0, 11.0, 10.0, 9.5, 10.5])
     down = oo.turn_down(gold)
     assert down.peak == 2 and down.drop == pytest.approx(10.0 + 10.0) and down.significant
+    assert down.rise == pytest.approx(30.0) and down.rise_se == pytest.approx(0.0) and down.hump
+    falling = levels[None, :] - np.arange(4.0)[:, None] * np.array([1.0, 2.0, 1.5, 1.0, 3.0])
+    assert oo.turn_down(falling).significant and not oo.turn_down(falling).hump     # a fall is not a hump
     assert down.drop_se == pytest.approx(np.std([19.0, 21.0, 20.0, 19.5, 20.5], ddof=1) / np.sqrt(5))
     rising = levels[None, :] + np.arange(4.0)[:, None]
     assert not oo.turn_down(rising).significant and oo.turn_down(rising).peak == 3
