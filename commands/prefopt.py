@@ -105,7 +105,7 @@ def frontier(points, d_grid):
 def markdown(config, result, summaries, methods, d_grid):
     import numpy as np
     lines = [f"# Direct preference optimisation on {config.env}", "",
-             f"{config.seeds} seeds; reference PPO {config.reference_steps} steps (gold "
+             f"{config.seeds} seeds; reference {config.reference_run or f'PPO {config.reference_steps} steps'} (gold "
              f"{np.mean(result['reference_gold']):.2f}); {config.pairs} pairs of {config.segment_len}-step segments, "
              f"temperature {config.temperature}, label noise {config.label_noise}; {config.steps} Adam steps "
              f"(lr {config.lr}, batch {config.batch}).", "",

@@ -53,7 +53,7 @@ def build_config(args):
 def markdown(config, result, summaries):
     import numpy as np
     lines = [f"# Reward-model overoptimisation on {config.env}", "",
-             f"{config.seeds} seeds; reference PPO {config.reference_steps} steps (gold return "
+             f"{config.seeds} seeds; reference {config.reference_run or f'PPO {config.reference_steps} steps'} (gold return "
              f"{np.mean(result['reference_gold']):.2f}); pairs of {config.segment_len}-step segments, "
              f"temperature {config.temperature}, label noise {config.label_noise}; ensembles of {config.ensemble} "
              f"({'bootstrap' if config.bootstrap else 'seeds only'}); PPO on the proxy {config.rl_steps} steps.", "",

@@ -37,8 +37,8 @@ from meta import reward_model as rmod
 from src.config import ConfigError
 
 # the data settings shared with meta/reward_model.py (same names, same meaning)
-DATA_FIELDS = ("env", "env_kwargs", "gold", "gold_width", "seed", "seeds", "reference_steps", "ppo", "data_envs",
-               "data_steps", "held_out_pairs", "segment_len", "temperature", "label_noise")
+DATA_FIELDS = ("env", "env_kwargs", "gold", "gold_width", "seed", "seeds", "reference_steps", "ppo", "reference_run",
+               "data_envs", "data_steps", "held_out_pairs", "segment_len", "temperature", "label_noise")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +51,7 @@ class PrefOptConfig:
     seeds: int = 5
     reference_steps: int = 200_000
     ppo: dict = dataclasses.field(default_factory=dict)
+    reference_run: str = ""            # a run.py train PPO run whose final policies are the references
     data_envs: int = 64
     data_steps: int = 400
     pairs: int = 2000
@@ -232,7 +233,8 @@ def sweep(config: PrefOptConfig, log=print, restore=None, on_chunk=None, stop_at
     reference = rmod.policy_of(ref_ts)
     ref_logps = programs.reference_logps(reference, pairs)
     timing["reference_and_pairs_s"] = time.time() - start
-    log(f"reference policy ({c.reference_steps} steps) and {c.pairs} pairs per seed: "
+    source = c.reference_run or f"{c.reference_steps} steps"
+    log(f"reference policy ({source}) and {c.pairs} pairs per seed: "
         f"{timing['reference_and_pairs_s']:.0f} s")
 
     members = runs(c)

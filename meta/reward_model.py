@@ -5,7 +5,8 @@ overoptimisation curves, Coste et al. 2023's ensembles).
 The pipeline, every stage vmapped over seeds:
 
 1. A reference policy: PPO trained on the gold reward (the environment's) for
-   `reference_steps`, partly trained on purpose (the "SFT" policy).
+   `reference_steps`, partly trained on purpose (the "SFT" policy); or the
+   final policies of a `run.py train` PPO run (`reference_run`).
 2. Preference data: rollouts of the reference policy (through the agent's
    `collect`), cut into segment pairs and labelled by the Bradley-Terry
    oracle of the gold returns, with label noise (`envs/preferences.py`).
@@ -57,6 +58,28 @@ AGGREGATIONS = (*rm.AGGREGATIONS, "single")
 GOLDS = ("env", "random")
 
 
+def load_reference_run(config):
+    """(module, PPO config, members) of `config.reference_run`, checked
+    against the experiment: a PPO run with a checkpoint, on this environment,
+    with at least `seeds` members, and no ppo: settings of its own to clash."""
+    import agents
+    module, run_config, members = agents.load_run(config.reference_run, need_checkpoint=True)
+    where = f"reference_run {config.reference_run}"
+    if module is not ppo:
+        raise ConfigError(f"{where} is a {run_config.__class__.__name__} run: the reference must be a PPO run "
+                          "(the KL penalty and the preference losses need its log-probabilities)")
+    if (run_config.env, dict(run_config.env_kwargs)) != (config.env, dict(config.env_kwargs)):
+        raise ConfigError(f"{where} was trained on {run_config.env} {dict(run_config.env_kwargs) or ''}, this "
+                          f"experiment is on {config.env} {dict(config.env_kwargs) or ''}: set env (and env_kwargs) "
+                          f"to the run's, or train a reference on {config.env} with run.py train")
+    if len(members) < config.seeds:
+        raise ConfigError(f"{where} has {len(members)} members, fewer than seeds = {config.seeds}: set seeds <= "
+                          f"{len(members)} or train the reference with more seeds")
+    if config.ppo:
+        raise ConfigError(f"{where}: its PPO settings are the run's; remove the ppo: block ({sorted(config.ppo)})")
+    return module, run_config, members
+
+
 @dataclasses.dataclass(frozen=True)
 class RewardModelConfig:
     env: str = "Pendulum-v1"
@@ -72,6 +95,9 @@ class RewardModelConfig:
     # the reference policy, PPO on the gold reward (any PPOConfig key under ppo:)
     reference_steps: int = 200_000
     ppo: dict = dataclasses.field(default_factory=dict)
+    # or a `run.py train` PPO run directory: its first `seeds` members' final
+    # states are the references (its env and PPO settings; leave ppo: empty)
+    reference_run: str = ""
     # preference data from the reference policy's rollouts
     data_envs: int = 64
     data_steps: int = 400              # steps per env of the reference rollouts segments are cut from
@@ -98,6 +124,8 @@ class RewardModelConfig:
     bon_episodes: int = 512            # reference episodes best-of-n draws from (>= max n)
 
     def reference_config(self) -> "ppo.PPOConfig":
+        if self.reference_run:
+            return load_reference_run(self)[1]
         base = {"env": self.env, "env_kwargs": self.env_kwargs, "seed": self.seed, "seeds": self.seeds,
                 "total_steps": self.reference_steps}
         return cfg.inner_config(ppo.PPOConfig, base, self.ppo, "ppo")
@@ -240,6 +268,14 @@ def build(config: RewardModelConfig) -> Programs:
     def reference(key):
         return ref_agent.train(key, ref_hparams)
 
+    if config.reference_run:
+        def loaded_references(keys):
+            """The run's first `seeds` members' final states (the keys are unused)."""
+            import agents
+            module, run_config, members = load_reference_run(config)
+            states = agents.restore_members(config.reference_run, module, ref_agent, run_config, members)
+            return take(states, list(range(config.seeds))), None
+
     def fresh_envs(agent, ts, key, num):
         levels = jax.tree.map(lambda x: jnp.broadcast_to(x, (num, *jnp.shape(x))), env_params)
         reset_key, run_key = jax.random.split(key)
@@ -285,7 +321,8 @@ def build(config: RewardModelConfig) -> Programs:
         return rl_agent.run(ts, rl_hparams, params, None, env_params, num_iterations=config.eval_every)
 
     weights = {k: jnp.eye(len(AGGREGATIONS), dtype=jnp.float32)[i] for i, k in enumerate(AGGREGATIONS)}
-    return Programs(config, jax.jit(jax.vmap(reference)), jax.jit(jax.vmap(data)),
+    return Programs(config, loaded_references if config.reference_run else jax.jit(jax.vmap(reference)),
+                    jax.jit(jax.vmap(data)),
                     {n: jax.jit(jax.vmap(functools.partial(reward_models, num_pairs=n))) for n in config.pairs},
                     jax.jit(jax.vmap(lambda t, p, k: score(t, p, k, config.bon_episodes))),
                     jax.jit(jax.vmap(lambda t, p, k: score(t, p, k, config.eval_episodes))),
@@ -391,7 +428,8 @@ def learned_rewards(programs: Programs, log=print):
     rollouts = programs.data(ref_ts, data_keys)
     check_gold_varies(rollouts.gold, c.env)
     timing["reference_and_data_s"] = time.time() - start
-    log(f"reference policy trained ({c.reference_steps} steps x {c.seeds} seeds) and "
+    source = f"from {c.reference_run}" if c.reference_run else f"trained ({c.reference_steps} steps x {c.seeds} seeds)"
+    log(f"reference policy {source} and "
         f"{c.data_envs * c.data_steps} steps of its rollouts per seed collected: {timing['reference_and_data_s']:.0f} s")
     start = time.time()
     ensembles, accuracy = {}, {}

@@ -176,3 +176,62 @@ def test_cli_refuses_an_rlhf_run_on_other_data_naming_the_difference(tmp_path):
     with pytest.raises(ConfigError, match="unknown preference loss"):
         cli.main(["--config", config, "--loss", "dpo,nope", "--out", str(tmp_path / "c")])
     assert not any((tmp_path / n).exists() for n in "abc")
+
+
+# ------------------------------------------------------------ a reference from a run directory
+
+def fake_train_run(path, algo="ppo", env="CartPole-v1", seeds=2, **env_kwargs):
+    """A train run directory as far as the checks read it: config.yaml, members.json, checkpoint/."""
+    from agents import ppo, sac
+    from src import config as cfg
+    from src import rundir
+    path.mkdir()
+    config = (ppo.PPOConfig if algo == "ppo" else sac.SACConfig)(env=env, env_kwargs=env_kwargs, seeds=seeds)
+    cfg.save_yaml(config, str(path / "config.yaml"))
+    if algo != "ppo":
+        with open(path / "config.yaml", "a") as f:
+            f.write(f"algo: {algo}\n")
+    rundir.write_members(str(path), [{"seed": s, "hparams": {}} for s in range(seeds)])
+    (path / "checkpoint").mkdir()
+    return str(path)
+
+
+def test_a_reference_run_from_another_env_or_too_small_is_refused_naming_the_fix(tmp_path):
+    plain = dict(env="gridworld/barfi", env_kwargs={"size": 3}, seeds=2, ppo={})
+    other_env = fake_train_run(tmp_path / "cartpole")
+    with pytest.raises(ConfigError, match="was trained on CartPole-v1.*set env"):
+        po.PrefOptConfig(**plain, reference_run=other_env).validate()
+    small = fake_train_run(tmp_path / "one", env="gridworld/barfi", seeds=1, size=3)
+    with pytest.raises(ConfigError, match="1 members, fewer than seeds = 2"):
+        rmod.RewardModelConfig(**plain, reference_run=small).validate()
+    with pytest.raises(ConfigError, match="remove the ppo: block"):
+        po.PrefOptConfig(**{**plain, "seeds": 1, "ppo": {"lr": 1e-3}}, reference_run=small).validate()
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        (tmp_path / "one" / "checkpoint").rmdir()
+        po.PrefOptConfig(**{**plain, "seeds": 1}, reference_run=small).validate()
+    sac_run = fake_train_run(tmp_path / "sac", algo="sac", env="Pendulum-v1")
+    with pytest.raises(ConfigError, match="must be a PPO run"):
+        po.PrefOptConfig(env="Pendulum-v1", seeds=2, reference_run=sac_run).validate()
+
+
+@pytest.mark.slow    # a train run and the loop's programs compiled for its network
+def test_a_trained_run_is_the_reference(tmp_path):
+    """`reference_run`: the train run's final states are the references (the
+    policy starts at KL 0 from them), and its PPO settings are the loop's."""
+    import run
+    from agents import load_run, restore_members
+    out = str(tmp_path / "ref")
+    run.main(["train", "--env", "gridworld/barfi", "--set", "env_kwargs={size: 3}", "--total-steps", "2048",
+              "--seeds", "2", "--no-progress", "--set", "num_envs=8", "--set", "num_steps=32", "--set", "hidden=[16]",
+              "--out", out])
+    fields = {k: v for k, v in dataclasses.asdict(TINY).items() if k not in ("ppo", "reference_steps")}
+    config = po.PrefOptConfig(**{**fields, "reference_run": out, "losses": ("dpo",), "beta": (0.1,)})
+    assert config.data_config().reference_config().hidden == (16,)
+    result = po.sweep(config, show_progress=False, log=lambda *a: None)
+    assert all(r["kl"] == pytest.approx(0.0, abs=1e-5) for r in result["rows"] if r["step"] == 0)
+    programs = po.make(config)
+    loaded, _ = programs.data.reference(None)
+    module, run_config, members = load_run(out)
+    stored = restore_members(out, module, programs.data.rl_agent, run_config, members)
+    for x, y in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(stored.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
