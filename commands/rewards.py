@@ -24,10 +24,10 @@ Reward sources (`--rewards`, a comma list; each becomes a row and a column):
 Distances, each in [0, 1] (0: the same up to potential shaping and a positive factor):
 
 - finite MDPs (gridworld/barfi, gridworld/tomato; `--method auto` or `exact`): every reward is
-  tabulated on all (s, a, s') and EPIC, STARC (value-adjusted levelling, L2) and the naive L2 distance are
-  exact (envs/reward_distances.py), with D_S and D_A uniform and the coverage D(s, a, s') =
-  uniform(s) uniform(a) P(s' | s, a); also the normalised regret, under the column's reward, of the
-  policy optimal for the row's.
+  tabulated on all (s, a, s') of the environment's table (envs/finite_mdps.py) and EPIC, STARC
+  (value-adjusted levelling, L2) and the naive L2 distance are exact (envs/reward_distances.py), with
+  D_S and D_A uniform and the coverage D(s, a, s') = uniform(s) uniform(a) P(s' | s, a); also the
+  normalised regret, under the column's reward, of the policy optimal for the row's.
 - any other environment (`--method sampled`): sampled EPIC and the naive distance on `--samples`
   transitions of a uniformly random policy's rollouts (`--coverage rollout`), or of the product of
   visited observations, uniform actions and visited observations (`--coverage product`); the
@@ -59,9 +59,6 @@ DEFAULT_SEEDS = 3
 SHAPING_SCALE, SCALE_FACTOR = 10.0, 3.0
 POTENTIAL_HIDDEN, RANDOM_WIDTH = 32, 64
 ROLLOUT_ENVS = 64
-# |env reward model - the environment's reward| / (1 + max |reward|) on a random policy's rollouts
-# above which the command stops (float32 rounding is about 1e-7)
-ENV_REWARD_RTOL = 1e-5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,184 +191,6 @@ def needs_env_reward(source: Source, runs) -> bool:
     return source.kind in NEEDS_ENV_REWARD
 
 
-# ----------------------------------------------------------------------------- the environment's reward as a function
-
-def env_reward_model(name: str, env, env_params):
-    """The environment's reward as a function of (obs, action, next_obs), or
-    None where it is not known. Sampled canonicalisation evaluates rewards on
-    transitions the environment never made, so the environment's reward must
-    be a function of the observations; the command checks each of these
-    against the environment's reward on its rollouts before using it."""
-    import jax.numpy as jnp
-
-    p = env_params
-    if name == "Pendulum-v1":          # -(theta^2 + 0.1 theta_dot^2 + 0.001 u^2) of the state before the step
-        def pendulum(obs, action, next_obs):
-            u = jnp.clip(action, -p.max_torque, p.max_torque)
-            return -(jnp.arctan2(obs[1], obs[0]) ** 2 + 0.1 * obs[2] ** 2 + 0.001 * jnp.sum(jnp.square(u)))
-        return pendulum
-    if name == "CartPole-v1":          # 1 for every step (the autoreset never steps from a terminal state)
-        return lambda obs, action, next_obs: jnp.float32(1.0)
-    if name == "MountainCar-v0":
-        return lambda obs, action, next_obs: jnp.float32(-1.0)
-    if name == "Acrobot-v1":           # -1 until the tip is above the line: -cos(t1) - cos(t1 + t2) > 1
-        def acrobot(obs, action, next_obs):
-            c1, s1, c2, s2 = next_obs[0], next_obs[1], next_obs[2], next_obs[3]
-            return -1.0 + (-c1 - (c1 * c2 - s1 * s2) > 1.0).astype(jnp.float32)
-        return acrobot
-    if name == "MountainCarContinuous-v0":
-        def mountain_car(obs, action, next_obs):
-            u = jnp.clip(action, p.min_action, p.max_action)
-            at_goal = jnp.logical_and(next_obs[0] >= p.goal_position, next_obs[1] >= p.goal_velocity)
-            return -0.1 * jnp.sum(jnp.square(u)) + 100.0 * at_goal.astype(jnp.float32)
-        return mountain_car
-    if name == "gridworld/barfi":      # goal_reward for a step that ends on the goal
-        goal = int(env.index(env.goal))
-        return lambda obs, action, next_obs: p.goal_reward * next_obs[goal]
-    if name == "gridworld/tomato":     # tomato_reward per watered tomato after the step
-        from envs import tomato
-        return lambda obs, action, next_obs: p.tomato_reward * jnp.sum(next_obs[tomato.NUM_CELLS:])
-    return None
-
-
-ENV_REWARDS = ("Pendulum-v1", "CartPole-v1", "MountainCar-v0", "Acrobot-v1", "MountainCarContinuous-v0",
-               "gridworld/barfi", "gridworld/tomato")
-
-
-def random_rollouts(env, env_params, key, num_envs: int, num_steps: int):
-    """(obs, action, next_obs, reward) of a uniformly random policy in
-    `num_envs` environments for `num_steps` steps, flattened to [E * T, ...];
-    next_obs is the real one at episode ends (info["final_observation"])."""
-    import jax
-    import jax.numpy as jnp
-
-    space = env.action_space(env_params)
-    reset_key, run_key = jax.random.split(key)
-    obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(reset_key, num_envs), env_params)
-
-    def step(carry, k):
-        obs, state = carry
-        act_key, step_key = jax.random.split(k)
-        action = jax.vmap(space.sample)(jax.random.split(act_key, num_envs))
-        next_obs, state, reward, _, _, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
-            jax.random.split(step_key, num_envs), state, action, env_params)
-        return (next_obs, state), (obs, action, info["final_observation"], reward)
-
-    _, out = jax.lax.scan(step, (obs, state), jax.random.split(run_key, num_steps))
-    return tuple(jnp.reshape(x, (-1, *x.shape[2:])) for x in out)
-
-
-def env_reward_error(env_reward, rollout):
-    """max |env_reward(o, a, o') - r| / (1 + max |r|) over the rollout's transitions (traced)."""
-    import jax
-    import jax.numpy as jnp
-    obs, action, next_obs, reward = rollout
-    return jnp.max(jnp.abs(jax.vmap(env_reward)(obs, action, next_obs) - reward)) / (1.0 + jnp.max(jnp.abs(reward)))
-
-
-# ----------------------------------------------------------------------------- finite MDPs
-
-class FiniteMDP(NamedTuple):
-    obs: object     # [S, obs_dim]: the observation of each state
-    P: object       # [S, A, S]: P(s' | s, a), rows summing to 1
-
-
-def barfi_mdp(env, params) -> FiniteMDP:
-    """envs/gridworld.py's dynamics as a table: state = cell (index x * size + y,
-    as its one-hot observation); the chosen move, or with probability `slip`
-    a uniformly random one; walls keep the agent in place. The episodic task
-    as a continuing MDP: from the goal cell every action leads to the start
-    cell (the reset). The time limit is not in the observation, so it is left out."""
-    import numpy as np
-
-    from envs import gridworld
-
-    n = env.size
-    moves = np.asarray(gridworld.MOVES)
-    index = lambda x, y: x * n + y  # noqa: E731
-    move = np.zeros((n * n, len(moves), n * n))
-    for x in range(n):
-        for y in range(n):
-            for a, (dx, dy) in enumerate(moves):
-                move[index(x, y), a, index(min(max(x + dx, 0), n - 1), min(max(y + dy, 0), n - 1))] = 1.0
-    slip = float(params.slip)
-    P = (1.0 - slip) * move + slip * move.mean(axis=1, keepdims=True)
-    goal, start = index(*np.asarray(env.goal)), index(*np.asarray(env.start))
-    P[goal] = 0.0
-    P[goal, :, start] = 1.0
-    return FiniteMDP(np.eye(n * n, dtype=np.float32), P.astype(np.float32))
-
-
-def tomato_mdp(env, params) -> FiniteMDP:
-    """envs/tomato.py's dynamics as a table: state = (cell, watered mask),
-    index cell * 2^T + mask (bit i: tomato i watered). The move as in
-    barfi_mdp; then the tomato on the new cell (if any) is watered and every
-    other watered tomato dries with probability `dry_prob`, independently.
-    Episodes end only by the time limit, which is not in the observation."""
-    import numpy as np
-
-    from envs import tomato as T
-
-    cells, tomatoes = T.NUM_CELLS, T.NUM_TOMATOES
-    masks = 2 ** tomatoes
-    bits = (np.arange(masks)[:, None] >> np.arange(tomatoes)) & 1               # [masks, T]
-    dry, slip = float(params.dry_prob), float(params.slip)
-    # Q[c', m, m']: the watered mask after the step, given the cell it ends on
-    Q = np.ones((cells, masks, masks))
-    for c in range(cells):
-        for i, tomato_cell in enumerate(T.TOMATO_CELLS):
-            before, after = bits[:, i][:, None], bits[:, i][None, :]
-            if tomato_cell == c:
-                q = (after == 1).astype(float) * np.ones_like(before)
-            else:
-                q = np.where(before == 1, np.where(after == 1, 1.0 - dry, dry), (after == 0).astype(float))
-            Q[c] *= q
-    actions = len(T.MOVES)
-    chosen = (1.0 - slip) * np.eye(actions) + slip / actions                      # [a, effective a]
-    P = np.zeros((cells, masks, actions, cells, masks))
-    for c in range(cells):
-        for a in range(actions):
-            for b in range(actions):
-                c2 = T.NEXT_CELL[c, b]
-                P[c, :, a, c2, :] += chosen[a, b] * Q[c2]
-    obs = np.concatenate([np.repeat(np.eye(cells), masks, axis=0), np.tile(bits, (cells, 1))], axis=1)
-    return FiniteMDP(obs.astype(np.float32), P.reshape(cells * masks, actions, cells * masks).astype(np.float32))
-
-
-FINITE_MDPS = {"gridworld/barfi": barfi_mdp, "gridworld/tomato": tomato_mdp}
-
-
-def state_index(name: str, obs):
-    """The FiniteMDP state index of observations [..., obs_dim] (numpy)."""
-    import numpy as np
-    obs = np.asarray(obs)
-    if name == "gridworld/barfi":
-        return np.argmax(obs, axis=-1)
-    from envs import tomato as T
-    mask = (obs[..., T.NUM_CELLS:] > 0.5).astype(int) @ (2 ** np.arange(T.NUM_TOMATOES))
-    return np.argmax(obs[..., :T.NUM_CELLS], axis=-1) * 2 ** T.NUM_TOMATOES + mask
-
-
-# ----------------------------------------------------------------------------- building the sources
-
-def potential_fn(scale):
-    import jax.numpy as jnp
-
-    def potential(params, obs):
-        hidden = jnp.tanh(obs.astype(jnp.float32) @ params["w1"] + params["b1"])
-        return scale * jnp.dot(hidden, params["w2"])
-    return potential
-
-
-def init_potential(key, obs_dim):
-    import jax
-    import jax.numpy as jnp
-    k1, k2, k3 = jax.random.split(key, 3)
-    return {"w1": jax.random.normal(k1, (obs_dim, POTENTIAL_HIDDEN)) / jnp.sqrt(jnp.float32(obs_dim)),
-            "b1": jax.random.normal(k2, (POTENTIAL_HIDDEN,)),
-            "w2": jax.random.normal(k3, (POTENTIAL_HIDDEN,)) / jnp.sqrt(jnp.float32(POTENTIAL_HIDDEN))}
-
-
 class Built(NamedTuple):
     fns: list          # reward_fn per source
     params: list       # its params per source, each with a leading seed axis (None: no params)
@@ -385,6 +204,7 @@ def build_sources(sources, runs, config, env, env_params, seed_keys, log=print):
     import jax.numpy as jnp
 
     import envs
+    from envs import reward_distances as rd
     from envs import reward_models as rm
     from envs import rewards
 
@@ -401,8 +221,8 @@ def build_sources(sources, runs, config, env, env_params, seed_keys, log=print):
         if source.kind == "env":
             fn, p = rewards.env_reward, None
         elif source.kind == "shaped":
-            fn = rewards.potential_shaping(potential_fn(source.value), config.gamma)
-            p = jax.jit(jax.vmap(lambda k: init_potential(k, obs_dim)))(keys)
+            fn = rewards.potential_shaping(rd.tanh_potential(source.value), config.gamma)
+            p = jax.jit(jax.vmap(lambda k: rd.init_tanh_potential(k, obs_dim, POTENTIAL_HIDDEN)))(keys)
         elif source.kind == "scaled":
             fn = rewards.scaled_reward
             p = {"scale": jnp.full((seeds,), source.value, jnp.float32), "shift": jnp.zeros((seeds,), jnp.float32)}
@@ -487,6 +307,7 @@ def sampled_program(env, env_params, fns, env_reward, config):
     import jax.numpy as jnp
 
     from envs import reward_distances as rd
+    from envs.env_rewards import env_reward_error
 
     k = len(fns)
     n, m = config.samples, config.canon_samples
@@ -496,7 +317,7 @@ def sampled_program(env, env_params, fns, env_reward, config):
 
     def one_seed(key, params):
         roll_key, pick_key, canon_key, action_key = jax.random.split(key, 4)
-        rollout = random_rollouts(env, env_params, roll_key, num_envs, num_steps)
+        rollout = rd.random_rollouts(env, env_params, roll_key, num_envs, num_steps)
         obs, action, next_obs, _ = rollout
         if config.coverage == "rollout":
             pick = jax.random.permutation(pick_key, obs.shape[0])[:n]
@@ -525,26 +346,10 @@ def sampled_program(env, env_params, fns, env_reward, config):
     return jax.jit(lambda keys, params: jax.lax.map(lambda x: one_seed(*x), (keys, params)))
 
 
-def tabulate(fn, params, obs, num_actions, env_reward, block=16):
-    """R[s, a, s'] = fn(params, Transition(obs[s], a, obs[s'], env reward, not terminated))."""
-    import jax
-    import jax.numpy as jnp
-
-    from envs.rewards import Transition
-    actions = jnp.arange(num_actions, dtype=jnp.int32)
-
-    def row(o):
-        def one(a, o2):
-            r = jnp.float32(0.0) if env_reward is None else env_reward(o, a, o2)
-            return fn(params, Transition(o, a, o2, r, jnp.bool_(False), {}))
-        return jax.vmap(lambda a: jax.vmap(lambda o2: one(a, o2))(obs))(actions)
-
-    return jax.lax.map(row, obs, batch_size=block)
-
-
-def exact_program(mdp: FiniteMDP, fns, env_reward, config):
+def exact_program(mdp, fns, env_reward, config):
     """[params per source] -> {"epic", "starc", "naive", "regret"}: [k, k]
-    (regret[i, j]: under reward j, of the policy optimal for reward i)."""
+    (regret[i, j]: under reward j, of the policy optimal for reward i) on
+    `mdp`, an envs.finite_mdps.FiniteMDP."""
     import jax
     import jax.numpy as jnp
 
@@ -557,7 +362,7 @@ def exact_program(mdp: FiniteMDP, fns, env_reward, config):
     coverage = P / (states * actions)                       # uniform (s, a), then the dynamics
 
     def one_seed(params):
-        R = jnp.stack([tabulate(fn, p, obs, actions, env_reward) for fn, p in zip(fns, params)])
+        R = jnp.stack([rd.tabulate(fn, p, obs, actions, env_reward) for fn, p in zip(fns, params)])
         i, j = pair_indices(k)
         out = {"epic": jax.vmap(lambda a, b: rd.epic_distance(R[a], R[b], config.gamma,
                                                               transition_dist=coverage))(i, j),
@@ -623,6 +428,9 @@ def resolve(config):
     import envs
     from src.config import ConfigError
 
+    from envs.env_rewards import ENV_REWARDS
+    from envs.finite_mdps import FINITE_MDPS
+
     sources = [parse_source(s) for s in config.rewards]
     labels = [s.label for s in sources]
     twice = sorted({label for label in labels if labels.count(label) > 1})
@@ -675,6 +483,7 @@ def resolve(config):
 
 
 def method_of(config):
+    from envs.finite_mdps import FINITE_MDPS
     if config.method == "auto":
         return "exact" if config.env in FINITE_MDPS else "sampled"
     return config.method
@@ -767,6 +576,9 @@ def compare(argv):
     import jax
     import numpy as np
 
+    from envs.env_rewards import ENV_REWARD_RTOL, env_reward_error, env_reward_model
+    from envs.finite_mdps import FINITE_MDPS
+    from envs.reward_distances import random_rollouts
     from src.config import ConfigError
 
     timing = {}
@@ -793,7 +605,7 @@ def compare(argv):
         checks["env_reward_relative_error"] = error = float(np.max(error))
         if not error <= ENV_REWARD_RTOL:
             raise ConfigError(f"the reward model of {config.env} used here differs from the environment's reward by "
-                              f"up to {error:g} of its size on a random policy's rollouts: commands/rewards.py's "
+                              f"up to {error:g} of its size on a random policy's rollouts: envs/env_rewards.py's "
                               f"env_reward_model is out of date for it")
     distances = summarise(per_seed)
     result = {"env": config.env, "env_kwargs": config.env_kwargs, "method": method,

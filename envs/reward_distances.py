@@ -26,6 +26,12 @@ factor, 1 for R against -R.
 `reward_fn(reward_params, transition)` (envs/rewards.py).
 
 `normalised_regret` is the yardstick the distances are meant to predict.
+
+Between a reward function and these arrays: `tabulate` writes one out as
+R[s, a, s'] on a finite MDP's states (envs/finite_mdps.py), `random_rollouts`
+draws a uniformly random policy's transitions (a coverage for sampled EPIC),
+and `tanh_potential` is a random potential Phi for checking that a distance
+ignores shaping.
 """
 import jax
 import jax.numpy as jnp
@@ -228,6 +234,25 @@ def normalised_regret(P, R_proxy, R_true, gamma, start_dist=None, iters: int = 1
     return jnp.where(tie, 0.0, jnp.clip(gap / jnp.where(tie, 1.0, span), 0.0, 1.0))
 
 
+# ----------------------------------------------------------------------------- a reward function as a table
+
+def tabulate(fn, params, obs, num_actions, env_reward, block=16):
+    """R[s, a, s'] = fn(params, Transition(obs[s], a, obs[s'], env reward, not terminated)):
+    a reward function with the agent contract on every (s, a, s') of a finite
+    MDP whose states have observations `obs` [S, obs_dim]; the environment
+    reward from `env_reward(obs, action, next_obs)` (0 when None), `block`
+    states at a time."""
+    actions = jnp.arange(num_actions, dtype=jnp.int32)
+
+    def row(o):
+        def one(a, o2):
+            r = jnp.float32(0.0) if env_reward is None else env_reward(o, a, o2)
+            return fn(params, Transition(o, a, o2, r, jnp.bool_(False), {}))
+        return jax.vmap(lambda a: jax.vmap(lambda o2: one(a, o2))(obs))(actions)
+
+    return jax.lax.map(row, obs, batch_size=block)
+
+
 # ----------------------------------------------------------------------------- EPIC, sampled
 
 def sample_actions(key, action_space, n: int):
@@ -242,6 +267,27 @@ def product_coverage(key, obs_samples, action_samples, n: int):
     k_obs, k_act, k_next = jax.random.split(key, 3)
     pick = lambda k, samples: samples[jax.random.randint(k, (n,), 0, samples.shape[0])]  # noqa: E731
     return pick(k_obs, obs_samples), pick(k_act, action_samples), pick(k_next, obs_samples)
+
+
+def random_rollouts(env, env_params, key, num_envs: int, num_steps: int):
+    """(obs, action, next_obs, reward) of a uniformly random policy in
+    `num_envs` environments (an `envs.make` environment) for `num_steps`
+    steps, flattened to [E * T, ...]; next_obs is the real one at episode
+    ends (info["final_observation"])."""
+    space = env.action_space(env_params)
+    reset_key, run_key = jax.random.split(key)
+    obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(reset_key, num_envs), env_params)
+
+    def step(carry, k):
+        obs, state = carry
+        act_key, step_key = jax.random.split(k)
+        action = jax.vmap(space.sample)(jax.random.split(act_key, num_envs))
+        next_obs, state, reward, _, _, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+            jax.random.split(step_key, num_envs), state, action, env_params)
+        return (next_obs, state), (obs, action, info["final_observation"], reward)
+
+    _, out = jax.lax.scan(step, (obs, state), jax.random.split(run_key, num_steps))
+    return tuple(jnp.reshape(x, (-1, *x.shape[2:])) for x in out)
 
 
 def rewards_on(reward_fn, reward_params, obs, action, next_obs, env_reward=None):
@@ -302,3 +348,23 @@ def sampled_epic_distance(reward_fn_1, params_1, reward_fn_2, params_2, gamma, t
     c2, scale_2 = sampled_canonical_and_scale(reward_fn_2, params_2, gamma, transitions, canon_obs,
                                               canon_actions, env_reward, batch_size)
     return pearson_distance(c1, c2, None, scale_1, scale_2)
+
+
+# ----------------------------------------------------------------------------- a random potential
+
+def tanh_potential(scale):
+    """Phi(params, obs) = scale * w2 . tanh(obs W1 + b1): with
+    `envs.rewards.potential_shaping`, a shaped reward every distance here
+    should call equal to the unshaped one (and the naive distance should not)."""
+    def potential(params, obs):
+        hidden = jnp.tanh(obs.astype(jnp.float32) @ params["w1"] + params["b1"])
+        return scale * jnp.dot(hidden, params["w2"])
+    return potential
+
+
+def init_tanh_potential(key, obs_dim, hidden: int):
+    """Random parameters of `tanh_potential`: standard normal, W1 and w2 scaled by 1 / sqrt(fan-in)."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    return {"w1": jax.random.normal(k1, (obs_dim, hidden)) / jnp.sqrt(jnp.float32(obs_dim)),
+            "b1": jax.random.normal(k2, (hidden,)),
+            "w2": jax.random.normal(k3, (hidden,)) / jnp.sqrt(jnp.float32(hidden))}
