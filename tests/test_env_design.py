@@ -271,6 +271,7 @@ def tiny_run():
     return ued, run, chunk
 
 
+@pytest.mark.slow   # UED's numbers are pinned by tests/test_env_design_cli.py's golden run and its resume
 def test_same_seed_same_numbers_and_one_compile(tiny_run):
     ued, run, chunk = tiny_run
     state_a, metrics_a = run(0)

@@ -375,6 +375,8 @@ def test_evaluate_counts_whole_episodes():
     np.testing.assert_array_equal(lengths, np.full(7, 2))
 
 
+@pytest.mark.slow   # a reproduction run (RESULTS.md has 8 seeds); PPO's learning stays covered by the Pendulum,
+#                     own-environment and probe tests
 def test_cartpole_published_defaults_reach_475_over_4_seeds():
     # (4 seeds keep the default suite within CI's budget; run.py's 8-seed run is in benchmarks/RESULTS.md)
     config = ppo.PPOConfig()   # 4 envs x 128 steps, 5e5 steps, published defaults

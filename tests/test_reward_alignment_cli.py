@@ -20,6 +20,7 @@ PER_BLOCK = BATCH + ROLLOUT * ENVS
 BLOCKS = 8
 
 
+@pytest.mark.slow   # BARFI's command line and run directory stay covered by the stop-and-resume test below
 def test_barfi_run_from_the_gridworld_preset_leaves_a_consistent_run_directory(tmp_path):
     out = str(tmp_path / "run")
     code = run.main(["meta", "reward-alignment", "--config", "configs/barfi_gridworld_bad.yaml", "--method", "barfi",
