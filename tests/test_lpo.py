@@ -132,7 +132,8 @@ def lpo_runs(tmp_path_factory):
     return a, b, {**printed, "after_stop": after_stop}
 
 
-@pytest.mark.slow   # 92 s of compiling; LPO's resume stays covered by test_tiny_meta_training_resumes_bit_identically
+@pytest.mark.slow   # 92 s of compiling; like test_tiny_meta_training_resumes_bit_identically above (slow too). In the
+#                     default suite, resume is covered by tests/test_es.py (LPO is es.evolve with its own fitness)
 def test_cli_run_stops_resumes_and_ends_as_the_uninterrupted_run(lpo_runs):
     from agents import objectives as lo
     a, b, runs = lpo_runs
