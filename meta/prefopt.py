@@ -37,28 +37,12 @@ from meta import reward_model as rmod
 from src.config import ConfigError
 
 # the data settings shared with meta/reward_model.py (same names, same meaning)
-DATA_FIELDS = ("env", "env_kwargs", "gold", "gold_width", "seed", "seeds", "reference_steps", "ppo", "reference_run",
-               "data_envs", "data_steps", "held_out_pairs", "segment_len", "temperature", "label_noise")
+DATA_FIELDS = rmod.DATA_FIELDS
 
 
 @dataclasses.dataclass(frozen=True)
-class PrefOptConfig:
-    env: str = "Pendulum-v1"
-    env_kwargs: dict = dataclasses.field(default_factory=dict)
-    gold: str = "env"
-    gold_width: int = 256
-    seed: int = 0
-    seeds: int = 5
-    reference_steps: int = 200_000
-    ppo: dict = dataclasses.field(default_factory=dict)
-    reference_run: str = ""            # a run.py train PPO run whose final policies are the references
-    data_envs: int = 64
-    data_steps: int = 400
+class PrefOptConfig(rmod.PreferenceData):
     pairs: int = 2000
-    held_out_pairs: int = 1000
-    segment_len: int = 25
-    temperature: float = 1.0
-    label_noise: float = 0.0
     # the losses and their coefficients (every one traced; one program for all)
     losses: tuple[str, ...] = ("dpo", "ipo", "slic")
     beta: tuple[float, ...] = (0.01, 0.1, 1.0)

@@ -81,7 +81,10 @@ def load_reference_run(config):
 
 
 @dataclasses.dataclass(frozen=True)
-class RewardModelConfig:
+class PreferenceData:
+    """The settings of the reference policy and its preference data, shared
+    by every loop on them (this one and meta/prefopt.py): equal settings give
+    equal references, rollouts and pairs."""
     env: str = "Pendulum-v1"
     env_kwargs: dict = dataclasses.field(default_factory=dict)
     # the gold reward: "env", the environment's own; "random", a frozen randomly
@@ -101,11 +104,18 @@ class RewardModelConfig:
     # preference data from the reference policy's rollouts
     data_envs: int = 64
     data_steps: int = 400              # steps per env of the reference rollouts segments are cut from
-    pairs: tuple[int, ...] = (100, 1000, 10000)
     held_out_pairs: int = 1000         # drawn separately, for the reward models' accuracy
     segment_len: int = 25
     temperature: float = 1.0           # Bradley-Terry temperature of the oracle (0: deterministic)
     label_noise: float = 0.0
+
+
+DATA_FIELDS = tuple(f.name for f in dataclasses.fields(PreferenceData))
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardModelConfig(PreferenceData):
+    pairs: tuple[int, ...] = (100, 1000, 10000)
     # reward models
     ensemble: int = 1
     bootstrap: bool = False            # False: members differ by seed only; True: and by a resample of the pairs
