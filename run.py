@@ -39,6 +39,8 @@ META_LOOPS = {
                                               "KL penalty, overoptimisation curves"),
     "prefopt": ("commands.prefopt", "direct preference optimisation of a policy (DPO, IPO, SLiC, SimPO, RPO, CoPG, "
                                     "...) on the reward-model loop's pairs; the gold-KL frontier"),
+    "pbt": ("commands.pbt", "population-based training of PPO or SAC: exploit and explore inside one program"),
+    "qd": ("commands.qd", "neuroevolution and quality-diversity: MAP-Elites, novelty search, deep GA, ES"),
 }
 ROBUST_MODULE = "commands.robust"
 REWARDS_MODULE = "commands.rewards"
