@@ -20,7 +20,7 @@ GYMNAX_ENVS = tuple(gymnax.registered_envs)
 def names() -> list[str]:
     """Every environment `make` accepts."""
     return [*GYMNAX_ENVS, *(f"brax/{n}" for n in BRAX_ENVS), *(f"probe/{p}" for p in PROBES),
-            *(f"gridworld/{g}" for g in GRIDWORLDS), "gridworld/tomato", "maze"]
+            *(f"gridworld/{g}" for g in GRIDWORLDS), "gridworld/tomato", "maze", "hard-maze"]
 
 
 class UnknownEnvironment(ConfigError):
@@ -57,6 +57,11 @@ def make_raw(name: str, **kwargs):
     elif name == "maze":   # level = env_params (envs/maze.py); kwargs height, width, view, max_steps
         from envs.maze import Maze
         env = Maze(**kwargs)
+    elif name == "hard-maze":   # envs/hard_maze.py: deceptive point-robot maze (quality-diversity, meta/qd.py)
+        if kwargs:
+            raise ConfigError(f"hard-maze takes no options (its layout is HardMazeParams), got {sorted(kwargs)}")
+        from envs.hard_maze import HardMaze
+        env = HardMaze()
     else:
         raise _unknown(name)
     return env, env.default_params
