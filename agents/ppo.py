@@ -188,7 +188,8 @@ def ppo_losses(objective, objective_params, new_log_prob, old_log_prob, value, o
 
 
 def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, objective=ppo_clip,
-         show_progress: bool = False, runs_per_device: int | None = None, extra_loss=None) -> base.Agent:
+         show_progress: bool = False, runs_per_device: int | None = None, extra_loss=None,
+         rollout_reward=None) -> base.Agent:
     """Build the agent's pure functions. `objective(objective_params, ratio,
     advantage, progress)` returns per-sample policy losses; when a call passes
     objective_params=None, PPO-clip's clip_eps hyperparameter is used.
@@ -203,7 +204,14 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
     `extra_loss(policy, params, obs, key, progress_frac, discrete) -> (loss,
     metrics)` is added to every minibatch's loss (with a key of its own per
     minibatch); config's `sa_kappa > 0` builds SA-PPO's regulariser
-    (`robustness/sappo.py`) when none is given."""
+    (`robustness/sappo.py`) when none is given.
+
+    `rollout_reward(reward_params, rollout) -> [num_steps, num_envs]` replaces
+    the rollout's rewards once the whole rollout is collected (after
+    `reward_fn`'s per-step rewards, which it can read in `rollout.reward`):
+    rewards that compare trajectories with each other, such as SPO's win
+    rate of a segment against the batch's other segments, are not functions
+    of one transition."""
     config = config.validate()
     if extra_loss is None and config.sa_kappa > 0:
         from robustness import sappo
@@ -298,6 +306,8 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
         value, next_value = network.apply(ts.params, jnp.stack([rollout.obs, rollout.next_obs]),
                                           method=ActorCritic.value)
         rollout = rollout._replace(value=value, next_value=next_value)
+        if rollout_reward is not None:   # static: without one the program is unchanged
+            rollout = rollout._replace(reward=rollout_reward(reward_params, rollout).astype(rollout.reward.dtype))
         return ts.replace(env_state=env_state, obs=obs, obs_stats=obs_stats, key=key), rollout
 
     def scale_rewards(ts, rollout, hparams):
