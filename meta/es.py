@@ -1,5 +1,6 @@
-"""Evolution strategies: a thin adapter over evosax 0.3 (OpenES, SNES, CMA-ES)
-and the generation loop every ES-driven meta-learner shares.
+"""Evolution strategies: a thin adapter over evosax 0.3 (OpenES, SNES, CMA-ES,
+and SimpleGA as the deep GA) and the generation loop every ES-driven
+meta-learner shares.
 
 Our convention is that fitness is a return to MAXIMISE. evosax minimises; the
 one place that converts is `tell` below (`-returns`). Nothing else in the
@@ -17,6 +18,14 @@ Sampling and shaping:
 - SNES and CMA-ES keep their own rank-based utility weights (also invariant to
   any monotone change of the returns); centred ranks fed to them as-is would
   reverse their update, since they treat larger shaped values as better.
+- The deep GA ("ga": evosax's SimpleGA, Such et al. 2017) keeps a population,
+  not a distribution: truncation selection (the top `truncation` fraction
+  parent the next generation, chosen uniformly), Gaussian mutation of std
+  `sigma`, no crossover. SimpleGA mutates every child, so the adapter adds
+  the elitism: member 0 of each generation is the previous generation's best,
+  unmutated (re-evaluated, as in the paper). `init(key, mean)` starts from
+  `pop` copies of `mean` ranked last, so the first generation is `mean` and
+  its mutants; `mean(state)` is the last generation's best.
 - `member_keys` gives both members of an antithetic pair the same evaluation
   keys (same task, same seeds), so their difference measures the
   perturbation, not the luck of the draw.
@@ -34,7 +43,7 @@ import optax
 
 from src.config import ConfigError
 
-STRATEGIES = ("openes", "snes", "cma_es")
+STRATEGIES = ("openes", "snes", "cma_es", "ga")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +54,7 @@ class ESConfig:
     lr: float = 0.01           # OpenES: Adam step size; SNES: SGD step on its natural gradient (1.0 is standard)
     antithetic: bool = True    # OpenES only
     optimizer: str = "adam"    # OpenES: "adam", or "sgd" (mean += lr * the centred-rank gradient estimate)
+    truncation: float = 0.5    # GA: the fraction of the population that parents the next generation
 
     def validate(self):
         if self.strategy not in STRATEGIES:
@@ -59,6 +69,8 @@ class ESConfig:
                               f"it), got {self.pop}")
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.strategy == "ga" and not 0 < self.truncation <= 1:
+            raise ConfigError(f"truncation must be in (0, 1], got {self.truncation}")
         if self.sigma <= 0 or self.lr <= 0:
             raise ConfigError(f"sigma and lr must be positive, got sigma={self.sigma}, lr={self.lr}")
         return self
@@ -76,8 +88,12 @@ class ES(NamedTuple):
 
 
 def _build(config: ESConfig, template):
-    from evosax.algorithms import CMA_ES, SNES, Open_ES
+    from evosax.algorithms import CMA_ES, SNES, Open_ES, SimpleGA
 
+    if config.strategy == "ga":
+        strategy = SimpleGA(config.pop, solution=template, std_schedule=optax.constant_schedule(config.sigma))
+        strategy.elite_ratio = config.truncation   # read when ask is traced (num_elites); evosax fixes 0.5
+        return strategy, strategy.default_params
     if config.strategy == "openes":
         strategy = Open_ES(config.pop, solution=template, use_antithetic_sampling=config.antithetic,
                            optimizer=getattr(optax, config.optimizer)(config.lr),
@@ -96,18 +112,27 @@ def make(config: ESConfig, template) -> ES:
     strategy, params = _build(config, template)
     pop = config.pop
 
+    ga = config.strategy == "ga"
+
     def init(key, mean):
+        if ga:   # a population: pop copies of mean, unevaluated (evosax minimises: +inf ranks last)
+            copies = jax.tree.map(lambda x: jnp.broadcast_to(x, (pop, *jnp.shape(x))), mean)
+            return strategy.init(key, copies, jnp.full((pop,), jnp.inf, jnp.float32), params)
         return strategy.init(key, mean, params)
 
     def ask(key, state):
-        return strategy.ask(key, state, params)
+        population, new_state = strategy.ask(key, state, params)
+        if ga:   # elitism: the previous generation's best goes on unmutated as member 0
+            elite = strategy.get_best_solution(state)
+            population = jax.tree.map(lambda p, e: p.at[0].set(e), population, elite)
+        return population, new_state
 
     def tell(key, population, returns, state):
         """`returns`: [pop] values to maximise."""
         return strategy.tell(key, population, -jnp.asarray(returns, jnp.float32), state, params)
 
     def mean(state):
-        return strategy.get_mean(state)
+        return strategy.get_best_solution(state) if ga else strategy.get_mean(state)
 
     def member_keys(key, seeds: int, common: bool = False):
         """Raw evaluation keys [pop, seeds, 2]; antithetic partners share theirs.
