@@ -30,6 +30,8 @@ def parser():
     p.add_argument("--label-noise", type=float, default=None, help="probability a label is flipped")
     p.add_argument("--rlhf", default=None, metavar="RUN_DIR",
                    help="a run.py meta reward-model run on the same data, drawn on the same frontier")
+    p.add_argument("--online", action="store_true",
+                   help="online methods instead: SPO against reward model + PPO (run.py meta prefopt --online -h)")
     return experiment.core_flags(p, resume=True, logger=False, stop_at=True)
 
 
@@ -152,6 +154,9 @@ def plot(path, config, methods):
 
 
 def main(argv):
+    if "--online" in argv:      # online methods (SPO against reward model + PPO) have their own front end
+        from commands import spo
+        return spo.main(argv)
     args = parser().parse_args(argv)
     import numpy as np
 

@@ -166,6 +166,28 @@ def segment_returns(gold):
     return jnp.sum(gold.astype(jnp.float32), axis=-1)
 
 
+# What the synthetic oracle compares. "bt" is Christiano et al.'s: the
+# segments' gold returns. "worst" judges a segment by its worst step's gold
+# reward, a rater who remembers the worst moment: no per-step reward sums to
+# it, so it is non-Markovian, and a reward model over (s, a, s') can only
+# approximate it; SPO (meta/spo.py) optimises it without one.
+ORACLES = ("bt", "worst")
+
+
+def check_oracle(oracle: str):
+    if oracle not in ORACLES:
+        raise ValueError(f"unknown preference oracle {oracle!r}; choose one of {', '.join(ORACLES)} (bt: Bradley-"
+                         f"Terry on the segments' gold returns; worst: on their worst step's gold reward)")
+
+
+def segment_scores(gold, oracle: str = "bt"):
+    """The oracle's score of each segment (over the last axis of [..., L])."""
+    check_oracle(oracle)
+    if oracle == "worst":
+        return jnp.min(gold.astype(jnp.float32), axis=-1)
+    return segment_returns(gold)
+
+
 def preference_probability(return_first, return_second, temperature):
     """Bradley-Terry sigmoid((G1 - G2) / temperature); at temperature 0 the
     limit (1, 0, or 0.5 on a tie). temperature may be traced; the gradient is
@@ -178,17 +200,19 @@ def preference_probability(return_first, return_second, temperature):
     return jnp.where(positive, soft, hard)
 
 
-def label_pairs(key, first: Segments, second: Segments, temperature, label_noise) -> Pairs:
+def label_pairs(key, first: Segments, second: Segments, temperature, label_noise, oracle: str = "bt") -> Pairs:
     """Label each pair (first[i], second[i]): gold_prob from the Bradley-Terry
-    model of their gold returns, label ~ Bernoulli(gold_prob), then flipped
-    with probability label_noise. temperature and label_noise are traced."""
+    model of their oracle scores (`segment_scores`: by default the gold
+    returns), label ~ Bernoulli(gold_prob), then flipped with probability
+    label_noise. temperature and label_noise are traced."""
     if first.gold.shape != second.gold.shape:
         raise ValueError(f"first and second segments differ in shape ({first.gold.shape} vs "
                          f"{second.gold.shape}): pair segments of the same count and length")
     if not _is_traced(label_noise):
         validate(first.gold.shape[-1], first.gold.shape[-1], first.gold.shape[0], label_noise=label_noise,
                  temperature=temperature)
-    gold_prob = preference_probability(segment_returns(first.gold), segment_returns(second.gold), temperature)
+    gold_prob = preference_probability(segment_scores(first.gold, oracle), segment_scores(second.gold, oracle),
+                                       temperature)
     u = jax.random.uniform(key, (2,) + gold_prob.shape)
     clean = u[0] < gold_prob
     flip = u[1] < jnp.asarray(label_noise, jnp.float32)
@@ -196,8 +220,9 @@ def label_pairs(key, first: Segments, second: Segments, temperature, label_noise
     return Pairs(first, second, label, gold_prob.astype(jnp.float32))
 
 
-@functools.partial(jax.jit, static_argnames=("segment_len", "num_pairs"))
-def make_pairs(key, trajectories: Segments, segment_len: int, num_pairs: int, temperature, label_noise) -> Pairs:
+@functools.partial(jax.jit, static_argnames=("segment_len", "num_pairs", "oracle"))
+def make_pairs(key, trajectories: Segments, segment_len: int, num_pairs: int, temperature, label_noise,
+               oracle: str = "bt") -> Pairs:
     """2 * num_pairs segments from `cut_segments`, paired in order, labelled by
     `label_pairs`. Both segments of a pair are drawn independently (they may
     come from the same trajectory)."""
@@ -207,7 +232,7 @@ def make_pairs(key, trajectories: Segments, segment_len: int, num_pairs: int, te
     segs = cut_segments(cut_key, trajectories, segment_len, 2 * num_pairs)
     first = jax.tree.map(lambda x: x[:num_pairs], segs)
     second = jax.tree.map(lambda x: x[num_pairs:], segs)
-    return label_pairs(label_key, first, second, temperature, label_noise)
+    return label_pairs(label_key, first, second, temperature, label_noise, oracle)
 
 
 def num_pairs_of(pairs: Pairs) -> int:

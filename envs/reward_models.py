@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from envs.preferences import Pairs, Segments, check_bootstrap, segment_returns
+from envs.preferences import Pairs, Segments, check_bootstrap, segment_scores
 from envs.rewards import Transition
 
 AGGREGATIONS = ("mean", "wco", "uwo")
@@ -259,13 +259,15 @@ def _agreement(pred_first, target_first):
     return jnp.mean(pred_first * target_first + (1.0 - pred_first) * (1.0 - target_first))
 
 
-@functools.partial(jax.jit, static_argnames=("kind",))
-def accuracy(params, pairs: Pairs, kind: str | None = None, uwo_lambda=1.0) -> Accuracy:
+@functools.partial(jax.jit, static_argnames=("kind", "oracle"))
+def accuracy(params, pairs: Pairs, kind: str | None = None, uwo_lambda=1.0, oracle: str = "bt") -> Accuracy:
     """The fraction of pairs whose preferred segment under the model (the
     larger return sum) agrees with the label and, separately, with the gold
-    preference; ties count half. Single model: scalars. An ensemble: per
-    member [K] when kind is None, else the aggregate's accuracy (scalars)."""
-    gold_pref = 0.5 * (1.0 + jnp.sign(segment_returns(pairs.first.gold) - segment_returns(pairs.second.gold)))
+    preference (the oracle's: `envs.preferences.segment_scores`); ties count
+    half. Single model: scalars. An ensemble: per member [K] when kind is
+    None, else the aggregate's accuracy (scalars)."""
+    gold_pref = 0.5 * (1.0 + jnp.sign(segment_scores(pairs.first.gold, oracle)
+                                      - segment_scores(pairs.second.gold, oracle)))
     label = pairs.label.astype(jnp.float32)
 
     def score(diff):
@@ -278,7 +280,7 @@ def accuracy(params, pairs: Pairs, kind: str | None = None, uwo_lambda=1.0) -> A
             return jnp.sum(aggregate_rewards(rewards, kind, uwo_lambda), axis=-1)
         return score(agg_return(pairs.first) - agg_return(pairs.second))
     if is_ensemble(params):
-        return jax.vmap(lambda p: accuracy(p, pairs))(params)
+        return jax.vmap(lambda p: accuracy(p, pairs, oracle=oracle))(params)
     return score(segment_return(params, pairs.first) - segment_return(params, pairs.second))
 
 

@@ -108,6 +108,9 @@ class PreferenceData:
     segment_len: int = 25
     temperature: float = 1.0           # Bradley-Terry temperature of the oracle (0: deterministic)
     label_noise: float = 0.0
+    # what the oracle compares (envs.preferences.ORACLES): "bt", the segments'
+    # gold returns; "worst", their worst step's gold reward (non-Markovian)
+    oracle: str = "bt"
 
 
 DATA_FIELDS = tuple(f.name for f in dataclasses.fields(PreferenceData))
@@ -155,6 +158,10 @@ class RewardModelConfig(PreferenceData):
         envs.check_name(self.env)
         if self.gold not in GOLDS:
             raise ConfigError(f"unknown gold reward {self.gold!r}; choose one of {', '.join(GOLDS)}")
+        try:
+            prefs.check_oracle(self.oracle)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         for kind in self.aggregate:
             if kind not in AGGREGATIONS:
                 raise ConfigError(f"unknown aggregation {kind!r}; choose from {', '.join(AGGREGATIONS)}")
@@ -306,15 +313,15 @@ def build(config: RewardModelConfig) -> Programs:
         params, losses, _ = rm.train_ensemble(rm_key, pairs, config.ensemble, config.bootstrap, config.rm_steps,
                                               config.rm_lr, config.rm_batch, action_size, tuple(config.rm_hidden))
         params = rm.normalise(params, rollouts)
-        member = rm.accuracy(params, held)
+        member = rm.accuracy(params, held, oracle=config.oracle)
         acc = {"accuracy_label": member.label.mean(), "accuracy_gold": member.gold.mean(),
                "train_loss": losses[:, -max(config.rm_steps // 10, 1):].mean(),
-               **decided_accuracy(params, held)}
+               **decided_accuracy(params, held, config.oracle)}
         for kind in config.aggregate:
             if kind == "single":
                 acc["accuracy_gold_single"] = member.gold[0]
             else:
-                acc[f"accuracy_gold_{kind}"] = rm.accuracy(params, held, kind, config.uwo_lambda).gold
+                acc[f"accuracy_gold_{kind}"] = rm.accuracy(params, held, kind, config.uwo_lambda, config.oracle).gold
         return params, acc
 
     def score(ts, params, key, episodes: int):
@@ -346,9 +353,9 @@ def preference_pairs(config, rollouts, key, num_pairs: int):
     same data settings and seed."""
     pair_key, held_key, rm_key = jax.random.split(key, 3)
     pairs = prefs.make_pairs(pair_key, rollouts, config.segment_len, num_pairs, config.temperature,
-                             config.label_noise)
+                             config.label_noise, config.oracle)
     held = prefs.make_pairs(held_key, rollouts, config.segment_len, config.held_out_pairs, config.temperature,
-                            config.label_noise)
+                            config.label_noise, config.oracle)
     return pairs, held, rm_key
 
 
@@ -377,11 +384,12 @@ def best_of_n_curve(episodes: dict, kind: str, ns):
     return rows
 
 
-def decided_accuracy(params, pairs):
-    """Accuracy against gold on the pairs whose gold returns differ (ties,
-    which count half in `accuracy_gold`, left out), mean over members; and
-    the fraction of such pairs (sparse rewards tie most segments)."""
-    gold_diff = prefs.segment_returns(pairs.first.gold) - prefs.segment_returns(pairs.second.gold)
+def decided_accuracy(params, pairs, oracle: str = "bt"):
+    """Accuracy against gold on the pairs whose oracle scores (gold returns,
+    for "bt") differ (ties, which count half in `accuracy_gold`, left out),
+    mean over members; and the fraction of such pairs (sparse rewards tie
+    most segments)."""
+    gold_diff = prefs.segment_scores(pairs.first.gold, oracle) - prefs.segment_scores(pairs.second.gold, oracle)
     decided = (gold_diff != 0).astype(jnp.float32)
     model_diff = jax.vmap(lambda p: rm.segment_return(p, pairs.first) - rm.segment_return(p, pairs.second))(
         rm.as_ensemble(params))

@@ -1,0 +1,288 @@
+"""Online preference optimisation without a reward model: SPO (Swamy et al.
+2024, "a minimaximalist approach"), side by side with reward model + PPO on
+the same reference, under a preference oracle that may be non-Markovian.
+
+1. The reference policy, its rollouts and the reward model come from the
+   reward-model loop (`meta/reward_model.py`): PPO on the gold reward, then
+   `pairs` segment pairs of its rollouts labelled by `oracle`
+   (`envs.preferences.ORACLES`), then a Bradley-Terry reward model over
+   (s, a, s'). With `oracle: worst` a segment is judged by its worst step's
+   gold reward, which no sum of per-step rewards equals.
+2. `rlhf`: PPO continued from the reference on the reward model minus
+   beta * log(pi / pi_ref) (the reward-model loop's RL stage).
+3. `spo`: PPO continued from the reference where every rollout (num_envs x
+   num_steps) is cut into segments of `segment_len` steps and each segment
+   earns, at its last step, its win rate against every other segment of the
+   same batch: the mean over them of the oracle's probability that it is
+   preferred (with label noise eps, eps + (1 - 2 eps) p: the expected label,
+   so no labels are sampled). No reward model is fitted; the oracle is asked
+   about K^2 pairs per iteration (K segments), where rlhf asked about
+   `pairs` once. The KL penalty to the reference, if beta > 0, is PPO's
+   per-step reward as in rlhf. Segments may span an episode end, as the
+   preference data's do.
+4. Every `eval_every` iterations each run and the reference play
+   `eval_episodes` fresh episodes from the same start states and action
+   noise (one key per seed). The first floor(horizon / segment_len)
+   segments of each episode are scored by the oracle; reported are the
+   win rate against the reference (the oracle's probability that the
+   policy's segment t of episode e is preferred to the reference's, averaged
+   over t and e), the oracle's metric (the mean segment score: the mean
+   worst-moment reward for `worst`, the mean segment return for `bt`), gold
+   return and KL(pi || pi_ref) along the policy's own actions.
+
+Each method is one program vmapped over seeds; the loop runs `eval_every`
+iterations at a time, checkpointing between chunks, and resumes exactly.
+"""
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import envs
+from agents import ppo
+from envs import preferences as prefs
+from envs.core import episode_limit
+from meta import reward_model as rmod
+from src.config import ConfigError
+
+METHODS = ("spo", "rlhf")
+
+
+@dataclasses.dataclass(frozen=True)
+class SPOConfig(rmod.PreferenceData):
+    oracle: str = "worst"
+    methods: tuple[str, ...] = METHODS
+    pairs: int = 1000                  # the reward model's pairs (rlhf)
+    beta: float = 0.0                  # KL penalty to the reference, both methods
+    # the reward model (rlhf), as meta/reward_model.py's
+    rm_hidden: tuple[int, ...] = (64, 64)
+    rm_steps: int = 2000
+    rm_lr: float = 1e-3
+    rm_batch: int = 64
+    # PPO from the reference
+    rl_steps: int = 393_216
+    eval_every: int = 8
+    eval_episodes: int = 64
+
+    def rm_config(self) -> rmod.RewardModelConfig:
+        data = {k: getattr(self, k) for k in rmod.DATA_FIELDS}
+        return rmod.RewardModelConfig(**data, pairs=(self.pairs,), beta=(self.beta,), aggregate=("mean",),
+                                      rm_hidden=self.rm_hidden, rm_steps=self.rm_steps, rm_lr=self.rm_lr,
+                                      rm_batch=self.rm_batch, rl_steps=self.rl_steps, eval_every=self.eval_every,
+                                      eval_episodes=self.eval_episodes, bon=(), bon_episodes=1)
+
+    def validate(self):
+        rm_config = self.rm_config().validate()
+        if not self.methods or any(m not in METHODS for m in self.methods) or len(set(self.methods)) != len(
+                self.methods):
+            raise ConfigError(f"methods {list(self.methods)}: give one or more of {', '.join(METHODS)}, each once")
+        if self.gold != "env":
+            raise ConfigError(f"SPO scores segments by the environment's own reward: set gold=env (got {self.gold!r})")
+        rl = rm_config.rl_config()
+        if rl.num_steps % self.segment_len:
+            fits = [d for d in range(1, rl.num_steps + 1) if rl.num_steps % d == 0]
+            near = min(fits, key=lambda d: abs(d - self.segment_len))
+            raise ConfigError(f"SPO cuts each env's rollout of num_steps={rl.num_steps} into segments of "
+                              f"segment_len={self.segment_len} steps: choose a segment_len that divides "
+                              f"{rl.num_steps} (the nearest is {near}), or change ppo.num_steps")
+        if rl.num_envs * (rl.num_steps // self.segment_len) < 2:
+            raise ConfigError("SPO needs at least two segments per batch to compare: more envs or shorter segments")
+        if self.beta < 0:
+            raise ConfigError(f"beta must be >= 0 (a KL penalty), got {self.beta}")
+        return self
+
+
+# ----------------------------------------------------------------------------- the self-play reward
+
+def win_rates(scores, temperature, label_noise):
+    """Each segment's mean probability, under the oracle, of being preferred
+    to each other segment: scores [K] -> [K]. The diagonal (a segment
+    against itself, 0.5 at any temperature) is left out."""
+    p = prefs.preference_probability(scores[:, None], scores[None, :], temperature)
+    noise = jnp.asarray(label_noise, jnp.float32)
+    p = noise + (1.0 - 2.0 * noise) * p
+    k = scores.shape[0]
+    return (p.sum(axis=1) - p.diagonal()) / (k - 1)
+
+
+def segment_win_reward(gold, segment_len: int, oracle: str, temperature, label_noise):
+    """SPO's reward for a time-major rollout's gold rewards [T, N]: zero
+    except at each segment's last step, which gets the segment's win rate
+    against the batch's other segments."""
+    steps, envs = gold.shape
+    segments = gold.T.reshape(envs, steps // segment_len, segment_len)
+    wins = win_rates(prefs.segment_scores(segments, oracle).reshape(-1), temperature, label_noise)
+    reward = jnp.zeros_like(segments).at[:, :, -1].set(wins.reshape(envs, steps // segment_len))
+    return reward.reshape(envs, steps).T
+
+
+def episode_segment_scores(gold, segment_len: int, oracle: str):
+    """[..., E, H] per-step gold of E episodes -> the oracle's scores of
+    their first floor(H / segment_len) segments, [..., E, n]."""
+    n = gold.shape[-1] // segment_len
+    return prefs.segment_scores(gold[..., :n * segment_len].reshape(*gold.shape[:-1], n, segment_len), oracle)
+
+
+def win_rate_against(scores, reference_scores, temperature):
+    """The oracle's probability that segment t of episode e beats the
+    reference's segment t of episode e (same start state), averaged."""
+    return prefs.preference_probability(scores, reference_scores, temperature).mean()
+
+
+# ----------------------------------------------------------------------------- programs
+
+class Programs(NamedTuple):
+    config: SPOConfig
+    rm: rmod.Programs          # the reward-model loop's: reference, data, reward models, rlhf chunk
+    spo_chunk: object          # (TrainStates, params) -> TrainStates after eval_every iterations
+    evaluate: object           # (TrainStates, reference policies, keys) -> (gold [E, H], log-ratio [E])
+
+
+_PROGRAMS = {}
+
+
+def make(config: SPOConfig) -> Programs:
+    """`build`, cached per config (by value): a stopped run resumed in the
+    same process, and tests, reuse the compiled programs."""
+    import json
+    key = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+    if key not in _PROGRAMS:
+        _PROGRAMS.clear()
+        _PROGRAMS[key] = build(config)
+    return _PROGRAMS[key]
+
+
+def build(config: SPOConfig) -> Programs:
+    config = config.validate()
+    rm_config = config.rm_config()
+    programs = rmod.make(rm_config)
+    env, env_params = envs.make(config.env, **config.env_kwargs)
+    horizon = episode_limit(env, env_params)
+    rl_config = rm_config.rl_config()
+    ref_agent = ppo.make(rm_config.reference_config(), env, env_params)
+
+    def log_ratio(params, transition):
+        ref = params["ref"]
+        return transition.info["log_prob"] - ref_agent.log_prob(ref["params"], transition.obs, transition.action,
+                                                                 ref["obs_stats"])
+
+    def kl_penalty(params, transition):
+        return -params["beta"] * log_ratio(params, transition)
+
+    def self_play(params, rollout):
+        wins = segment_win_reward(rollout.env_reward, config.segment_len, config.oracle, params["temperature"],
+                                  params["label_noise"])
+        return rollout.reward + wins
+
+    spo_agent = ppo.make(rl_config, env, env_params, reward_fn=kl_penalty, rollout_reward=self_play)
+    hparams = ppo.hparams_from(rl_config)
+
+    def spo_chunk(ts, params):
+        return spo_agent.run(ts, hparams, params, None, env_params, num_iterations=config.eval_every)[0]
+
+    # the scorer's "reward" records [gold, log-ratio] per step
+    scorer = ppo.make(dataclasses.replace(rl_config, num_envs=config.eval_episodes, num_minibatches=1), env,
+                      env_params, reward_fn=lambda p, tr: jnp.stack([tr.reward, log_ratio(p, tr)]))
+
+    def evaluate(ts, reference, key):
+        levels = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.eval_episodes, *jnp.shape(x))), env_params)
+        reset_key, run_key = jax.random.split(key)
+        fresh = scorer.reset_envs(ts.replace(key=run_key), reset_key, levels)
+        _, rollout = scorer.collect(fresh, {"ref": reference}, env_params, horizon)
+        per_step = jnp.swapaxes(rollout.reward, 0, 1)                        # [E, H, 2]
+        return per_step[..., 0], per_step[..., 1].sum(axis=1)
+
+    return Programs(config, programs, jax.jit(jax.vmap(spo_chunk)), jax.jit(jax.vmap(evaluate)))
+
+
+def run(config: SPOConfig, show_progress: bool = True, log=print, restore=None, on_chunk=None,
+        stop_at: int | None = None):
+    """The whole comparison. `restore(ts) -> (ts, iterations done)` and
+    `on_chunk(ts, done, rows)` as in `meta.reward_model.sweep`; the state is
+    a dict {method: TrainStates [seeds, ...]}. Returns a dict of plain
+    numbers: the reward models' accuracy, the reference's scores and one row
+    per (method, seed, evaluation)."""
+    import time
+
+    from src import progress
+    programs = make(config)
+    c = programs.config
+    _, _, _, _, eval_keys = rmod.stage_keys(c.rm_config())
+    ref_ts, _, ensembles, accuracy, timing = rmod.learned_rewards(programs.rm, log)
+    reference = rmod.policy_of(ref_ts)
+    seeds = range(c.seeds)
+    rlhf_params = {"rm": ensembles[c.pairs], "uwo_lambda": jnp.full((c.seeds,), 1.0, jnp.float32),
+                   "ref": reference, "weights": jnp.tile(programs.rm.aggregation_weights["mean"], (c.seeds, 1)),
+                   "beta": jnp.full((c.seeds,), c.beta, jnp.float32)}
+    spo_params = {"ref": reference, "beta": jnp.full((c.seeds,), c.beta, jnp.float32),
+                  "temperature": jnp.full((c.seeds,), c.temperature, jnp.float32),
+                  "label_noise": jnp.full((c.seeds,), c.label_noise, jnp.float32)}
+    chunks = {"spo": lambda ts: programs.spo_chunk(ts, spo_params),
+              "rlhf": lambda ts: programs.rm.rlhf_chunk(ts, rlhf_params)[0]}
+
+    ref_gold, _ = jax.tree.map(np.asarray, programs.evaluate(ref_ts, reference, eval_keys))
+    ref_scores = np.asarray(episode_segment_scores(jnp.asarray(ref_gold), c.segment_len, c.oracle))
+    rows = []
+
+    def record(states, iteration):
+        batch = programs.rm.rl_agent.config.batch_size
+        for method in c.methods:
+            gold, ratio = jax.tree.map(np.asarray, programs.evaluate(states[method], reference, eval_keys))
+            scores = np.asarray(episode_segment_scores(jnp.asarray(gold), c.segment_len, c.oracle))
+            for s in seeds:
+                kl = max(float(ratio[s].mean()), 0.0)
+                rows.append({"method": method, "seed": s, "iteration": iteration, "env_steps": iteration * batch,
+                             "win_rate": float(win_rate_against(jnp.asarray(scores[s]), jnp.asarray(ref_scores[s]),
+                                                                c.temperature)),
+                             "oracle_metric": float(scores[s].mean()), "gold": float(gold[s].sum(axis=1).mean()),
+                             "kl": kl, "d": math.sqrt(kl)})
+
+    states = {m: ref_ts for m in c.methods}
+    start = time.time()
+    total = c.rm_config().rl_iterations()
+    stop = total if stop_at is None else stop_at
+    states, first = restore(states) if restore is not None else (states, 0)
+    if first == 0:
+        record(states, 0)
+    with progress.bar(total, desc=f"{' and '.join(c.methods)}, {c.seeds} seeds", enabled=show_progress,
+                      initial=first) as bar:
+        for done in range(first + c.eval_every, stop + 1, c.eval_every):
+            before = len(rows)
+            states = {m: chunks[m](states[m]) for m in c.methods}
+            record(states, done)
+            if on_chunk is not None:
+                on_chunk(states, done, rows[before if done > c.eval_every else 0:])
+            if bar is not None:
+                bar.update_to(done)
+    timing["rl_s"] = time.time() - start
+    log(f"{' and '.join(c.methods)}: {c.seeds} seeds x {total * programs.rm.rl_agent.config.batch_size} steps "
+        f"in {timing['rl_s']:.0f} s")
+    return {"accuracy": accuracy[c.pairs], "rows": rows, "timing": timing, "complete": stop >= total,
+            "reference": {"oracle_metric": [float(ref_scores[s].mean()) for s in seeds],
+                          "gold": [float(ref_gold[s].sum(axis=1).mean()) for s in seeds]}}
+
+
+def summarise(config: SPOConfig, rows):
+    """Per method: the final evaluation's win rate, oracle metric, gold and d,
+    mean and standard error over seeds, and the best point of the mean
+    curve (where the win rate peaks)."""
+    out = {}
+    for method in config.methods:
+        mine = [r for r in rows if r["method"] == method]
+        if not mine:
+            continue
+        last = max(r["iteration"] for r in mine)
+        final = [r for r in mine if r["iteration"] == last]
+        entry = {"iteration": last}
+        for name in ("win_rate", "oracle_metric", "gold", "d"):
+            values = np.array([r[name] for r in final])
+            entry[name] = float(values.mean())
+            entry[f"{name}_se"] = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
+        iterations = sorted({r["iteration"] for r in mine})
+        curve = [np.mean([r["win_rate"] for r in mine if r["iteration"] == i]) for i in iterations]
+        entry["peak_win_rate"], entry["peak_iteration"] = float(max(curve)), int(iterations[int(np.argmax(curve))])
+        out[method] = entry
+    return out

@@ -1,0 +1,185 @@
+"""SPO (meta/spo.py) and the preference oracles it is judged by: the
+self-play win rate against a brute-force loop, its place in the rollout,
+the non-Markovian `worst` oracle, PPO's rollout_reward hook, a tiny run of
+both methods (one program each, compiled once, bit-identical stop and
+resume) and bad input refused before anything compiles."""
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from envs import preferences as prefs
+from meta import spo
+from src.config import ConfigError
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+@pytest.mark.parametrize("temperature, noise", [(1.0, 0.0), (0.5, 0.2), (0.0, 0.0)])
+def test_win_rates_match_a_loop_over_pairs(temperature, noise):
+    scores = np.array([0.3, -1.0, 2.0, 0.3, 5.0], np.float32)
+    got = np.asarray(spo.win_rates(jnp.asarray(scores), temperature, noise))
+    for i, si in enumerate(scores):
+        probs = []
+        for j, sj in enumerate(scores):
+            if i == j:
+                continue
+            if temperature > 0:
+                p = sigmoid((si - sj) / temperature)
+            else:
+                p = 1.0 if si > sj else 0.0 if si < sj else 0.5
+            probs.append(noise + (1 - 2 * noise) * p)
+        assert got[i] == pytest.approx(np.mean(probs), abs=1e-6)
+    # the best segment wins most, and win rates of a set sum to half the pairs (noise-free, any temperature)
+    assert int(np.argmax(got)) == 4
+    if noise == 0.0:
+        assert got.sum() == pytest.approx(len(scores) / 2, abs=1e-5)
+
+
+def test_the_win_reward_sits_at_each_segments_last_step():
+    steps, num_envs, seg = 12, 3, 4
+    gold = jax.random.normal(jax.random.key(0), (steps, num_envs))
+    reward = np.asarray(spo.segment_win_reward(gold, seg, "worst", 1.0, 0.0))
+    assert reward.shape == (steps, num_envs)
+    ends = np.zeros((steps, num_envs), bool)
+    ends[seg - 1::seg] = True
+    assert np.all(reward[~ends] == 0.0)
+    # the segments, env by env, in time order: segment k of env e is gold[4k:4k+4, e]
+    g = np.asarray(gold)
+    segments = [(e, k) for e in range(num_envs) for k in range(steps // seg)]
+    scores = np.array([g[k * seg:(k + 1) * seg, e].min() for e, k in segments])
+    expected = spo.win_rates(jnp.asarray(scores), 1.0, 0.0)
+    for (e, k), w in zip(segments, np.asarray(expected)):
+        assert reward[(k + 1) * seg - 1, e] == pytest.approx(w, abs=1e-6)
+
+
+def test_the_worst_oracle_judges_by_the_worst_step():
+    # equal returns (0), different worst steps: bt ties, worst prefers the even one
+    even = jnp.array([[0.0, 0.0, 0.0, 0.0]])
+    spiky = jnp.array([[3.0, -3.0, 0.0, 0.0]])
+    assert float(prefs.segment_scores(even, "bt")[0]) == float(prefs.segment_scores(spiky, "bt")[0])
+    assert float(prefs.segment_scores(even, "worst")[0]) == 0.0 and float(prefs.segment_scores(spiky, "worst")[0]) == -3.0
+    segs = lambda g: prefs.Segments(jnp.zeros((1, 4, 1)), jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 4, 1)), g,  # noqa: E731
+                                    jnp.zeros((1, 4), bool))
+    worst = prefs.label_pairs(jax.random.key(0), segs(even), segs(spiky), 1.0, 0.0, oracle="worst")
+    bt = prefs.label_pairs(jax.random.key(0), segs(even), segs(spiky), 1.0, 0.0)
+    assert float(worst.gold_prob[0]) == pytest.approx(sigmoid(3.0)) and float(bt.gold_prob[0]) == 0.5
+    with pytest.raises(ValueError, match="choose one of bt, worst"):
+        prefs.segment_scores(even, "intransitive")
+
+
+def test_episode_segment_scores_cut_whole_segments():
+    gold = jnp.arange(2 * 3 * 10, dtype=jnp.float32).reshape(2, 3, 10)      # [seeds, episodes, horizon 10]
+    scores = np.asarray(spo.episode_segment_scores(gold, 4, "bt"))
+    assert scores.shape == (2, 3, 2)                                          # floor(10 / 4) segments, the rest dropped
+    g = np.asarray(gold)
+    assert scores[1, 2, 1] == g[1, 2, 4:8].sum()
+
+
+# ----------------------------------------------------------------------------- PPO's rollout_reward hook
+
+def test_rollout_reward_replaces_the_rewards_ppo_trains_on():
+    from agents import ppo
+    config = ppo.PPOConfig(env="gridworld/barfi", env_kwargs={"size": 3}, num_envs=4, num_steps=8, hidden=(8,),
+                           num_minibatches=2, num_epochs=1, total_steps=64).validate()
+    hp = ppo.hparams_from(config)
+    key = jax.random.key(3)
+    plain = ppo.make(config)
+    same = ppo.make(config, rollout_reward=lambda p, rollout: rollout.reward)
+    flipped = ppo.make(config, rollout_reward=lambda p, rollout: -rollout.reward + rollout.env_reward)
+    ts0 = plain.init(key, hp)
+    a, _, ra = jax.jit(lambda ts: plain.step(ts, hp, with_rollout=True))(ts0)
+    b, _, rb = jax.jit(lambda ts: same.step(ts, hp, with_rollout=True))(ts0)
+    c, _, rc = jax.jit(lambda ts: flipped.step(ts, hp, with_rollout=True))(ts0)
+    leaves = lambda t: jax.tree.leaves(t.params)  # noqa: E731
+    assert all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(b)))
+    np.testing.assert_array_equal(np.asarray(ra.reward), np.asarray(rb.reward))
+    # the rollout (and so collect) carries the replaced rewards, and training follows them
+    np.testing.assert_allclose(np.asarray(rc.reward), -np.asarray(ra.reward) + np.asarray(ra.env_reward))
+    if np.any(np.asarray(rc.reward) != np.asarray(ra.reward)):
+        assert any(not np.array_equal(x, y) for x, y in zip(leaves(a), leaves(c)))
+
+
+# ----------------------------------------------------------------------------- a tiny run of both methods
+
+TINY = spo.SPOConfig(
+    env="gridworld/barfi", env_kwargs={"size": 3}, seeds=2, reference_steps=1024, oracle="bt",
+    ppo={"num_envs": 8, "num_steps": 32, "hidden": [16], "num_minibatches": 2, "num_epochs": 2},
+    data_envs=8, data_steps=64, pairs=60, held_out_pairs=40, segment_len=8, rm_hidden=(16,), rm_steps=50,
+    rl_steps=8 * 32 * 4, eval_every=2, eval_episodes=8)
+
+
+# Three runs of both methods (about a minute of compiling and running on an
+# idle 2-core box): slow. The default suite keeps the pieces SPO is built from
+# (win rates, their place in the rollout, the oracle, PPO's hook) and bad input.
+@pytest.fixture(scope="module")
+def runs():
+    quiet = dict(show_progress=False, log=lambda *a: None)
+    whole = spo.run(TINY, **quiet)
+    saved = {}
+    stopped = spo.run(TINY, on_chunk=lambda state, done, rows: saved.update(state=state, done=done), stop_at=2,
+                      **quiet)
+    resumed = spo.run(TINY, restore=lambda like: (saved["state"], saved["done"]), **quiet)
+    return whole, stopped, resumed
+
+
+@pytest.mark.slow
+def test_both_methods_run_from_the_reference_each_compiled_once(runs):
+    whole, _, _ = runs
+    rows = whole["rows"]
+    assert {r["method"] for r in rows} == {"spo", "rlhf"}
+    assert len(rows) == 2 * TINY.seeds * 3        # iterations 0, 2, 4
+    start = [r for r in rows if r["iteration"] == 0]
+    # before any update each policy is the reference: same episodes, win rate exactly a half, no KL
+    assert all(r["win_rate"] == pytest.approx(0.5) and r["kl"] == pytest.approx(0.0, abs=1e-5) for r in start)
+    for s in range(TINY.seeds):
+        assert r_gold(start, s) == pytest.approx(whole["reference"]["gold"][s])
+    final = [r for r in rows if r["iteration"] == 4]
+    for method in ("spo", "rlhf"):      # each method moves the policy off the reference
+        assert max(r["kl"] for r in final if r["method"] == method) > 1e-4
+    assert all(0.0 <= r["win_rate"] <= 1.0 and np.isfinite(r["oracle_metric"]) for r in rows)
+
+
+def r_gold(rows, seed):
+    values = {r["gold"] for r in rows if r["seed"] == seed}
+    assert len(values) == 1
+    return values.pop()
+
+
+@pytest.mark.slow
+def test_the_spo_chunk_compiles_once(runs):
+    programs = spo.make(TINY)
+    assert programs.spo_chunk._cache_size() == 1 and programs.evaluate._cache_size() == 1
+
+
+@pytest.mark.slow
+def test_stop_and_resume_give_the_same_rows(runs):
+    whole, stopped, resumed = runs
+    assert not stopped["complete"] and resumed["complete"]
+    assert [r for r in whole["rows"] if r["iteration"] > 2] == [r for r in resumed["rows"] if r["iteration"] > 2]
+    assert [r for r in whole["rows"] if r["iteration"] <= 2] == stopped["rows"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"segment_len": 7}, "nearest is 8"),
+    ({"oracle": "intransitive"}, "choose one of bt, worst"),
+    ({"gold": "random"}, "gold=env"),
+    ({"methods": ("spo", "dno")}, "one or more of spo, rlhf"),
+    ({"beta": -0.1}, "beta must be >= 0"),
+])
+def test_bad_input_is_refused_before_compiling(change, message):
+    with pytest.raises(ConfigError, match=message):
+        dataclasses.replace(TINY, **change).validate()
+
+
+def test_the_command_line_refuses_an_unknown_oracle_naming_the_choices(tmp_path, capsys):
+    from commands import prefopt
+    with pytest.raises((ConfigError, SystemExit)) as info:
+        prefopt.main(["--online", "--oracle", "majority", "--out", str(tmp_path / "run")])
+    assert "bt, worst" in str(info.value) or "bt, worst" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
