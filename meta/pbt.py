@@ -112,7 +112,7 @@ def select_parents(key, fitness, num_replaced):
 def exploit(members, parents):
     """Every leaf's member axis gathered by `parents`: a copied member is its
     parent in full (parameters, optimiser state, whatever the tree holds)."""
-    return jax.tree.map(lambda x: x[parents], members)
+    return jax.tree.map(lambda x: jnp.asarray(x)[parents], members)
 
 
 def sample_prior(key, prior, shape):
@@ -424,6 +424,19 @@ def methods_of(config: PBTConfig):
     return methods
 
 
+def hparam_columns(hparams, index):
+    """{name: value} of one member's hyperparameters; a vector-valued one
+    (the toy's h) as name_0, name_1, ..."""
+    out = {}
+    for name, v in hparams.items():
+        x = v[index]
+        if x.ndim == 0:
+            out[name] = float(x)
+        else:
+            out.update({f"{name}_{j}": float(e) for j, e in enumerate(x.reshape(-1))})
+    return out
+
+
 def metric_rows(method, record: Record, first_round, ready, batch_size, names):
     """One row per (run, member, iteration) of a chunk, with the explored
     hyperparameters that member trained with in that round."""
@@ -440,7 +453,7 @@ def metric_rows(method, record: Record, first_round, ready, batch_size, names):
                 for m in range(population):
                     row = {"method": method, "round": first_round + r + 1, "iteration": iteration,
                            "env_steps": iteration * batch_size, "run": run, "member": m}
-                    row.update({n: float(v[r, run, m]) for n, v in hparams.items()})
+                    row.update(hparam_columns(hparams, (r, run, m)))
                     row.update({k: float(v[r, run, m, i]) for k, v in sorted(metrics.items())})
                     rows.append(row)
     return rows
@@ -460,7 +473,7 @@ def lineage_rows(method, record: Record, first_round, names):
             for m in range(fitness.shape[2]):
                 row = {"method": method, "round": first_round + r + 1, "run": run, "member": m,
                        "parent": int(parents[r, run, m]), "fitness": float(fitness[r, run, m])}
-                row.update({n: float(v[r, run, m]) for n, v in hparams.items()})
+                row.update(hparam_columns(hparams, (r, run, m)))
                 rows.append(row)
     return rows
 
