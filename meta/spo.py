@@ -12,10 +12,10 @@ the same reference, under a preference oracle that may be non-Markovian.
    beta * log(pi / pi_ref) (the reward-model loop's RL stage).
 3. `spo`: PPO continued from the reference where every rollout (num_envs x
    num_steps) is cut into segments of `segment_len` steps and each segment
-   earns, at its last step, its win rate against every other segment of the
-   same batch: the mean over them of the oracle's probability that it is
-   preferred (with label noise eps, eps + (1 - 2 eps) p: the expected label,
-   so no labels are sampled). No reward model is fitted; the oracle is asked
+   earns its win rate against every other segment of the same batch,
+   spread evenly over its steps: the mean over them of the oracle's
+   probability that it is preferred (with label noise eps,
+   eps + (1 - 2 eps) p: the expected label, so no labels are sampled). No reward model is fitted; the oracle is asked
    about K^2 pairs per iteration (K segments), where rlhf asked about
    `pairs` once. The KL penalty to the reference, if beta > 0, is PPO's
    per-step reward as in rlhf. Segments may span an episode end, as the
@@ -109,13 +109,16 @@ def win_rates(scores, temperature, label_noise):
 
 
 def segment_win_reward(gold, segment_len: int, oracle: str, temperature, label_noise):
-    """SPO's reward for a time-major rollout's gold rewards [T, N]: zero
-    except at each segment's last step, which gets the segment's win rate
-    against the batch's other segments."""
+    """SPO's reward for a time-major rollout's gold rewards [T, N]: every
+    step of a segment gets the segment's win rate against the batch's other
+    segments, divided by segment_len (so a segment's rewards sum to its win
+    rate). Spread, not paid at the segment's last step: with PPO's short
+    discount (Pendulum's gamma 0.9) a reward at the end would barely reach
+    the segment's early actions, which the oracle judges as much."""
     steps, envs = gold.shape
     segments = gold.T.reshape(envs, steps // segment_len, segment_len)
     wins = win_rates(prefs.segment_scores(segments, oracle).reshape(-1), temperature, label_noise)
-    reward = jnp.zeros_like(segments).at[:, :, -1].set(wins.reshape(envs, steps // segment_len))
+    reward = jnp.broadcast_to(wins.reshape(envs, steps // segment_len, 1) / segment_len, segments.shape)
     return reward.reshape(envs, steps).T
 
 

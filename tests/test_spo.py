@@ -41,21 +41,18 @@ def test_win_rates_match_a_loop_over_pairs(temperature, noise):
         assert got.sum() == pytest.approx(len(scores) / 2, abs=1e-5)
 
 
-def test_the_win_reward_sits_at_each_segments_last_step():
+def test_the_win_reward_is_spread_over_each_segments_steps():
     steps, num_envs, seg = 12, 3, 4
     gold = jax.random.normal(jax.random.key(0), (steps, num_envs))
     reward = np.asarray(spo.segment_win_reward(gold, seg, "worst", 1.0, 0.0))
     assert reward.shape == (steps, num_envs)
-    ends = np.zeros((steps, num_envs), bool)
-    ends[seg - 1::seg] = True
-    assert np.all(reward[~ends] == 0.0)
     # the segments, env by env, in time order: segment k of env e is gold[4k:4k+4, e]
     g = np.asarray(gold)
     segments = [(e, k) for e in range(num_envs) for k in range(steps // seg)]
     scores = np.array([g[k * seg:(k + 1) * seg, e].min() for e, k in segments])
     expected = spo.win_rates(jnp.asarray(scores), 1.0, 0.0)
     for (e, k), w in zip(segments, np.asarray(expected)):
-        assert reward[(k + 1) * seg - 1, e] == pytest.approx(w, abs=1e-6)
+        np.testing.assert_allclose(reward[k * seg:(k + 1) * seg, e], w / seg, atol=1e-7)
 
 
 def test_the_worst_oracle_judges_by_the_worst_step():
