@@ -18,6 +18,8 @@ comparison.md, schedules.png and return.png. `--set KEY=VALUE` sets PBT keys;
 """
 import argparse
 
+import yaml
+
 from meta.pbt import PBTConfig, meta_train
 from src import experiment
 from src.config import ConfigError
@@ -56,7 +58,7 @@ def build_config(args) -> PBTConfig:
             if "=" not in item:
                 raise ConfigError(f"--set expects key=value, got {item!r}")
             key, raw = item[len("inner."):].split("=", 1)
-            inner[key] = raw
+            inner[key] = yaml.safe_load(raw)   # typed as in a YAML preset, so config.yaml keeps numbers numbers
         else:
             plain.append(item)
     values["inner"] = inner

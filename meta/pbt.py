@@ -354,13 +354,18 @@ def initial_hparams(key, config: PBTConfig, module, inner, sample=True):
     return set_values(stacked, {n: sample_prior(k, config.prior(n), shape) for n, k in zip(config.explore, keys)})
 
 
-def make_agent_program(config: PBTConfig, variants=None, reward_fn=None):
+def make_agent_program(config: PBTConfig, variants=None, reward_fn=None, reward_params=None):
     """(agent, init, chunks, evaluate) for the inner learner. `init(key) ->
     (members, hparams, keys)`, leaves [runs, population, ...] placed with the
     member axis over the devices; `chunks[variant]` is `make_chunk` jitted
     over `config.chunk_rounds` rounds (one program per variant, reused by
     every chunk); `evaluate(members, key) -> [runs, population]` mean
-    deterministic return over `eval_episodes` episodes."""
+    deterministic return over `eval_episodes` episodes.
+
+    `reward_fn(reward_params, transition)` with `reward_params` (leaves
+    [runs, population, ...]) trains each member on its own reward: a member
+    is then the pair (train state, reward parameters), so exploit copies the
+    reward with the policy (explore leaves it alone)."""
     from jax.sharding import NamedSharding, PartitionSpec
 
     from agents import algorithms
@@ -372,11 +377,17 @@ def make_agent_program(config: PBTConfig, variants=None, reward_fn=None):
     sharding = member_sharding(config.population)
     ready = config.ready
 
-    def train_ready(ts, hp):
-        return agent.run(ts, hp, None, None, agent.env_params, num_iterations=ready)
+    with_reward = reward_params is not None
 
-    def rekey(ts, key):
-        return ts.replace(key=key)
+    def train_ready(member, hp):
+        if with_reward:
+            ts, rp = member
+            ts, metrics = agent.run(ts, hp, rp, None, agent.env_params, num_iterations=ready)
+            return (ts, rp), metrics
+        return agent.run(member, hp, None, None, agent.env_params, num_iterations=ready)
+
+    def rekey(member, key):
+        return (member[0].replace(key=key), member[1]) if with_reward else member.replace(key=key)
 
     # Fixed input and output shardings: a chunk's outputs are the next chunk's
     # inputs, so every chunk after the first hits the same compiled program
@@ -399,6 +410,8 @@ def make_agent_program(config: PBTConfig, variants=None, reward_fn=None):
         hparams = initial_hparams(k_hparams, config, module, inner, sample=True)
         member_keys = jax.random.split(k_members, config.runs * config.population)
         members = init_members(member_keys.reshape(config.runs, config.population, *member_keys.shape[1:]), hparams)
+        if with_reward:
+            members = (members, reward_params)
         place = lambda x: jax.device_put(x, sharding)  # noqa: E731
         return (jax.tree.map(place, members), jax.tree.map(place, hparams),
                 jax.device_put(jax.random.split(k_runs, config.runs), replicated))
@@ -407,7 +420,8 @@ def make_agent_program(config: PBTConfig, variants=None, reward_fn=None):
     def evaluate(members, key):
         keys = jax.random.split(key, config.runs * config.population)
         keys = keys.reshape(config.runs, config.population, *keys.shape[1:])
-        returns, _ = jax.vmap(jax.vmap(lambda ts, k: agent.evaluate(ts, k, config.eval_episodes)))(members, keys)
+        states = members[0] if with_reward else members
+        returns, _ = jax.vmap(jax.vmap(lambda ts, k: agent.evaluate(ts, k, config.eval_episodes)))(states, keys)
         return returns.mean(-1)
 
     return agent, init, chunks, evaluate
@@ -585,9 +599,16 @@ def summarise(config, inner, run, returns, state):
             best_hp.append({n: best[n] for n in config.explore} | {"member": int(best["member"]),
                                                                   "fitness": best["fitness"]})
         best_eval = ret.max(axis=1)
+        # the member one would deploy without evaluating them all: the best by last-round training return
+        selected = np.array([ret[i, h["member"]] for i, h in enumerate(best_hp)])
+        best_training = np.array([h["fitness"] for h in best_hp])
         out["methods"][method] = {
             "best_eval": {"mean": float(best_eval.mean()), "std": float(best_eval.std()),
                           "per_run": best_eval.tolist()},
+            "selected_eval": {"mean": float(selected.mean()), "std": float(selected.std()),
+                              "per_run": selected.tolist()},
+            "best_training_return": {"mean": float(best_training.mean()), "std": float(best_training.std()),
+                                     "per_run": best_training.tolist()},
             "population_eval": {"mean": float(ret.mean()), "std": float(ret.mean(axis=1).std()),
                                 "per_run": ret.mean(axis=1).tolist()},
             "eval_returns": ret.tolist(),
@@ -596,9 +617,13 @@ def summarise(config, inner, run, returns, state):
     if "random_search" in out["methods"]:
         p = np.array(out["methods"]["pbt"]["best_eval"]["per_run"])
         b = np.array(out["methods"]["random_search"]["best_eval"]["per_run"])
+        ps = np.array(out["methods"]["pbt"]["selected_eval"]["per_run"])
+        bs = np.array(out["methods"]["random_search"]["selected_eval"]["per_run"])
         out["pbt_vs_random_search"] = {"runs_at_or_above": int((p >= b).sum()), "runs": int(len(p)),
                                        "mean_difference": float((p - b).mean()),
-                                       "pbt_mean_at_or_above": bool(p.mean() >= b.mean())}
+                                       "pbt_mean_at_or_above": bool(p.mean() >= b.mean()),
+                                       "selected_runs_at_or_above": int((ps >= bs).sum()),
+                                       "selected_mean_difference": float((ps - bs).mean())}
     return out
 
 
@@ -610,16 +635,22 @@ def write_comparison(path, config, summary):
              f"{summary['env_steps_per_method']:,} per method), truncation {config.truncation}, explore "
              f"{', '.join(config.explore)} (resample_prob {config.resample_prob}). Returns are deterministic "
              f"evaluations ({config.eval_episodes} episodes per member) of the final population.", "",
-             "| method | best member (mean ± std over runs) | per run | population mean |", "|---|---|---|---|"]
+             "| method | best member (mean ± std over runs) | per run | member with the best training return "
+             "(its evaluation) | per run | population mean | best last-round training return |",
+             "|---|---|---|---|---|---|---|"]
     for method, s in summary["methods"].items():
         per_run = ", ".join(f"{x:.1f}" for x in s["best_eval"]["per_run"])
+        selected = ", ".join(f"{x:.1f}" for x in s["selected_eval"]["per_run"])
         lines.append(f"| {method} | {s['best_eval']['mean']:.1f} ± {s['best_eval']['std']:.1f} | {per_run} | "
-                     f"{s['population_eval']['mean']:.1f} |")
+                     f"{s['selected_eval']['mean']:.1f} ± {s['selected_eval']['std']:.1f} | {selected} | "
+                     f"{s['population_eval']['mean']:.1f} | {s['best_training_return']['mean']:.1f} |")
     if "pbt_vs_random_search" in summary:
         c = summary["pbt_vs_random_search"]
         lines += ["", f"PBT's best member at or above random search's best member in {c['runs_at_or_above']} of "
                       f"{c['runs']} runs (same initial members and hyperparameter draws per run); mean difference "
-                      f"{c['mean_difference']:+.1f}."]
+                      f"{c['mean_difference']:+.1f}. The member with the best training return: PBT's at or above "
+                      f"random search's in {c['selected_runs_at_or_above']} of {c['runs']} runs, mean difference "
+                      f"{c['selected_mean_difference']:+.1f}."]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 

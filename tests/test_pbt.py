@@ -271,3 +271,65 @@ def test_population_must_split_over_the_devices_seen():
             pbt.member_sharding(n + 1)
     with pytest.raises(ConfigError, match="multiple of 3"):
         pbt.check_devices(4, 3)
+
+
+# ----------------------------------------------------------------------------- PPO (slow: minutes of compiling)
+
+CLI_TINY = ["meta", "pbt", "--config", "configs/pbt_ppo_cartpole.yaml", "--population", "4", "--ready", "2",
+            "--runs", "2", "--baseline", "random-search", "--set", "inner.total_steps=2048", "--set",
+            "inner.num_envs=2", "--set", "inner.num_steps=64", "--set", "inner.hidden=[16]", "--set",
+            "checkpoint_every=2", "--set", "eval_episodes=2", "--no-progress"]
+
+
+@pytest.mark.slow   # about 2 min of compiling on the 2-core box; the toy covers the chunk loop's resume by default
+def test_ppo_cli_run_stops_resumes_and_ends_as_the_uninterrupted_run(tmp_path):
+    """Through run.py (two CPU devices: the member axis sharded), with the
+    random-search baseline in the same run: stopped after round 4 of 8 and
+    resumed, every file but the timings is byte-identical."""
+    import json
+
+    from tests.helpers import run_cli_steps
+
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    run_cli_steps([[*CLI_TINY, "--out", a], [*CLI_TINY, "--out", b, "--stop-at", "4"],
+                   ["meta", "pbt", "--out", b, "--resume", "--no-progress"]], tmp_path)
+    for name in ("metrics.csv", "lineage.csv", "comparison.md", "config.yaml", "checkpoint.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    sa, sb = (json.loads((tmp_path / d / "summary.json").read_text()) for d in "ab")
+    for s in (sa, sb):
+        s.pop("seconds_this_session")
+    assert sa == sb and sa["devices"] >= 1 and set(sa["methods"]) == {"pbt", "random_search"}
+    for png in ("schedules.png", "return.png"):
+        assert (tmp_path / "a" / png).stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_ppo_chunks_are_traced_once_per_variant(tmp_path, monkeypatch):
+    from commands import pbt as command
+
+    counters = []
+    original = pbt.make_chunk
+
+    def counted(*args, **kwargs):
+        counters.append(TraceCounter(original(*args, **kwargs)))
+        return counters[-1]
+    monkeypatch.setattr(pbt, "make_chunk", counted)
+    summary = command.main([*CLI_TINY[2:], "--out", str(tmp_path / "run")])
+    assert summary["complete"] and len(counters) == 2            # pbt and random search
+    assert [c.count for c in counters] == [1, 1]                 # 4 chunks each, one trace
+
+
+@pytest.mark.slow   # about 10 min on the shared 2-core box
+def test_pbt_on_cartpole_ends_at_or_above_random_search_of_equal_population_and_budget(tmp_path):
+    """configs/pbt_ppo_cartpole.yaml, 5 independent runs of PBT and of random
+    search (the same members and prior draws, hyperparameters kept): PBT's
+    best member at or above random search's best member on average and in at
+    least 4 of the 5 runs, and PBT's population far above random search's."""
+    from commands import pbt as command
+
+    summary = command.main(["--config", "configs/pbt_ppo_cartpole.yaml", "--baseline", "random-search",
+                            "--runs", "5", "--out", str(tmp_path / "run"), "--no-progress"])
+    pbt_, rs = summary["methods"]["pbt"], summary["methods"]["random_search"]
+    assert pbt_["best_eval"]["mean"] >= rs["best_eval"]["mean"]
+    assert summary["pbt_vs_random_search"]["runs_at_or_above"] >= 4
+    assert pbt_["population_eval"]["mean"] > rs["population_eval"]["mean"]
