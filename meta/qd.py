@@ -38,7 +38,9 @@ which is MAP-Elites' population and, for the others, a record only: coverage
 Archives are pytrees of fixed shapes, updated inside jit (optax-like
 init/insert pairs: `grid_init`/`grid_insert`, `novelty_init`/`novelty_add`).
 """
+import collections
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -303,6 +305,7 @@ def make_episode(task: Task, config: QDConfig):
     env, env_params, dims = task.env, task.env_params, jnp.asarray(config.descriptor_dims)
 
     def episode(genome, key):
+        TRACES["engine", "episode"] += 1
         params = task.unravel(genome)
         reset_key, loop_key = jax.random.split(key)
         obs, state = env.reset(reset_key, env_params)
@@ -422,27 +425,36 @@ COLUMNS = ("method", "seed", "generation", "evaluations", "best_fitness", "gener
 
 
 class Programs(NamedTuple):
-    """The jitted, seed-vmapped functions of one method (one compile each)."""
+    """The jitted, seed-vmapped functions of one method (one compile each);
+    initial genomes come from `Built.origins`, the same for every method."""
     init: Any
     ask: Any
     tell: Any
 
 
-def compile_method(method: Method, seed_keys):
+# How often each program's Python body was traced, by (method, function):
+# the generation loop must compile ask and tell once per run (tests count).
+TRACES = collections.Counter()
+
+
+def compile_method(name: str, method: Method):
     """Seed-vmapped programs; keys are drawn inside from (seed key, generation),
     so a generation's randomness depends on nothing but the seed and its number."""
     import jax
     import jax.numpy as jnp
 
     def init(keys, origins):
+        TRACES[name, "init"] += 1
         return strong(jax.vmap(method.init)(jax.vmap(lambda k: jax.random.fold_in(k, 1 << 30))(keys), origins))
 
     def ask(keys, generation, state):
+        TRACES[name, "ask"] += 1
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, generation))(keys)
         genomes, state = jax.vmap(method.ask)(step_keys, state)
         return genomes, strong(state)
 
     def tell(state, genomes, evals, generation):
+        TRACES[name, "tell"] += 1
         state, metrics = jax.vmap(method.tell, in_axes=(0, 0, 0, None))(state, genomes, evals, generation)
         return strong(state), metrics
 
@@ -457,12 +469,6 @@ def compile_method(method: Method, seed_keys):
 def seed_keys(config: QDConfig):
     import jax
     return jax.random.split(jax.random.PRNGKey(config.seed), config.seeds)
-
-
-def origins(task: Task, keys):
-    """Each seed's initial network (the same for every method: they start level)."""
-    import jax
-    return jax.jit(jax.vmap(lambda k: task.init_network(jax.random.fold_in(k, 7))))(keys)
 
 
 def make_evaluate(task: Task, config: QDConfig):
@@ -488,7 +494,27 @@ def make_evaluate(task: Task, config: QDConfig):
     return evaluate
 
 
-def run_method(name, config, task, evaluate, run, stop_at, bar=None, offset=0):
+class Built(NamedTuple):
+    task: Task
+    evaluate: Any
+    origins: Any          # jitted: seed keys -> initial genomes
+    programs: dict        # method -> Programs
+
+
+@functools.lru_cache(maxsize=2)
+def build(config: QDConfig) -> Built:
+    """Everything a run compiles, kept for the process: a run stopped and
+    resumed in the same process (tests, notebooks) compiles nothing again."""
+    import jax
+
+    task = make_task(config)
+    evaluate = make_evaluate(task, config)
+    origins = jax.jit(jax.vmap(lambda k: task.init_network(jax.random.fold_in(k, 7))))
+    programs = {name: compile_method(name, make_method(name, config, task)) for name in config.methods}
+    return Built(task, evaluate, origins, programs)
+
+
+def run_method(name, config, built, run, stop_at, bar=None, offset=0):
     """Generations `done`..`stop_at` of one method (all seeds vmapped): a
     Python loop over the jitted ask and tell, the engine between them,
     metrics.csv rows and a checkpoint every `checkpoint_every` generations.
@@ -497,9 +523,11 @@ def run_method(name, config, task, evaluate, run, stop_at, bar=None, offset=0):
     import numpy as np
 
     keys = seed_keys(config)
-    programs = compile_method(make_method(name, config, task), keys)
+    programs, evaluate = built.programs[name], built.evaluate
     ckpt = f"checkpoint/{name}"
-    state, done = run.restore(programs.init(keys, origins(task, keys)), name=ckpt)
+    state, done = run.restore(programs.init(keys, built.origins(keys)), name=ckpt)
+    if done:   # orbax restores committed arrays; a fresh state is uncommitted: another compile of ask and tell
+        state = jax.device_put(jax.tree.map(np.asarray, state))
     run.cut_rows("metrics.csv", lambda row: row["method"] != name or int(float(row["generation"])) <= done)
     rows, t0, first_gen_seconds = [], time.perf_counter(), None
     for generation in range(done, stop_at):
@@ -546,8 +574,8 @@ def run_all(config: QDConfig, run, stop_at=None, show_progress=True):
     progress_now = run.progress()
     if all(progress_now.get(f"checkpoint/{m}/generation", 0) >= stop for m in config.methods):
         raise ConfigError(f"the run in {run.path} has already reached generation {stop} for every method")
-    task = make_task(config)
-    evaluate = make_evaluate(task, config)
+    built = build(config)
+    task, evaluate = built.task, built.evaluate
     print(f"QD on {config.env}: {', '.join(config.methods)}; {config.seeds} seeds x {config.batch} evaluations x "
           f"{config.generations} generations; genome {task.genome_size} floats; grid {'x'.join(map(str, config.grid))}; "
           f"{evaluate.evaluator.mesh.devices.size} device(s) -> {run.path}")
@@ -555,7 +583,7 @@ def run_all(config: QDConfig, run, stop_at=None, show_progress=True):
     total = config.generations * len(config.methods)
     with progress.bar(total, desc="QD generations", enabled=show_progress) as bar:
         for i, name in enumerate(config.methods):
-            states[name], timings[name] = run_method(name, config, task, evaluate, run, stop, bar,
+            states[name], timings[name] = run_method(name, config, built, run, stop, bar,
                                                      offset=i * config.generations)
     sort_rows(run, list(config.methods))
     rows = run.read_rows("metrics.csv")
