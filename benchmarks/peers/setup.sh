@@ -6,13 +6,15 @@
 #   benchmarks/peers/.venv-sb3    <- requirements-sb3.txt    (stable-baselines3 2.9.2, torch 2.13.0 CPU)
 #   benchmarks/peers/.venv-imitation <- requirements-imitation.txt (imitation 1.0.1, stable-baselines3 2.2.1,
 #                                    gymnasium 0.29.1, torch 2.13.0 CPU); built only when asked for by name
+#   benchmarks/peers/.venv-qdax   <- requirements-qdax.txt   (qdax 0.5.0, brax 0.14.2, jax 0.10.2) for
+#                                    benchmarks/qd_vs_qdax.py; built only when asked for by name
 #
 # Each requirements file pins the complete dependency closure and is installed
 # with --no-deps, so what lands in the venv is exactly what the file says.
 # Idempotent: a venv whose stamp matches the sha256 of its requirements file is
 # left alone; otherwise it is rebuilt from scratch.
 #
-# Usage: bash benchmarks/peers/setup.sh [rejax] [sb3] [imitation]   (default: rejax and sb3)
+# Usage: bash benchmarks/peers/setup.sh [rejax] [sb3] [imitation] [qdax]   (default: rejax and sb3)
 # Env:   PYTHON=python3.11 to choose the base interpreter (default: python3).
 set -euo pipefail
 
@@ -80,12 +82,21 @@ print("[setup] imitation venv:", {"imitation": imitation.__version__,
                                   "torch": torch.__version__, "gymnasium": gymnasium.__version__})
 EOF
             ;;
+        qdax)
+            "$venv/bin/python" - <<'EOF'
+import jax, qdax
+from qdax.core.map_elites import MAPElites  # noqa: F401
+from qdax.core.emitters.standard_emitters import MixingEmitter  # noqa: F401
+from importlib.metadata import version
+print("[setup] qdax venv:", {p: version(p) for p in ("qdax", "jax", "jaxlib", "flax", "brax", "chex")})
+EOF
+            ;;
     esac
 }
 
 for name in "${want[@]}"; do
     case "$name" in
-        rejax|sb3|imitation) build_venv "$name" ;;
-        *) echo "[setup] unknown venv '$name' (expected rejax, sb3 or imitation)" >&2; exit 2 ;;
+        rejax|sb3|imitation|qdax) build_venv "$name" ;;
+        *) echo "[setup] unknown venv '$name' (expected rejax, sb3, imitation or qdax)" >&2; exit 2 ;;
     esac
 done
