@@ -229,14 +229,15 @@ def make_chunk(train_ready: Callable, fitness: Callable, spec: Spec, rounds: int
 
 def member_sharding(population, num_devices=None):
     """NamedSharding of [runs, population, ...] leaves: the population axis over
-    the devices (it must split evenly: `check_devices`)."""
-    import numpy as np
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    the population engine's mesh of all devices (`src.population`), which the
+    population must split over evenly (`check_devices`)."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from src.population import population_mesh
 
     devices = jax.devices()[:num_devices or len(jax.devices())]
     check_devices(population, len(devices))
-    mesh = Mesh(np.array(devices), ("members",), axis_types=(jax.sharding.AxisType.Auto,))
-    return NamedSharding(mesh, PartitionSpec(None, "members"))
+    return NamedSharding(population_mesh(population, devices), PartitionSpec(None, "members"))
 
 
 def check_devices(population, num_devices):
