@@ -4,6 +4,12 @@
     state, metrics = agent.train(key, hparams)     # one whole run: init + scan(step)
     state, metrics = agent.step(state, hparams)    # one iteration, for outer loops
 
+`memory: gru|lstm` puts a recurrent core between the encoder and the heads
+(`RecurrentActorCritic`): its carry lives in the train state and the
+rollout, and updates run backpropagation through time over whole rollouts,
+minibatches split over environments. `memory: none` (the default) builds the
+feed-forward program exactly as without the option.
+
 Hyperparameters (`HParams`) are traced pytree leaves, so a sweep is a vmap;
 sizes in `PPOConfig` are static. Metrics are reduced per iteration.
 """
@@ -23,8 +29,8 @@ from envs.rewards import Transition, env_reward
 from src import normalize, xla_cpu
 from src.config import ConfigError
 from src.gae import gae
-from src.networks import (ActorCritic, entropy, log_prob, mode, policy_without_dots, policy_without_dots_fits,
-                          sample)
+from src.networks import (MEMORY_CELLS, ActorCritic, RecurrentActorCritic, entropy, log_prob, mode,
+                          policy_without_dots, policy_without_dots_fits, reset_carry, sample)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +66,11 @@ class PPOConfig:
     sa_eps: float = 0.1
     sa_pgd_steps: int = 10
     sa_ramp: float = 0.5
+    # a recurrent core between encoder and heads: none, gru or lstm, of
+    # memory_size units. Updates then unroll whole rollouts (backpropagation
+    # through time) and split minibatches over envs, never over time steps
+    memory: str = "none"
+    memory_size: int = 64
     # run bookkeeping
     eval_episodes: int = 50
     checkpoint_every: int = 0   # iterations between checkpoints; 0: only at the end
@@ -76,6 +87,10 @@ class PPOConfig:
         for name in ("total_steps", "num_envs", "num_steps", "num_epochs", "num_minibatches", "seeds"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.memory not in ("none", *MEMORY_CELLS):
+            raise ConfigError(f"memory must be one of none, {', '.join(MEMORY_CELLS)}; got {self.memory!r}")
+        if self.recurrent:   # first: its minibatch rule is the stricter one
+            self._validate_memory()
         if self.batch_size % self.num_minibatches:
             raise ConfigError(
                 f"num_envs*num_steps ({self.num_envs}*{self.num_steps}={self.batch_size}) must be divisible by "
@@ -98,6 +113,29 @@ class PPOConfig:
         if self.checkpoint_every < 0 or self.eval_episodes < 1:
             raise ConfigError("checkpoint_every must be >= 0 and eval_episodes >= 1")
         return self
+
+    @property
+    def recurrent(self):
+        return self.memory != "none"
+
+    def _validate_memory(self):
+        # A recurrent update unrolls each env's whole rollout from the carry it
+        # started with, so a minibatch is a set of envs; a minibatch of
+        # shuffled time steps would cut the sequences the core learns from.
+        if self.memory_size < 1:
+            raise ConfigError(f"memory_size must be >= 1, got {self.memory_size}")
+        if self.num_envs % self.num_minibatches:
+            fits = [m for m in range(1, self.num_envs + 1) if self.num_envs % m == 0]
+            raise ConfigError(
+                f"memory={self.memory} splits minibatches over environments (whole-rollout sequences, never "
+                f"shuffled time steps): num_envs ({self.num_envs}) must be divisible by num_minibatches "
+                f"({self.num_minibatches}); set num_minibatches to one of {fits} or num_envs to a multiple of "
+                f"{self.num_minibatches}")
+        if self.sa_kappa > 0:
+            raise ConfigError(
+                f"memory={self.memory} does not combine with SA-PPO (sa_kappa={self.sa_kappa}): its regulariser "
+                "perturbs single observations of shuffled time steps, which a recurrent policy does not act on; "
+                "set sa_kappa: 0 or memory: none")
 
 
 @struct.dataclass
@@ -132,6 +170,9 @@ class TrainState:
     discounted_return: jax.Array           # per env, for reward scaling
     key: jax.Array
     iteration: jax.Array
+    # the recurrent core's carry per env (memory: gru|lstm), already reset
+    # where an episode ended; None (no leaves) without memory
+    carry: object = None
 
 
 class Rollout(NamedTuple):
@@ -147,6 +188,7 @@ class Rollout(NamedTuple):
     episode_done: jax.Array
     episode_return: jax.Array
     env_reward: jax.Array   # the environment's own reward, before the reward function
+    carry: object = None    # memory: the carry each step acted with (after resets); None (no leaves) without
 
 
 def ppo_clip(clip_eps, ratio, advantage, progress):
@@ -211,15 +253,28 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
     `reward_fn`'s per-step rewards, which it can read in `rollout.reward`):
     rewards that compare trajectories with each other, such as SPO's win
     rate of a segment against the batch's other segments, are not functions
-    of one transition."""
+    of one transition.
+
+    With `memory: gru|lstm` the network is a `RecurrentActorCritic`: `act`
+    takes and returns the carry (`act(..., carry=c) -> (action, c)`; start
+    from `initial_carry(batch_shape)` and reset it where an episode ended),
+    `evaluate` resets it at every episode's start, and `log_prob` (single
+    transitions, no history) refuses."""
     config = config.validate()
+    if config.recurrent and extra_loss is not None:
+        raise ConfigError(f"memory={config.memory}: extra_loss terms act on single observations of shuffled time "
+                          "steps, which a recurrent policy does not; use memory: none")
     if extra_loss is None and config.sa_kappa > 0:
         from robustness import sappo
         extra_loss = sappo.regulariser(config.sa_kappa, config.sa_eps, config.sa_pgd_steps, config.sa_ramp)
     if env is None:
         env, env_params = envs.make(config.env, **config.env_kwargs)
     discrete = envs.is_discrete(env, env_params)
-    network = ActorCritic(envs.action_dim(env, env_params), discrete, tuple(config.hidden), config.activation)
+    if config.recurrent:
+        network = RecurrentActorCritic(envs.action_dim(env, env_params), discrete, tuple(config.hidden),
+                                       config.activation, config.memory, config.memory_size)
+    else:
+        network = ActorCritic(envs.action_dim(env, env_params), discrete, tuple(config.hidden), config.activation)
     obs_dim = envs.obs_size(env, env_params)
     num_envs, num_steps = config.num_envs, config.num_steps
     num_iterations = config.num_iterations
@@ -227,7 +282,7 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
     step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
     # Without dots the rollout loop can become one XLA:CPU kernel, which is
     # faster; where the loop stays op by op, the dot form is the faster one
-    if (runs_per_device is not None and jax.default_backend() == "cpu"
+    if (not config.recurrent and runs_per_device is not None and jax.default_backend() == "cpu"
             and xla_cpu.small_loop_bytes() >= xla_cpu.SMALL_LOOP_BYTES
             and policy_without_dots_fits(runs_per_device * num_envs, obs_dim, config.hidden,
                                          envs.action_dim(env, env_params))):
@@ -250,7 +305,10 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
 
     def init(key, hparams, env_params=env_params):
         net_key, env_key, key = jax.random.split(key, 3)
-        params = network.init(net_key, jnp.zeros((obs_dim,), jnp.float32))
+        if config.recurrent:
+            params = network.init(net_key, network.initial_carry(), jnp.zeros((obs_dim,), jnp.float32))
+        else:
+            params = network.init(net_key, jnp.zeros((obs_dim,), jnp.float32))
         obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(env_key, num_envs), env_params)
         return TrainState(
             params=params,
@@ -262,23 +320,22 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
             discounted_return=jnp.zeros((num_envs,), jnp.float32),
             key=key,
             iteration=jnp.zeros((), jnp.int32),
+            carry=network.initial_carry((num_envs,)) if config.recurrent else None,
         )
 
     def reset_envs(ts, key, env_params_per_env):
         """Every env reset on its own params (leading axis num_envs: a batch of
         levels); the reward scaler's running discounted return restarts."""
         obs, env_state = jax.vmap(env.reset)(jax.random.split(key, num_envs), env_params_per_env)
-        return ts.replace(env_state=env_state, obs=obs, discounted_return=jnp.zeros_like(ts.discounted_return))
+        ts = ts.replace(env_state=env_state, obs=obs, discounted_return=jnp.zeros_like(ts.discounted_return))
+        return ts.replace(carry=network.initial_carry((num_envs,))) if config.recurrent else ts
 
     def collect(ts, reward_params=None, env_params=env_params, num_steps=num_steps):
         """`num_steps` (static) steps of the current policy in the state's envs,
         nothing trained: the state's envs, observations, observation statistics
         and key move on. With the default length this is exactly the batch the
         next `step` from the same state would collect and train on."""
-        def env_step(carry, keys):
-            env_state, obs, obs_stats = carry
-            obs_in = norm_obs(obs_stats, obs)
-            dist = policy(ts.params, obs_in)
+        def transition(env_state, obs, obs_in, obs_stats, dist, keys):
             action = sample(keys[0], dist, discrete)
             next_obs, env_state, env_rew, terminated, truncated, info = step_envs(
                 keys[1:], env_state, action, env_params)
@@ -292,20 +349,46 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
                            info["episode_done"], info["episode_return"], env_rew)
             if config.normalize_obs:
                 obs_stats = normalize.update(obs_stats, next_obs)
+            return env_state, next_obs, obs_stats, step
+
+        def env_step(carry, keys):
+            env_state, obs, obs_stats = carry
+            obs_in = norm_obs(obs_stats, obs)
+            env_state, next_obs, obs_stats, step = transition(env_state, obs, obs_in, obs_stats,
+                                                              policy(ts.params, obs_in), keys)
             return (env_state, next_obs, obs_stats), step
+
+        def recurrent_env_step(carry, keys):
+            env_state, obs, obs_stats, core = carry
+            obs_in = norm_obs(obs_stats, obs)
+            next_core, (dist, value) = network.apply(ts.params, core, obs_in)
+            env_state, next_obs, obs_stats, step = transition(env_state, obs, obs_in, obs_stats, dist, keys)
+            # the next step's carry starts afresh where this step ended an episode;
+            # the carry before that reset is the one the final observation follows
+            fresh = reset_carry(next_core, network.initial_carry((num_envs,)), step.done)
+            return (env_state, next_obs, obs_stats, fresh), (step._replace(value=value, carry=core), next_core)
 
         # all of the rollout's keys in one split, outside the loop: per-step
         # splitting is a measurable share of a CPU rollout
         key, rollout_key = jax.random.split(ts.key)
         keys = jax.random.split(rollout_key, num_steps * (num_envs + 1))
         keys = keys.reshape(num_steps, num_envs + 1, *keys.shape[1:])
-        (env_state, obs, obs_stats), rollout = jax.lax.scan(env_step, (ts.env_state, ts.obs, ts.obs_stats), keys)
-        # The critic runs once on the whole rollout instead of inside the loop
-        # (the same values: the parameters do not change during a rollout),
-        # with the truncated episodes' final observations for bootstrapping
-        value, next_value = network.apply(ts.params, jnp.stack([rollout.obs, rollout.next_obs]),
-                                          method=ActorCritic.value)
-        rollout = rollout._replace(value=value, next_value=next_value)
+        if config.recurrent:
+            (env_state, obs, obs_stats, core), (rollout, next_cores) = jax.lax.scan(
+                recurrent_env_step, (ts.env_state, ts.obs, ts.obs_stats, ts.carry), keys)
+            # the value of each step's next (final) observation, one core step on
+            # from that step's carry, for every step at once after the loop
+            _, (_, next_value) = network.apply(ts.params, next_cores, rollout.next_obs)
+            rollout = rollout._replace(next_value=next_value)
+            ts = ts.replace(carry=core)
+        else:
+            (env_state, obs, obs_stats), rollout = jax.lax.scan(env_step, (ts.env_state, ts.obs, ts.obs_stats), keys)
+            # The critic runs once on the whole rollout instead of inside the loop
+            # (the same values: the parameters do not change during a rollout),
+            # with the truncated episodes' final observations for bootstrapping
+            value, next_value = network.apply(ts.params, jnp.stack([rollout.obs, rollout.next_obs]),
+                                              method=ActorCritic.value)
+            rollout = rollout._replace(value=value, next_value=next_value)
         if rollout_reward is not None:   # static: without one the program is unchanged
             rollout = rollout._replace(reward=rollout_reward(reward_params, rollout).astype(rollout.reward.dtype))
         return ts.replace(env_state=env_state, obs=obs, obs_stats=obs_stats, key=key), rollout
@@ -333,6 +416,48 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
             aux.update(extra_aux)
         return total, aux
 
+    def unroll(params, core, obs, starts):
+        """The network over sequences [time, envs, ...] from the carry `core`
+        the first step acted with, the carry reset where `starts` (an episode
+        began): the encoder and heads on every step at once, the core step
+        by step. Returns (policy parameters, values), [time, envs, ...]."""
+        x = network.apply(params, obs, method=RecurrentActorCritic.encode)
+
+        def core_step(core, inputs):
+            x_t, start = inputs
+            core = reset_carry(core, network.initial_carry(start.shape), start)
+            return network.apply(params, core, x_t, method=RecurrentActorCritic.core)
+
+        _, h = jax.lax.scan(core_step, core, (x, starts))
+        return network.apply(params, h, method=RecurrentActorCritic.heads)
+
+    def recurrent_loss_fn(flat_params, unravel, batch, hparams, objective_params, progress_frac):
+        """PPO's loss on a minibatch of whole env sequences, by backpropagation
+        through time from the carries the rollout started with."""
+        core, obs, starts, action, old_log_prob, old_value, advantage, target = batch
+        dist, value = unroll(unravel(flat_params), core, obs, starts)
+        return ppo_losses(objective, objective_params, log_prob(dist, action, discrete), old_log_prob, value,
+                          old_value, advantage, target, entropy(dist, discrete), hparams, progress_frac)
+
+    def env_minibatches(rollout, advantages, targets):
+        """(minibatches(key) -> [num_minibatches, ...] batches): the envs
+        shuffled and split, each keeping its whole rollout in time order."""
+        envs_per_batch = num_envs // config.num_minibatches
+        # an env's carry resets at step t where its step t - 1 ended an episode;
+        # the rollout's first carry is already reset
+        starts = jnp.concatenate([jnp.zeros_like(rollout.done[:1]), rollout.done[:-1]])
+        sequences = (rollout.obs, starts, rollout.action, rollout.log_prob, rollout.value, advantages, targets)
+        first_core = jax.tree.map(lambda c: c[0], rollout.carry)
+
+        def minibatches(key):
+            order = jax.random.permutation(key, num_envs)
+            cores = jax.tree.map(
+                lambda c: c[order].reshape(config.num_minibatches, envs_per_batch, *c.shape[1:]), first_core)
+            seqs = jax.tree.map(lambda x: jnp.swapaxes(x[:, order].reshape(
+                num_steps, config.num_minibatches, envs_per_batch, *x.shape[2:]), 0, 1), sequences)
+            return (cores, *seqs)
+        return minibatches
+
     def step(ts, hparams, reward_params=None, objective_params=None, env_params=env_params, with_rollout=False):
         """One iteration: collect num_envs*num_steps transitions, then update.
         `with_rollout` (static): also return the rollout it trained on, as a
@@ -348,8 +473,12 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
         progress_frac = ts.iteration.astype(jnp.float32) / num_iterations
         lr = hparams.lr * (1.0 - progress_frac) if config.anneal_lr else hparams.lr
         tx = optimizer(hparams)
-        flat = jax.tree.map(lambda x: x.reshape(num_steps * num_envs, *x.shape[2:]),
-                            (rollout.obs, rollout.action, rollout.log_prob, rollout.value, advantages, targets))
+        if config.recurrent:
+            loss, minibatches = recurrent_loss_fn, env_minibatches(rollout, advantages, targets)
+        else:
+            loss = loss_fn
+            flat = jax.tree.map(lambda x: x.reshape(num_steps * num_envs, *x.shape[2:]),
+                                (rollout.obs, rollout.action, rollout.log_prob, rollout.value, advantages, targets))
 
         # The update works on one flat parameter vector: Adam and the global-norm
         # clip then run as a few fused ops instead of a dozen per layer, which
@@ -358,12 +487,14 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
 
         def minibatch_update(carry, batch):
             params, opt_state = carry
-            grads, aux = jax.grad(loss_fn, has_aux=True)(
+            grads, aux = jax.grad(loss, has_aux=True)(
                 params, unravel, batch, hparams, objective_params, progress_frac)
             updates, opt_state = tx.update(grads, opt_state, params)
             return (params - lr * updates, opt_state), aux
 
         def epoch(carry, key):
+            if config.recurrent:
+                return jax.lax.scan(minibatch_update, carry, minibatches(key))
             order = jax.random.permutation(key, num_steps * num_envs)
             batches = jax.tree.map(
                 lambda x: x[order].reshape(config.num_minibatches, minibatch_size, *x.shape[1:]), flat)
@@ -388,12 +519,30 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
             obs = normalize.normalize(obs_stats, obs)
         return network.apply(params, obs, method=ActorCritic.policy)
 
-    def act(params, obs, key, deterministic=False, obs_stats=None):
-        dist = policy_on_raw(params, obs, obs_stats)
-        return mode(dist, discrete) if deterministic else sample(key, dist, discrete)
+    def act(params, obs, key, deterministic=False, obs_stats=None, carry=None):
+        """The action for raw `obs`; with memory, `carry` is required and
+        `(action, carry)` is returned (the caller resets it at episode starts)."""
+        if not config.recurrent:
+            dist = policy_on_raw(params, obs, obs_stats)
+            return mode(dist, discrete) if deterministic else sample(key, dist, discrete)
+        if carry is None:
+            raise ConfigError(f"this policy has memory ({config.memory}): act needs carry= (start from "
+                              "agent.initial_carry(batch_shape), reset it where an episode ended) and returns "
+                              "(action, carry); a loop that acts on single observations does not support memory "
+                              "(set memory: none)")
+        if config.normalize_obs:
+            obs = normalize.normalize(obs_stats, obs)
+        carry, (dist, _) = network.apply(params, carry, obs)
+        return (mode(dist, discrete) if deterministic else sample(key, dist, discrete)), carry
 
     def policy_log_prob(params, obs, action, obs_stats=None):
+        if config.recurrent:
+            raise ConfigError(f"this policy has memory ({config.memory}): log pi(a|s) of a single transition is "
+                              "not defined without its history, so loops that compare policies transition by "
+                              "transition (KL penalties to a reference, preference losses) do not support memory "
+                              "(set memory: none)")
         return log_prob(policy_on_raw(params, obs, obs_stats), action, discrete)
 
     return base.assemble(config, env, env_params, network, init, step, act, reset_envs, num_iterations,
-                         config.eval_episodes, show_progress, collect=collect, log_prob=policy_log_prob)
+                         config.eval_episodes, show_progress, collect=collect, log_prob=policy_log_prob,
+                         initial_carry=network.initial_carry if config.recurrent else None)

@@ -240,3 +240,118 @@ def entropy(dist, discrete):
         return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
     _, log_std = dist
     return jnp.sum(log_std + 0.5 * jnp.log(2 * jnp.pi * jnp.e), axis=-1)
+
+
+# ----------------------------------------------------------------------------- recurrent actor-critic
+
+MEMORY_CELLS = ("gru", "lstm")
+
+
+class RecurrentActorCritic(nn.Module):
+    """An encoder layer, a recurrent core (GRU or LSTM) and an actor and a
+    critic head, for partially observed tasks. One core is shared by both
+    heads: the critic needs the same history the actor remembers.
+
+    The core's carry is explicit: `__call__(carry, obs) -> (carry, (policy
+    parameters, value))` is one time step over any leading batch shape, and
+    the caller resets the carry where an episode ended (`reset_carry`).
+    `encode`, `core` and `heads` are the same three stages apart, so an
+    unroll over time can run the encoder and the heads on the whole sequence
+    at once and only the core step by step.
+
+    Every kernel is orthogonal (sqrt(2) for the encoder and the heads' hidden
+    layers, 1 for the core's, the heads' outputs as `ActorCritic`'s), all
+    drawn at once in `init_with_output` as `ActorCritic` does: kernel by
+    kernel, the initialiser alone took longer to compile than the update.
+
+    The submodules are not named `actor` and `critic`: a caller that runs the
+    stateless `ActorCritic.policy` or `.value` on this network (single
+    observations, no carry) fails with the message below instead of running
+    a head on the raw observation."""
+
+    action_dim: int
+    discrete: bool
+    hidden: Sequence[int] = (64, 64)
+    activation: str = "tanh"
+    memory: str = "gru"
+    memory_size: int = 64
+
+    def setup(self):
+        if self.memory not in MEMORY_CELLS:
+            raise ValueError(f"memory must be one of {MEMORY_CELLS}, got {self.memory!r}")
+        if isinstance(self.parent, nn.Module):
+            raise TypeError("RecurrentActorCritic fills its kernels in its own init: initialise it on its own, "
+                            "not as a submodule of another module")
+        # kernels start at zero and `init_with_output` fills them all at once
+        # (which also keeps flax's LAPACK-QR recurrent initialiser out: it can
+        # deadlock under vmap on CPU, see `orthogonal`)
+        zeros = nn.initializers.zeros
+        self.encoder = nn.Dense(self.hidden[0], kernel_init=zeros, bias_init=zeros)
+        cell = {"gru": nn.GRUCell, "lstm": nn.OptimizedLSTMCell}[self.memory]
+        self.cell = cell(self.memory_size, kernel_init=zeros, recurrent_kernel_init=zeros)
+        self.policy_head = MLP(self.hidden[1:], self.action_dim, self.activation, ActorCritic.ACTOR_OUT_SCALE,
+                               zero_kernels=True)
+        self.value_head = MLP(self.hidden[1:], 1, self.activation, ActorCritic.CRITIC_OUT_SCALE, zero_kernels=True)
+        if not self.discrete:
+            self.log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,))
+
+    @nn.nowrap
+    def init_with_output(self, rngs, *args, method=None, **kwargs):
+        """flax's init, then every kernel orthogonal from one draw (`orthogonal_stack`)."""
+        _, variables = super().init_with_output(rngs, *args, method=method, **kwargs)
+        variables = flax.core.unfreeze(variables)
+        params = variables["params"]
+        key = rngs["params"] if isinstance(rngs, dict) else rngs
+        kernels = [(("encoder",), np.sqrt(2.0))]
+        kernels += [(("cell", gate), 1.0) for gate in sorted(params["cell"]) if "kernel" in params["cell"][gate]]
+        for head, out_scale in (("policy_head", ActorCritic.ACTOR_OUT_SCALE),
+                                ("value_head", ActorCritic.CRITIC_OUT_SCALE)):
+            for i, scale in enumerate(kernel_scales(self.hidden[1:], out_scale)):
+                kernels.append(((head, f"Dense_{i}"), scale))
+
+        def layer(path):
+            node = params
+            for name in path:
+                node = node[name]
+            return node
+
+        shapes = [layer(path)["kernel"].shape for path, _ in kernels]
+        for (path, _), kernel in zip(kernels, orthogonal_stack(key, shapes, [scale for _, scale in kernels])):
+            layer(path)["kernel"] = kernel.astype(layer(path)["kernel"].dtype)
+        call_kwargs = {k: v for k, v in kwargs.items() if k not in ("mutable", "capture_intermediates")}
+        return self.apply(variables, *args, method=method, **call_kwargs), variables
+
+    @nn.nowrap
+    def initial_carry(self, batch_shape=()):
+        """The carry at an episode's start (zeros), for `batch_shape` envs."""
+        zeros = jnp.zeros((*batch_shape, self.memory_size), jnp.float32)
+        return (zeros, zeros) if self.memory == "lstm" else zeros
+
+    def encode(self, obs):
+        return _ACTIVATIONS[self.activation](self.encoder(obs))
+
+    def core(self, carry, x):
+        return self.cell(carry, x)
+
+    def heads(self, h):
+        out = self.policy_head(h)
+        dist = out if self.discrete else (out, jnp.broadcast_to(self.log_std, out.shape))
+        return dist, self.value_head(h)[..., 0]
+
+    def __call__(self, carry, obs):
+        carry, h = self.core(carry, self.encode(obs))
+        return carry, self.heads(h)
+
+    @property
+    def actor(self):
+        raise TypeError(f"this policy has memory ({self.memory}): it acts on a history through a carry, not on "
+                        "single observations; loops that call the policy transition by transition (attacks, "
+                        "BARFI's policy gradient) do not support `memory` (set memory: none)")
+
+    critic = actor
+
+
+def reset_carry(carry, initial, reset):
+    """`initial` where `reset` (one flag per leading batch index), else `carry`."""
+    return jax.tree.map(lambda c, i: jnp.where(reset.reshape(reset.shape + (1,) * (c.ndim - reset.ndim)), i, c),
+                        carry, initial)

@@ -1,0 +1,202 @@
+"""PPO with memory (`memory: gru|lstm`): a recurrent core whose carry lives in
+the train state and the rollout, updates by backpropagation through time over
+whole rollouts, minibatches split over envs.
+
+The memory task is bsuite's MemoryChain (gymnax): the context bit is shown at
+the episode's start only, and the one rewarded action (+1 if it matches the
+bit, -1 if not) comes 5 steps later, so a memoryless policy scores 0 in
+expectation whatever it learns."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agents import ppo
+from src import checkpoint
+from src.config import ConfigError
+from src.networks import ActorCritic, RecurrentActorCritic, reset_carry
+from tests.helpers import TraceCounter
+
+# 16 iterations of 16 envs x 32 steps (about 5 episodes per env per rollout);
+# a GRU solves it on every seed tried (8 of 8) within these 8192 steps
+MEMORY = ppo.PPOConfig(env="MemoryChain-bsuite", total_steps=16 * 32 * 16, num_envs=16, num_steps=32,
+                       num_epochs=4, num_minibatches=4, hidden=(32, 32), memory="gru", memory_size=32, lr=1e-3)
+SEEDS = 3
+EVAL_EPISODES = 64
+SOLVED = 0.8   # mean return per seed; chance is 0, perfect is 1
+
+
+def bits_equal(a, b):
+    """Bit for bit, on the host (jnp comparisons would compile a program per leaf shape)."""
+    a, b = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(a) == len(b) and all(np.asarray(x).dtype == np.asarray(y).dtype and np.shape(x) == np.shape(y)
+                                    and np.asarray(x).tobytes() == np.asarray(y).tobytes() for x, y in zip(a, b))
+
+
+def seed_keys(n, first=0):
+    return jax.vmap(jax.random.PRNGKey)(jnp.arange(first, first + n, dtype=jnp.uint32))
+
+
+@pytest.fixture(scope="module")
+def memory_runs():
+    """Recurrent PPO over SEEDS seeds, trained in two chunks of the same jitted
+    `run` (as run.py trains), the half-way state kept for the resume test;
+    then one program that evaluates it, collects one rollout from it, and
+    trains and evaluates the same config with memory: none. Few programs:
+    compiling is most of this module's time."""
+    agent = ppo.make(MEMORY)
+    plain = ppo.make(dataclasses.replace(MEMORY, memory="none"))
+    hp = ppo.hparams_from(MEMORY)
+    half = MEMORY.num_iterations // 2
+    counted = TraceCounter(lambda ts, hp: agent.run(ts, hp, num_iterations=half))
+    run_half = jax.jit(jax.vmap(counted, in_axes=(0, None)))
+    keys, eval_keys = seed_keys(SEEDS), seed_keys(SEEDS, 100)
+    start = jax.jit(jax.vmap(agent.init, in_axes=(0, None)))(keys, hp)
+    halfway, first = run_half(start, hp)
+    trained, second = run_half(halfway, hp)
+
+    def evaluate_and_compare(trained, keys, eval_keys):
+        returns, lengths = jax.vmap(lambda ts, k: agent.evaluate(ts, k, EVAL_EPISODES))(trained, eval_keys)
+        collected = agent.collect(jax.tree.map(lambda x: x[0], trained))
+        _, plain_metrics = jax.vmap(plain.train, in_axes=(0, None))(keys, hp)
+        return returns.mean(1), lengths, collected, plain_metrics
+
+    returns, lengths, collected, plain_metrics = jax.jit(evaluate_and_compare)(trained, keys, eval_keys)
+    return dict(agent=agent, hp=hp, counted=counted, run_half=run_half, halfway=halfway, trained=trained,
+                metrics=jax.tree.map(lambda a, b: np.concatenate([a, b], axis=1), first, second),
+                returns=np.asarray(returns), lengths=np.asarray(lengths), collected=collected,
+                plain_metrics=jax.tree.map(np.asarray, plain_metrics))
+
+
+def test_recurrent_ppo_solves_the_memory_chain_and_the_same_config_without_memory_does_not(memory_runs):
+    """Per seed, the mean return of the episodes that ended in the last
+    iteration (about 85 per seed: 16 envs x 32 steps of 6-step episodes),
+    both runs with the same config and seeds; and the recurrent policy's
+    deterministic evaluation (carry reset at each episode's start)."""
+    recurrent = memory_runs["metrics"]["finished_return"][:, -1]
+    plain = memory_runs["plain_metrics"]["finished_return"][:, -1]
+    evaluated = memory_runs["returns"]
+    print(f"MemoryChain return per seed, last iteration: memory=gru {recurrent}, memory=none {plain}; "
+          f"memory=gru evaluated {evaluated}")
+    assert (recurrent >= SOLVED).all(), recurrent
+    assert (plain < SOLVED).all() and plain.mean() < 0.5, plain
+    assert (evaluated >= SOLVED).all(), evaluated
+    # whole episodes of memory_length + 1 = 6 steps
+    np.testing.assert_array_equal(memory_runs["lengths"], 6)
+    assert np.isfinite(memory_runs["metrics"]["value_loss"]).all()
+
+
+def test_recurrent_train_is_traced_once_across_chunks_seeds_and_hyperparameters(memory_runs):
+    counted, hp = memory_runs["counted"], memory_runs["hp"]
+    memory_runs["run_half"](memory_runs["halfway"], hp.replace(lr=jnp.float32(3e-4), ent_coef=jnp.float32(0.0)))
+    assert counted.count == 1
+
+
+def test_resume_from_a_checkpoint_is_bit_identical(memory_runs, tmp_path):
+    """The carry is part of the train state: a checkpoint half way through,
+    restored and run on, ends exactly where the uninterrupted run did."""
+    halfway, hp = memory_runs["halfway"], memory_runs["hp"]
+    assert halfway.carry.shape == (SEEDS, MEMORY.num_envs, MEMORY.memory_size)
+    checkpoint.save(tmp_path / "ckpt", halfway)
+    # shapes and dtypes only (no values to fall back on; zeros_like would compile a program per leaf)
+    restored = checkpoint.restore(tmp_path / "ckpt", jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                                                  halfway))
+    assert bits_equal(restored, halfway)
+    # restored arrays are committed to a device, which jit keys its cache on;
+    # the same bits as fresh arrays run the compiled program again
+    restored = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), restored)
+    resumed, _ = memory_runs["run_half"](restored, hp)
+    assert bits_equal(resumed, memory_runs["trained"])
+
+
+def test_the_rollout_stores_the_carry_each_step_acted_with_reset_where_an_episode_ended(memory_runs):
+    """A rollout from a trained state: the network on (stored carry, obs)
+    gives the rollout's log-probabilities and values as acting did; the carry
+    after a step that ended an episode is the initial one, and after any
+    other step it is the core's output. A rollout that kept the carry through
+    episode ends, or stored another carry, fails one of these."""
+    network = memory_runs["agent"].network
+    ts = jax.tree.map(lambda x: x[0], memory_runs["trained"])
+    after, rollout = memory_runs["collected"]
+
+    def replay(params, rollout):   # every step at once from the stored carries: no loop
+        next_carry, (dist, value) = network.apply(params, rollout.carry, rollout.obs)
+        logp = jnp.take_along_axis(jax.nn.log_softmax(dist), rollout.action[..., None], -1)[..., 0]
+        return logp, value, reset_carry(next_carry, network.initial_carry(rollout.done.shape), rollout.done)
+
+    logp, value, want_next = jax.jit(replay)(ts.params, rollout)
+    np.testing.assert_array_equal(rollout.carry[0], ts.carry)
+    np.testing.assert_allclose(logp, rollout.log_prob, atol=1e-5)
+    np.testing.assert_allclose(value, rollout.value, atol=1e-5)
+    np.testing.assert_allclose(rollout.carry[1:], want_next[:-1], atol=1e-6)
+    np.testing.assert_allclose(after.carry, want_next[-1], atol=1e-6)
+    done = np.asarray(rollout.done[:-1])
+    assert done.any() and not np.asarray(rollout.carry[1:][done]).any()   # episodes ended, carries reset
+    assert np.abs(np.asarray(rollout.carry[1:][~done])).max() > 0.1       # elsewhere the memory is kept
+
+
+def test_act_takes_and_returns_the_carry_and_stateless_callers_are_refused(memory_runs):
+    agent = memory_runs["agent"]
+    ts = jax.tree.map(lambda x: x[0], memory_runs["trained"])
+    obs = jnp.zeros((5, 3))
+    act = jax.jit(lambda ts, obs, carry: agent.act(ts.params, obs, jax.random.PRNGKey(0), True, ts.obs_stats,
+                                                   carry=carry))
+    action, carry = act(ts, obs, agent.initial_carry((5,)))
+    assert action.shape == (5,) and carry.shape == (5, MEMORY.memory_size)
+    # the carry is the memory: one episode's observations by hand (gymnax's
+    # MemoryChain shows the context +-1 twice, then time remaining only), for
+    # both contexts side by side; the last, rewarded action matches the context
+    context = jnp.array([1.0, -1.0])
+    carry = agent.initial_carry((2,))
+    for time_left, shown in [(1.0, context), (1.0, context), (0.8, 0), (0.6, 0), (0.4, 0), (0.2, 0)]:
+        obs = jnp.stack([jnp.full((2,), time_left), jnp.zeros((2,)), jnp.zeros((2,)) + shown], axis=1)
+        action, carry = act(ts, obs, carry)
+    np.testing.assert_array_equal(action, [1, 0])
+    with pytest.raises(ConfigError, match="act needs carry="):
+        agent.act(ts.params, obs, jax.random.PRNGKey(0), True, ts.obs_stats)
+    with pytest.raises(ConfigError, match="log pi\\(a\\|s\\) of a single transition"):
+        agent.log_prob(ts.params, obs, action, ts.obs_stats)
+    # attacks and BARFI call the stateless ActorCritic methods on agent.network
+    with pytest.raises(TypeError, match="this policy has memory"):
+        agent.network.apply(ts.params, obs, method=ActorCritic.policy)
+    assert ppo.make(dataclasses.replace(MEMORY, memory="none")).initial_carry is None
+
+
+def test_lstm_and_continuous_actions_trace_with_the_same_contract():
+    """Shapes only (traced, not compiled): an LSTM's carry is a (c, h) pair,
+    and a Gaussian head works behind the core too."""
+    for changes, carry_shapes in [(dict(memory="lstm"), [(16, 32), (16, 32)]),
+                                  (dict(env="Pendulum-v1", normalize_obs=True), [(16, 32)])]:
+        config = dataclasses.replace(MEMORY, **changes)
+        agent = ppo.make(config)
+        ts, metrics = jax.eval_shape(agent.train, jax.random.PRNGKey(0), ppo.hparams_from(config))
+        assert [c.shape for c in jax.tree.leaves(ts.carry)] == carry_shapes
+        assert metrics["policy_loss"].shape == (config.num_iterations,)
+        returns, _ = jax.eval_shape(lambda t: agent.evaluate(t, jax.random.PRNGKey(1), 4), ts)
+        assert returns.shape == (4,)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(num_minibatches=3), "num_envs \\(16\\) must be divisible by num_minibatches \\(3\\); set "
+                              "num_minibatches to one of \\[1, 2, 4, 8, 16\\]"),
+    (dict(num_envs=4, num_minibatches=8), "splits minibatches over environments"),
+    (dict(sa_kappa=0.1), "does not combine with SA-PPO"),
+    (dict(memory="rnn"), "memory must be one of none, gru, lstm"),
+    (dict(memory_size=0), "memory_size must be >= 1"),
+])
+def test_recurrent_configs_that_would_split_sequences_fail_before_compiling(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        ppo.make(dataclasses.replace(MEMORY, **changes))
+
+
+def test_an_extra_loss_on_single_observations_is_refused():
+    with pytest.raises(ConfigError, match="extra_loss terms act on single observations"):
+        ppo.make(MEMORY, extra_loss=lambda *args: (0.0, {}))
+
+
+def test_the_memory_free_network_is_untouched_by_the_option():
+    """memory: none builds today's ActorCritic (the golden tests check its numbers)."""
+    assert type(ppo.make(dataclasses.replace(MEMORY, memory="none")).network) is ActorCritic
+    assert type(ppo.make(MEMORY).network) is RecurrentActorCritic
