@@ -115,12 +115,18 @@ def exploit(members, parents):
     return jax.tree.map(lambda x: jnp.asarray(x)[parents], members)
 
 
-def sample_prior(key, prior, shape):
-    """Draws of one hyperparameter from its prior (low, high, log)."""
+def from_unit(u, prior):
+    """Uniform [0, 1) draws mapped onto a prior (low, high, log): uniform, or
+    uniform in log space."""
     low, high, log = prior
     if log:
-        return jnp.exp(jax.random.uniform(key, shape, jnp.float32, math.log(low), math.log(high)))
-    return jax.random.uniform(key, shape, jnp.float32, low, high)
+        return jnp.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+    return low + u * (high - low)
+
+
+def sample_prior(key, prior, shape):
+    """Draws of one hyperparameter from its prior (low, high, log)."""
+    return from_unit(jax.random.uniform(key, shape, jnp.float32), prior)
 
 
 def explore(key, values, explorers, spec: Spec):
@@ -129,13 +135,15 @@ def explore(key, values, explorers, spec: Spec):
     prior's range) or, with probability `spec.resample_prob`, drawn from the
     prior; the others keep theirs."""
     out = {}
+    factors = jnp.asarray(spec.factors, jnp.float32)
     for name, prior, k in zip(spec.names, spec.priors, jax.random.split(key, len(spec.names))):
         x = values[name]
-        k_factor, k_prior, k_coin = jax.random.split(k, 3)
-        factor = jnp.asarray(spec.factors, jnp.float32)[jax.random.randint(k_factor, x.shape, 0, len(spec.factors))]
-        perturbed = jnp.clip(x * factor, prior[0], prior[1])
-        resampled = sample_prior(k_prior, prior, x.shape)
-        new = jnp.where(jax.random.uniform(k_coin, x.shape) < spec.resample_prob, resampled, perturbed)
+        # one draw per value for each of the three choices (which factor,
+        # the redraw, whether to redraw): a single random call per name
+        u = jax.random.uniform(k, (3, *x.shape), jnp.float32)
+        pick = jnp.minimum((u[0] * len(spec.factors)).astype(jnp.int32), len(spec.factors) - 1)
+        perturbed = jnp.clip(x * factors[pick], prior[0], prior[1])
+        new = jnp.where(u[2] < spec.resample_prob, from_unit(u[1], prior), perturbed)
         mask = explorers.reshape(explorers.shape + (1,) * (x.ndim - 1))
         out[name] = jnp.where(mask, new, x).astype(x.dtype)
     return out
