@@ -72,7 +72,9 @@ def main(argv):
                  args.baseline, args.runs, args.env, args.overrides])
     if not args.resume:
         config.validate()          # every check before the run directory and before compiling
+        experiment.stop_point(config.rounds, config.chunk_rounds, args.stop_at, "rounds")
     run = experiment.start(args.out, f"pbt-{config.inner_config().env if not args.resume else 'run'}", config,
                            PBTConfig, resume=args.resume, given=given, unit="round")
     config = run.config.validate()
+    experiment.stop_point(config.rounds, config.chunk_rounds, args.stop_at, "rounds")
     return meta_train(config, run, stop_at=args.stop_at, show_progress=not args.no_progress)

@@ -248,9 +248,13 @@ def test_bad_config_fails_naming_the_choices(kw, devices, message):
     (["--truncation", "0.75"], "in (0, 0.5]"),
     (["--explore", "lr,entropy"], "not a traced hyperparameter of ppo; choose from"),
     (["--population", "1"], "population must be >= 2"),
+    (["--stop-at", "3"], "--stop-at must be a multiple of the checkpoint interval (4)"),
 ])
 def test_command_line_stops_before_compiling(tmp_path, monkeypatch, flags, message):
+    from agents import algorithms
     from commands import pbt as command
+
+    algorithms()     # imported before jit is watched: module imports may jit their own helpers
 
     def no_compiling(*args, **kwargs):
         raise AssertionError("compiled before checking the input")
