@@ -200,3 +200,10 @@ def test_the_memory_free_network_is_untouched_by_the_option():
     """memory: none builds today's ActorCritic (the golden tests check its numbers)."""
     assert type(ppo.make(dataclasses.replace(MEMORY, memory="none")).network) is ActorCritic
     assert type(ppo.make(MEMORY).network) is RecurrentActorCritic
+
+
+def test_loops_that_cannot_run_memory_refuse_it_by_name():
+    ppo.refuse_memory(dataclasses.replace(MEMORY, memory="none"), "meta reward-model", ppo.SINGLE_TRANSITION_LOG_PROB)
+    with pytest.raises(ConfigError, match="meta reward-model does not support memory=gru: it compares policies by "
+                                          "log pi\\(a\\|s\\) of single transitions.*set memory: none"):
+        ppo.refuse_memory(MEMORY, "meta reward-model", ppo.SINGLE_TRANSITION_LOG_PROB)
