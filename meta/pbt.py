@@ -518,7 +518,8 @@ def train_chunks(run, chunks, state, rounds, chunk_rounds, ready, names, batch_s
 
     stop = experiment.stop_point(rounds, chunk_rounds, stop_at, "rounds")
     state, done = run.continue_from(state, rounds, csvs=("metrics.csv", "lineage.csv"))
-    watch = experiment.FiniteWatch() if params_of is not None else None
+    # one watch per method: a watch remembers which metrics were finite for each member
+    watches = {m: experiment.FiniteWatch() for m in chunks} if params_of is not None else None
     seconds = {"compile_and_first_chunk": None, "train": 0.0}
     while done < stop:
         t0 = time.perf_counter()
@@ -527,12 +528,12 @@ def train_chunks(run, chunks, state, rounds, chunk_rounds, ready, names, batch_s
             members, hparams, keys, record = chunk(s["members"], s["hparams"], s["keys"])
             record = population.gather(record)
             state[method] = {"members": members, "hparams": hparams, "keys": keys}
-            if watch is not None:
+            if watches is not None:
                 # [rounds, runs, population, ready] -> [runs * population, rounds * ready]
                 flat = {k: np.moveaxis(np.asarray(v), 0, 2).reshape(-1, chunk_rounds * ready)
                         for k, v in record.metrics.items()}
                 params = jax.tree.map(lambda x: np.asarray(x).reshape(-1, *x.shape[2:]), params_of(members))
-                watch.check(flat, params, done * ready)
+                watches[method].check(flat, params, done * ready)
             run.append_rows("metrics.csv", metric_rows(method, record, done, ready, batch_size, names))
             run.append_rows("lineage.csv", lineage_rows(method, record, done, names))
         elapsed = time.perf_counter() - t0
