@@ -94,6 +94,55 @@ def check_same_task(tmp):
             "distinct_final_cells": int(len({tuple(np.floor(d * 20).astype(int)) for d in peer["descriptor"]}))}
 
 
+def profile(args, rounds=15):
+    """Where a generation of ours goes, against the peer's episode code, in
+    one process and interleaved (so a busy spell of a shared box hits every
+    piece alike): our episodes alone (the env through its wrappers, jit(vmap)),
+    the peer's reimplemented episodes alone (same genomes), and our loop's
+    pieces: ask, the engine (host transfer, sharding, episodes, gather), tell,
+    the metrics' fetch. Minimum and median milliseconds over `rounds`."""
+    import importlib.util
+
+    import jax
+    import numpy as np
+
+    from meta import qd
+
+    spec = importlib.util.spec_from_file_location("qdax_peer", PEER_SCRIPT)
+    peer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peer)       # the maze and policy only need jax (qdax is imported in its main)
+    cfg = config(args)
+    built = qd.build(cfg)
+    programs, evaluate = built.programs["map-elites"], built.evaluate
+    keys = qd.seed_keys(cfg)
+    state = programs.init(keys, built.origins(keys))
+    episode_keys = jax.random.split(jax.random.PRNGKey(0), cfg.batch)
+    ours_episodes = jax.jit(jax.vmap(qd.make_episode(built.task, cfg)))
+    peer_episodes = jax.jit(jax.vmap(peer.episode))
+    times = {k: [] for k in ("ours: episodes only", "peer: episodes only", "ours: ask", "ours: engine", "ours: tell",
+                             "ours: metrics to host", "ours: whole generation")}
+
+    def timed(name, fn, *a):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(fn(*a))
+        times[name].append(time.perf_counter() - t0)
+        return out
+
+    for g in range(rounds + 3):
+        t0 = time.perf_counter()
+        genomes, state = timed("ours: ask", programs.ask, keys, g, state)
+        evals = timed("ours: engine", evaluate, genomes, keys, g)
+        state, metrics = timed("ours: tell", programs.tell, state, genomes, evals, g + 1)
+        timed("ours: metrics to host", jax.device_get, metrics)
+        times["ours: whole generation"].append(time.perf_counter() - t0)
+        timed("ours: episodes only", ours_episodes, genomes[0], episode_keys)
+        timed("peer: episodes only", peer_episodes, genomes[0])
+        if g == 2:                      # the first rounds compile
+            times = {k: [] for k in times}
+    return {"devices": int(evaluate.evaluator.mesh.devices.size), "batch": cfg.batch, "rounds": rounds,
+            "milliseconds": {k: {"min": 1e3 * min(v), "median": 1e3 * float(np.median(v))} for k, v in times.items()}}
+
+
 def peer_env(devices=None):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
     if devices is not None:
@@ -125,17 +174,19 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--ours", action="store_true", help="run ours only (in this process) and print a JSON line")
-    p.add_argument("--devices", type=int, default=None, help="with --ours: CPU devices (default: every core)")
+    p.add_argument("--profile", action="store_true",
+                   help="ours per piece against the peer's episodes, in one process, interleaved (JSON line)")
+    p.add_argument("--devices", type=int, default=None, help="with --ours/--profile: CPU devices (default: every core)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "qd_vs_qdax"))
     args = p.parse_args()
 
-    if args.ours:
+    if args.ours or args.profile:
         sys.path.insert(0, str(ROOT))
         from src.population import use_all_cpu_cores
         if args.devices:
             os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
         use_all_cpu_cores()
-        print(json.dumps(run_ours(args)))
+        print(json.dumps(run_ours(args) if args.ours else profile(args)))
         return 0
 
     if not PEER_PY.exists():
@@ -157,26 +208,38 @@ def main():
             runs[name].append(out)
             print(f"[{r}] {name}: {out['evaluations_per_second']:.0f} evaluations/s (compile {out['compile_seconds']:.1f} s, "
                   f"coverage {out['coverage']:.2f}, best {out['best_fitness']:.3f})", flush=True)
+    profiles = {f"{d} device{'s' * (d > 1)}": spawn([sys.executable, __file__, "--profile", "--devices", str(d), *common],
+                                                     peer_env(d)) for d in (1, 2)}
+    for name, prof in profiles.items():
+        print(f"profile, ours on {name}:", json.dumps(prof["milliseconds"]), flush=True)
     best = {name: max(o["evaluations_per_second"] for o in outs) for name, outs in runs.items()}
+    median = {name: float(sorted(o["evaluations_per_second"] for o in outs)[len(outs) // 2]) for name, outs in runs.items()}
     qdax_best = max(v for k, v in best.items() if k.startswith("qdax"))
     ratios = {name: best[name] / qdax_best for name in best if name.startswith("ours")}
     load = os.getloadavg()
     result = {"task": "hard-maze, 14-16-16-2 MLP (546 weights), 200-step episodes, 20x20 grid, Gaussian sigma 0.1",
               "generations": args.generations, "batch": args.batch, "repeats": args.repeats,
               "cpu_cores": os.cpu_count(), "loadavg_at_end": load, "same_task_check": same,
-              "best_evaluations_per_second": best, "ratio_to_best_qdax": ratios, "runs": runs}
+              "best_evaluations_per_second": best, "median_evaluations_per_second": median,
+              "ratio_to_best_qdax": ratios, "profiles": profiles, "runs": runs}
     Path(args.out + ".json").write_text(json.dumps(result, indent=1))
     lines = ["# MAP-Elites: ours against QDax 0.5.0 (hard maze)", "",
              f"{args.generations} generations x {args.batch} episodes of 200 steps, one seed; best of {args.repeats} "
              f"interleaved runs per case; {os.cpu_count()}-core CPU, load average at the end {load[0]:.1f}.", "",
-             "| case | evaluations/s | compile s | coverage | best return |", "|---|---|---|---|---|"]
+             "| case | evaluations/s (best) | (median) | compile s | coverage | best return |", "|---|---|---|---|---|---|"]
     for name, outs in runs.items():
         o = max(outs, key=lambda o: o["evaluations_per_second"])
-        lines.append(f"| {name} | {o['evaluations_per_second']:.0f} | {o['compile_seconds']:.1f} | "
+        lines.append(f"| {name} | {o['evaluations_per_second']:.0f} | {median[name]:.0f} | {o['compile_seconds']:.1f} | "
                      f"{o['coverage']:.3f} | {o['best_fitness']:.3f} |")
     lines += ["", "Ratio to the faster QDax case: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()), "",
               f"Same task: on {same['genomes']} genomes the two implementations' returns differ by at most "
-              f"{same['max_abs_fitness_difference']:.2g} and final positions by {same['max_abs_descriptor_difference']:.2g}.", ""]
+              f"{same['max_abs_fitness_difference']:.2g} and final positions by {same['max_abs_descriptor_difference']:.2g}.", "",
+              f"Profile (one process, interleaved, milliseconds per generation of {args.batch}: min / median):", "",
+              "| piece | " + " | ".join(f"ours on {n}" for n in profiles) + " |", "|---|" + "---|" * len(profiles)]
+    for piece in next(iter(profiles.values()))["milliseconds"]:
+        lines.append(f"| {piece} | " + " | ".join(f"{p['milliseconds'][piece]['min']:.1f} / {p['milliseconds'][piece]['median']:.1f}"
+                                                 for p in profiles.values()) + " |")
+    lines.append("")
     Path(args.out + ".md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0

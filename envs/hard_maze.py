@@ -160,11 +160,14 @@ class HardMaze(Environment):
         done = terminated | truncated
         moved = HardMazeState(pos, vel, time)
         final_obs = self.observe(moved, params)
-        _, fresh = self.reset(key, params)
+        start_obs, fresh = self.reset(key, params)
         next_state = jax.tree.map(lambda f, m: jnp.where(done, f, m), fresh, moved)
+        # the start's observation depends on params alone (hoisted out of a rollout's loop when they
+        # are fixed): one ray cast per step, not a second one on the state after the reset
+        next_obs = jnp.where(done, start_obs, final_obs)
         info = {"final_observation": final_obs, "terminated": terminated, "truncated": truncated,
                 "discount": 1.0 - terminated.astype(jnp.float32), "goal_reached": terminated}
-        return self.observe(next_state, params), next_state, reward, terminated, truncated, info
+        return next_obs, next_state, reward, terminated, truncated, info
 
     def observation_space(self, params):
         low = np.concatenate([[0, 0, -1, -1], np.zeros(NUM_SENSORS), [-1, -1]]).astype(np.float32)
