@@ -247,8 +247,14 @@ def build(config: RewardModelConfig) -> Programs:
 
     def penalised_proxy(params, transition):
         """RLHF's per-step reward: the proxy minus beta times the log-ratio of the
-        acting policy to the reference on the action taken."""
-        proxy = jnp.dot(params["weights"], aggregated(params, transition))
+        acting policy to the reference on the action taken. The proxy (mean 0,
+        std 1 on the reference's rollouts) is put on the gold reward's
+        per-step mean and std there: PPO continues with the reference's
+        critic, fitted to gold-scale returns, and a reward of another mean
+        leaves its values off by a constant, so that gamma * V(s') - V(s)
+        pays for reaching the states it rates worst (-(1 - gamma) V(s') > 0
+        where V < 0) until the critic catches up."""
+        proxy = params["gold_mean"] + params["gold_std"] * jnp.dot(params["weights"], aggregated(params, transition))
         log_ratio = transition.info["log_prob"] - policy_log_prob(params["ref"], transition.obs, transition.action)
         return proxy - params["beta"] * log_ratio
 
@@ -357,6 +363,14 @@ def preference_pairs(config, rollouts, key, num_pairs: int):
     held = prefs.make_pairs(held_key, rollouts, config.segment_len, config.held_out_pairs, config.temperature,
                             config.label_noise, config.oracle)
     return pairs, held, rm_key
+
+
+def gold_scale(rollouts):
+    """Per seed, the mean and std of the gold reward per step on the
+    reference's rollouts (leading [seeds, ...]): the scale PPO's continued
+    critic was fitted to, which the proxy is put on."""
+    gold = jnp.reshape(rollouts.gold, (rollouts.gold.shape[0], -1)).astype(jnp.float32)
+    return gold.mean(axis=1), jnp.maximum(gold.std(axis=1), 1e-6)
 
 
 def first_episode_totals(rollout):
@@ -486,10 +500,12 @@ def sweep(config: RewardModelConfig, show_progress: bool = True, log=print, rest
 
     reference = policy_of(ref_ts)
 
+    gold_mean, gold_std = gold_scale(rollouts)
+
     def scoring_params(pair_index, seed, kind, beta):
         return {"rm": take(ensembles, (pair_index, seed)), "uwo_lambda": jnp.float32(c.uwo_lambda),
                 "ref": take(reference, seed), "weights": programs.aggregation_weights[kind],
-                "beta": jnp.float32(beta)}
+                "beta": jnp.float32(beta), "gold_mean": gold_mean[seed], "gold_std": gold_std[seed]}
 
     def stacked(items):
         return jax.tree.map(lambda *x: jnp.stack(x), *items)

@@ -12,10 +12,12 @@ the same reference, under a preference oracle that may be non-Markovian.
    beta * log(pi / pi_ref) (the reward-model loop's RL stage).
 3. `spo`: PPO continued from the reference where every rollout (num_envs x
    num_steps) is cut into segments of `segment_len` steps and each segment
-   earns its win rate against every other segment of the same batch,
-   spread evenly over its steps: the mean over them of the oracle's
+   earns, on each of its steps, its win rate against the other envs'
+   segments of the same time window: the mean over them of the oracle's
    probability that it is preferred (with label noise eps,
-   eps + (1 - 2 eps) p: the expected label, so no labels are sampled). No reward model is fitted; the oracle is asked
+   eps + (1 - 2 eps) p: the expected label, so no labels are sampled),
+   shifted and scaled to the gold reward's per-step mean and spread on the
+   reference's rollouts (the critic PPO continues with was fitted to gold). No reward model is fitted; the oracle is asked
    about K^2 pairs per iteration (K segments), where rlhf asked about
    `pairs` once. The KL penalty to the reference, if beta > 0, is PPO's
    per-step reward as in rlhf. Segments may span an episode end, as the
@@ -88,8 +90,9 @@ class SPOConfig(rmod.PreferenceData):
             raise ConfigError(f"SPO cuts each env's rollout of num_steps={rl.num_steps} into segments of "
                               f"segment_len={self.segment_len} steps: choose a segment_len that divides "
                               f"{rl.num_steps} (the nearest is {near}), or change ppo.num_steps")
-        if rl.num_envs * (rl.num_steps // self.segment_len) < 2:
-            raise ConfigError("SPO needs at least two segments per batch to compare: more envs or shorter segments")
+        if rl.num_envs < 2:
+            raise ConfigError("SPO compares each env's segment with the other envs' of the same time window: set "
+                              "ppo.num_envs >= 2")
         if self.beta < 0:
             raise ConfigError(f"beta must be >= 0 (a KL penalty), got {self.beta}")
         return self
@@ -109,17 +112,39 @@ def win_rates(scores, temperature, label_noise):
 
 
 def segment_win_reward(gold, segment_len: int, oracle: str, temperature, label_noise):
-    """SPO's reward for a time-major rollout's gold rewards [T, N]: every
-    step of a segment gets the segment's win rate against the batch's other
-    segments, divided by segment_len (so a segment's rewards sum to its win
-    rate). Spread, not paid at the segment's last step: with PPO's short
-    discount (Pendulum's gamma 0.9) a reward at the end would barely reach
-    the segment's early actions, which the oracle judges as much."""
+    """SPO's win rates for a time-major rollout's gold rewards [T, N]: every
+    step of a segment gets the segment's win rate against the other envs'
+    segments of the same time window.
+
+    The same window, not the whole batch: envs that start together are at
+    the same phase of their episodes (Pendulum's start hanging down, swing
+    up, then balance), and against the whole batch a segment's win rate says
+    mostly which phase it is in, which its actions do not choose. On every
+    step, not at the segment's last: with PPO's short discount (Pendulum's
+    gamma 0.9) a reward at the end would barely reach the segment's early
+    actions, which the oracle judges as much."""
     steps, envs = gold.shape
     segments = gold.T.reshape(envs, steps // segment_len, segment_len)
-    wins = win_rates(prefs.segment_scores(segments, oracle).reshape(-1), temperature, label_noise)
-    reward = jnp.broadcast_to(wins.reshape(envs, steps // segment_len, 1) / segment_len, segments.shape)
-    return reward.reshape(envs, steps).T
+    scores = prefs.segment_scores(segments, oracle)                           # [envs, windows]
+    wins = jax.vmap(win_rates, in_axes=(1, None, None), out_axes=1)(scores, temperature, label_noise)
+    return jnp.broadcast_to(wins[:, :, None], segments.shape).reshape(envs, steps).T
+
+
+# A win rate among many segments is about uniform on [0, 1]: standard
+# deviation 1 / sqrt(12)
+WIN_RATE_STD = 1.0 / math.sqrt(12.0)
+
+
+def on_gold_scale(wins, gold_mean, gold_std):
+    """Win rates as rewards with the per-step mean and spread of the gold
+    reward on the reference's rollouts. PPO continues from the reference's
+    critic, fitted to gold-scale returns: a reward on another scale (win
+    rates near 0.5, or a reward model's mean 0) leaves that critic's values
+    wrong by a constant, and gamma * V(s') - V(s) then pays for reaching the
+    states it rates worst (V < 0 makes -(1 - gamma) V(s') positive). The
+    first runs, on raw win rates, lost gold steadily (-354 to -538 under
+    the bt oracle)."""
+    return gold_mean + gold_std * (wins - 0.5) / WIN_RATE_STD
 
 
 def episode_segment_scores(gold, segment_len: int, oracle: str):
@@ -178,7 +203,7 @@ def build(config: SPOConfig) -> Programs:
     def self_play(params, rollout):
         wins = segment_win_reward(rollout.env_reward, config.segment_len, config.oracle, params["temperature"],
                                   params["label_noise"])
-        return rollout.reward + wins
+        return rollout.reward + on_gold_scale(wins, params["gold_mean"], params["gold_std"])
 
     spo_agent = ppo.make(rl_config, env, env_params, reward_fn=kl_penalty, rollout_reward=self_play)
     hparams = ppo.hparams_from(rl_config)
@@ -214,15 +239,17 @@ def run(config: SPOConfig, show_progress: bool = True, log=print, restore=None, 
     programs = make(config)
     c = programs.config
     _, _, _, _, eval_keys = rmod.stage_keys(c.rm_config())
-    ref_ts, _, ensembles, accuracy, timing = rmod.learned_rewards(programs.rm, log)
+    ref_ts, rollouts, ensembles, accuracy, timing = rmod.learned_rewards(programs.rm, log)
+    gold_mean, gold_std = rmod.gold_scale(rollouts)
     reference = rmod.policy_of(ref_ts)
     seeds = range(c.seeds)
     rlhf_params = {"rm": ensembles[c.pairs], "uwo_lambda": jnp.full((c.seeds,), 1.0, jnp.float32),
                    "ref": reference, "weights": jnp.tile(programs.rm.aggregation_weights["mean"], (c.seeds, 1)),
-                   "beta": jnp.full((c.seeds,), c.beta, jnp.float32)}
+                   "beta": jnp.full((c.seeds,), c.beta, jnp.float32), "gold_mean": gold_mean, "gold_std": gold_std}
     spo_params = {"ref": reference, "beta": jnp.full((c.seeds,), c.beta, jnp.float32),
                   "temperature": jnp.full((c.seeds,), c.temperature, jnp.float32),
-                  "label_noise": jnp.full((c.seeds,), c.label_noise, jnp.float32)}
+                  "label_noise": jnp.full((c.seeds,), c.label_noise, jnp.float32),
+                  "gold_mean": gold_mean, "gold_std": gold_std}
     chunks = {"spo": lambda ts: programs.spo_chunk(ts, spo_params),
               "rlhf": lambda ts: programs.rm.rlhf_chunk(ts, rlhf_params)[0]}
 

@@ -41,18 +41,18 @@ def test_win_rates_match_a_loop_over_pairs(temperature, noise):
         assert got.sum() == pytest.approx(len(scores) / 2, abs=1e-5)
 
 
-def test_the_win_reward_is_spread_over_each_segments_steps():
+def test_every_step_of_a_segment_gets_its_win_rate_in_its_time_window():
     steps, num_envs, seg = 12, 3, 4
     gold = jax.random.normal(jax.random.key(0), (steps, num_envs))
     reward = np.asarray(spo.segment_win_reward(gold, seg, "worst", 1.0, 0.0))
     assert reward.shape == (steps, num_envs)
-    # the segments, env by env, in time order: segment k of env e is gold[4k:4k+4, e]
+    # segment k of env e is gold[4k:4k+4, e]; it is compared with the other envs' segment k
     g = np.asarray(gold)
-    segments = [(e, k) for e in range(num_envs) for k in range(steps // seg)]
-    scores = np.array([g[k * seg:(k + 1) * seg, e].min() for e, k in segments])
-    expected = spo.win_rates(jnp.asarray(scores), 1.0, 0.0)
-    for (e, k), w in zip(segments, np.asarray(expected)):
-        np.testing.assert_allclose(reward[k * seg:(k + 1) * seg, e], w / seg, atol=1e-7)
+    for k in range(steps // seg):
+        scores = np.array([g[k * seg:(k + 1) * seg, e].min() for e in range(num_envs)])
+        expected = np.asarray(spo.win_rates(jnp.asarray(scores), 1.0, 0.0))
+        for e in range(num_envs):
+            np.testing.assert_allclose(reward[k * seg:(k + 1) * seg, e], expected[e], atol=1e-7)
 
 
 def test_the_worst_oracle_judges_by_the_worst_step():
@@ -68,6 +68,15 @@ def test_the_worst_oracle_judges_by_the_worst_step():
     assert float(worst.gold_prob[0]) == pytest.approx(sigmoid(3.0)) and float(bt.gold_prob[0]) == 0.5
     with pytest.raises(ValueError, match="choose one of bt, worst"):
         prefs.segment_scores(even, "intransitive")
+
+
+def test_win_rates_go_on_the_gold_scale():
+    wins = jnp.array([0.0, 0.5, 1.0])
+    np.testing.assert_allclose(np.asarray(spo.on_gold_scale(wins, -2.0, 3.0)),
+                               [-2.0 - 3.0 * 0.5 * math.sqrt(12), -2.0, -2.0 + 3.0 * 0.5 * math.sqrt(12)], rtol=1e-6)
+    # win rates of many distinct segments get about the gold's spread
+    wins = spo.win_rates(jax.random.normal(jax.random.key(1), (400,)), 0.0, 0.0)
+    assert float(jnp.std(spo.on_gold_scale(wins, 0.0, 2.0))) == pytest.approx(2.0, rel=0.02)
 
 
 def test_episode_segment_scores_cut_whole_segments():
