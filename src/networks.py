@@ -1,4 +1,6 @@
-"""Actor-critic MLPs with discrete (categorical) and Gaussian heads.
+"""Actor-critic networks: MLPs with discrete (categorical) and Gaussian heads, and a
+recurrent actor-critic (a GRU or LSTM core between encoder and heads) for partially
+observed tasks.
 
 Separate actor and critic torsos, orthogonal initialisation with a small
 final actor layer (the PPO implementation details that matter on CartPole).
@@ -10,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from src.config import ConfigError
 
 _ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
 
@@ -344,7 +348,7 @@ class RecurrentActorCritic(nn.Module):
 
     @property
     def actor(self):
-        raise TypeError(f"this policy has memory ({self.memory}): it acts on a history through a carry, not on "
+        raise ConfigError(f"this policy has memory ({self.memory}): it acts on a history through a carry, not on "
                         "single observations; loops that call the policy transition by transition (attacks, "
                         "BARFI's policy gradient) do not support `memory` (set memory: none)")
 
