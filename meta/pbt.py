@@ -136,11 +136,15 @@ def explore(key, values, explorers, spec: Spec):
     prior; the others keep theirs."""
     out = {}
     factors = jnp.asarray(spec.factors, jnp.float32)
-    for name, prior, k in zip(spec.names, spec.priors, jax.random.split(key, len(spec.names))):
+    sizes = [values[name].size for name in spec.names]
+    # one random call for every value of every name, three draws each (which
+    # factor, the redraw, whether to redraw): random kernels dominate the
+    # step's compile time, so there is one of them, not one per choice and name
+    draws = jax.random.uniform(key, (3, sum(sizes)), jnp.float32)
+    offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+    for name, prior, offset, size in zip(spec.names, spec.priors, offsets, sizes):
         x = values[name]
-        # one draw per value for each of the three choices (which factor,
-        # the redraw, whether to redraw): a single random call per name
-        u = jax.random.uniform(k, (3, *x.shape), jnp.float32)
+        u = draws[:, offset:offset + size].reshape(3, *x.shape)
         pick = jnp.minimum((u[0] * len(spec.factors)).astype(jnp.int32), len(spec.factors) - 1)
         perturbed = jnp.clip(x * factors[pick], prior[0], prior[1])
         new = jnp.where(u[2] < spec.resample_prob, from_unit(u[1], prior), perturbed)
@@ -314,6 +318,12 @@ class PBTConfig:
         if inner.num_iterations % self.ready:
             raise ConfigError(f"ready ({self.ready}) must divide the inner run's {inner.num_iterations} iterations "
                               f"(total_steps {inner.total_steps} / {inner.batch_size} steps per iteration)")
+        warm_up = getattr(inner, "learning_starts", 0)
+        if self.ready * inner.batch_size <= warm_up:
+            raise ConfigError(f"the first round ({self.ready} iterations = {self.ready * inner.batch_size} env steps) "
+                              f"ends before learning starts ({warm_up} steps of random actions): PBT would select on "
+                              f"random-action returns; raise ready above {warm_up // inner.batch_size} or lower "
+                              "learning_starts")
         rounds = self.rounds
         if self.checkpoint_every < 0 or (self.checkpoint_every and rounds % self.checkpoint_every):
             raise ConfigError(f"checkpoint_every ({self.checkpoint_every}) must divide the {rounds} rounds")
