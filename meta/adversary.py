@@ -181,6 +181,7 @@ def adversarial_training(victim_config: ppo.PPOConfig, eps: float, rounds: int,
     Returns (init(key) -> (victim_ts, adversary_ts), round(victim_ts,
     adversary_ts) -> (victim_ts, adversary_ts, metrics), victim agent). Each
     piece is pure: jit it, vmap it over seeds."""
+    ppo.refuse_memory(victim_config, "ATLA", ppo.STATELESS_POLICY)
     if victim_config.num_iterations % rounds:
         raise ConfigError(f"rounds ({rounds}) must divide the victim's iterations ({victim_config.num_iterations})")
     per_round = victim_config.num_iterations // rounds

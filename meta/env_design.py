@@ -293,7 +293,7 @@ class UEDConfig:
         if any(i < 0 or i > self.num_iterations or i % self.eval_every for i in self.buffer_iterations):
             raise ConfigError(f"buffer_iterations must be multiples of eval_every ({self.eval_every}) in "
                               f"[0, {self.num_iterations}], got {list(self.buffer_iterations)}")
-        self.ppo_config().validate()
+        ppo.refuse_memory(self.ppo_config().validate(), "meta ued", ppo.STATELESS_POLICY)
         return self
 
     def ppo_config(self, reference: bool = False) -> "ppo.PPOConfig":

@@ -282,7 +282,9 @@ class ORPOConfig:
         """The reference's PPO continued on the penalised proxy, without a
         learning-rate schedule (it starts mid-way, from the reference's state)."""
         total = self.rounds * self.ppo_per_round * self.reference_config().batch_size
-        return dataclasses.replace(self.reference_config(), total_steps=total, anneal_lr=False).validate()
+        config = dataclasses.replace(self.reference_config(), total_steps=total, anneal_lr=False).validate()
+        ppo.refuse_memory(config, "ORPO", ppo.SINGLE_TRANSITION_LOG_PROB)
+        return config
 
     def validate(self):
         envs.check_name(self.env)

@@ -171,6 +171,7 @@ class AlignmentConfig:
         if self.ppo_config().normalize_obs:   # an unknown or doubly set `ppo:` key fails here too
             raise ConfigError("ppo.normalize_obs is not supported here: the learned reward and the heuristics "
                               "read raw observations; drop ppo.normalize_obs")
+        ppo.refuse_memory(self.ppo_config(), "meta reward-alignment", ppo.STATELESS_POLICY)
         return self
 
     def ppo_config(self) -> "ppo.PPOConfig":

@@ -147,6 +147,7 @@ class RewardModelConfig(PreferenceData):
         """The reference's PPO, continued on the proxy: no learning-rate
         schedule (the run starts from the reference's state, mid-way)."""
         ref = self.reference_config()
+        ppo.refuse_memory(ref, "meta reward-model, meta prefopt and SPO", ppo.SINGLE_TRANSITION_LOG_PROB)
         return dataclasses.replace(ref, total_steps=self.rl_steps, anneal_lr=False).validate()
 
     def rl_iterations(self) -> int:

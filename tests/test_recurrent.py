@@ -223,3 +223,17 @@ def test_loops_that_cannot_run_memory_refuse_it_by_name():
     with pytest.raises(ConfigError, match="meta reward-model does not support memory=gru: it compares policies by "
                                           "log pi\\(a\\|s\\) of single transitions.*set memory: none"):
         ppo.refuse_memory(MEMORY, "meta reward-model", ppo.SINGLE_TRANSITION_LOG_PROB)
+
+
+@pytest.mark.parametrize("loop", ["reward-model", "ued", "reward-alignment", "orpo"])
+def test_loops_that_cannot_run_memory_refuse_it_before_compiling(loop):
+    from meta import env_design, orpo, reward_alignment
+    from meta import reward_model as rmod
+    build = {"reward-model": lambda: rmod.RewardModelConfig(ppo={"memory": "gru"}),
+             "ued": lambda: env_design.UEDConfig(ppo={"memory": "lstm"}),
+             "reward-alignment": lambda: reward_alignment.AlignmentConfig(ppo={"memory": "gru"}),
+             "orpo": lambda: orpo.ORPOConfig(ppo={"memory": "gru"})}[loop]
+    with pytest.raises(ConfigError, match="does not support memory=.*set memory: none"):
+        config = build().validate()
+        if loop == "orpo":
+            config.rl_config()
