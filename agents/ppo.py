@@ -346,11 +346,14 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
         ts = ts.replace(env_state=env_state, obs=obs, discounted_return=jnp.zeros_like(ts.discounted_return))
         return ts.replace(carry=network.initial_carry((num_envs,))) if config.recurrent else ts
 
-    def collect(ts, reward_params=None, env_params=env_params, num_steps=num_steps):
+    def collect(ts, reward_params=None, env_params=env_params, num_steps=num_steps, update_obs_stats=True):
         """`num_steps` (static) steps of the current policy in the state's envs,
         nothing trained: the state's envs, observations, observation statistics
         and key move on. With the default length this is exactly the batch the
-        next `step` from the same state would collect and train on."""
+        next `step` from the same state would collect and train on.
+        `update_obs_stats=False` (static) keeps the observation statistics
+        fixed, so the policy acting is exactly the state's: evaluations that
+        compare it with a frozen reference (KL) need that."""
         def transition(env_state, obs, obs_in, obs_stats, dist, keys):
             action = sample(keys[0], dist, discrete)
             next_obs, env_state, env_rew, terminated, truncated, info = step_envs(
@@ -363,7 +366,7 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
             step = Rollout(obs_in, action, logp, None, None, reward, terminated,
                            jnp.logical_or(terminated, truncated), norm_obs(obs_stats, final_obs),
                            info["episode_done"], info["episode_return"], env_rew)
-            if config.normalize_obs:
+            if config.normalize_obs and update_obs_stats:
                 obs_stats = normalize.update(obs_stats, next_obs)
             return env_state, next_obs, obs_stats, step
 

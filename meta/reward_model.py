@@ -336,7 +336,10 @@ def build(config: RewardModelConfig) -> Programs:
         episode limit): gold return, every aggregation's proxy return and
         the episode's log-ratio to the reference (its mean is KL(pi || pi_ref))."""
         agent = scorers[episodes]
-        _, rollout = agent.collect(fresh_envs(agent, ts, key, episodes), params, env_params, horizon)
+        # the policy's observation statistics frozen: it is then exactly the
+        # trained policy (the reference scores KL 0 against itself)
+        _, rollout = agent.collect(fresh_envs(agent, ts, key, episodes), params, env_params, horizon,
+                                   update_obs_stats=False)
         per_step = first_episode_totals(rollout)                                  # [E, 6]
         return {"gold": per_step[:, 5], "log_ratio": per_step[:, 4],
                 **{f"proxy_{kind}": per_step[:, i] for i, kind in enumerate(AGGREGATIONS)}}

@@ -219,7 +219,7 @@ def build(config: SPOConfig) -> Programs:
         levels = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.eval_episodes, *jnp.shape(x))), env_params)
         reset_key, run_key = jax.random.split(key)
         fresh = scorer.reset_envs(ts.replace(key=run_key), reset_key, levels)
-        _, rollout = scorer.collect(fresh, {"ref": reference}, env_params, horizon)
+        _, rollout = scorer.collect(fresh, {"ref": reference}, env_params, horizon, update_obs_stats=False)
         per_step = jnp.swapaxes(rollout.reward, 0, 1)                        # [E, H, 2]
         return per_step[..., 0], per_step[..., 1].sum(axis=1)
 

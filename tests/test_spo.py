@@ -189,3 +189,18 @@ def test_the_command_line_refuses_an_unknown_oracle_naming_the_choices(tmp_path,
         prefopt.main(["--online", "--oracle", "majority", "--out", str(tmp_path / "run")])
     assert "bt, worst" in str(info.value) or "bt, worst" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_collect_can_keep_the_observation_statistics_fixed():
+    """Evaluations against a frozen reference collect with the statistics
+    fixed: the acting policy is then exactly the state's, and the reference
+    scores KL 0 against itself."""
+    from agents import ppo
+    config = ppo.PPOConfig(env="Pendulum-v1", num_envs=4, num_steps=8, hidden=(8,), num_minibatches=2,
+                           num_epochs=1, total_steps=64, normalize_obs=True).validate()
+    agent = ppo.make(config)
+    ts = agent.init(jax.random.key(0), ppo.hparams_from(config))
+    moved, _ = jax.jit(agent.collect)(ts)
+    kept, _ = jax.jit(lambda t: agent.collect(t, update_obs_stats=False))(ts)
+    same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))  # noqa: E731
+    assert same(kept.obs_stats, ts.obs_stats) and not same(moved.obs_stats, ts.obs_stats)
