@@ -340,3 +340,20 @@ def test_pbt_on_cartpole_ends_at_or_above_random_search_of_equal_population_and_
     assert pbt_["best_eval"]["mean"] >= rs["best_eval"]["mean"]
     assert summary["pbt_vs_random_search"]["runs_at_or_above"] >= 4
     assert pbt_["population_eval"]["mean"] > rs["population_eval"]["mean"]
+
+
+@pytest.mark.slow
+def test_members_with_their_own_reward_parameters_carry_them_when_copied():
+    """make_agent_program with per-member reward parameters: exploit copies a
+    member's reward scale with its policy; explore leaves it alone."""
+    cfg = config(population=4, ready=2, inner={"env": "CartPole-v1", "total_steps": 512, "num_envs": 2,
+                                               "num_steps": 64, "hidden": [8], "num_epochs": 1})
+    scales = jnp.array([[0.0, 1.0, 2.0, 3.0]], jnp.float32)              # [runs, population]
+    _, init, chunks, _ = pbt.make_agent_program(cfg, reward_fn=lambda rp, t: rp * t.reward, reward_params=scales)
+    members, hparams, keys = init(jax.random.PRNGKey(0))
+    (ts, rp), _, _, record = chunks["pbt"](members, hparams, keys)
+    parents = np.asarray(record.parents)                                  # [rounds, runs, population]
+    expected = np.asarray(scales)[0]
+    for r in range(parents.shape[0]):
+        expected = expected[parents[r, 0]]
+    assert np.array_equal(np.asarray(rp)[0], expected) and (parents != np.arange(4)).any()
