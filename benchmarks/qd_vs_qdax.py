@@ -192,8 +192,8 @@ def main():
     if not PEER_PY.exists():
         sys.exit(f"no QDax venv at {PEER_PY}: run `bash benchmarks/peers/setup.sh qdax` first")
     sys.path.insert(0, str(ROOT))
-    tmp = Path(args.out + "_tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    import tempfile
+    tmp = Path(tempfile.mkdtemp(prefix="qd_vs_qdax-"))
     same = check_same_task(tmp)
     print("same task:", same, flush=True)
     common = ["--generations", str(args.generations), "--batch", str(args.batch), "--seed", str(args.seed)]

@@ -74,23 +74,33 @@ def observe(pos, vel):
     return jnp.concatenate([pos, vel / MAX_SPEED, ranges, to_goal / jnp.maximum(jnp.linalg.norm(to_goal), 1e-6)])
 
 
-def policy(genome, obs):
-    x, i = obs, 0
-    for n, (fan_in, fan_out) in enumerate(LAYERS):
+def unpack(genome):
+    """[(kernel, bias)] per layer from the flat genome (once per episode, not per step)."""
+    layers, i = [], 0
+    for fan_in, fan_out in LAYERS:
         bias = genome[i:i + fan_out]
         kernel = genome[i + fan_out:i + fan_out + fan_in * fan_out].reshape(fan_in, fan_out)
+        layers.append((kernel, bias))
         i += fan_out + fan_in * fan_out
+    return layers
+
+
+def policy(layers, obs):
+    x = obs
+    for n, (kernel, bias) in enumerate(layers):
         x = x @ kernel + bias
-        if n < len(LAYERS) - 1:
+        if n < len(layers) - 1:
             x = jnp.tanh(x)
     return jnp.tanh(x)
 
 
 def episode(genome):
     """(return, final position, reached): the first episode, as envs/hard_maze.py scores it."""
+    layers = unpack(genome)
+
     def body(carry, _):
         pos, vel, done, total, final, reached = carry
-        new_pos, new_vel = maze_step(pos, policy(genome, observe(pos, vel)))
+        new_pos, new_vel = maze_step(pos, policy(layers, observe(pos, vel)))
         reward = jnp.linalg.norm(pos - GOAL) - jnp.linalg.norm(new_pos - GOAL)
         at_goal = jnp.linalg.norm(new_pos - GOAL) < GOAL_RADIUS
         live = ~done
