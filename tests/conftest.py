@@ -28,7 +28,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 # handed out first: with one module per worker (--dist loadfile), a long module
 # started last would leave the other worker idle at the end.
 SLOWEST_FIRST = ("test_reward_model_loop", "test_env_design_cli", "test_ppo", "test_reward_alignment", "test_robust",
-                 "test_envs", "test_sac", "test_run", "test_env_design", "test_prefopt", "test_orpo", "test_lpo",
+                 "test_envs", "test_sac", "test_run", "test_env_design", "test_prefopt", "test_recurrent", "test_qd", "test_pbt",
+                 "test_spo", "test_orpo", "test_lpo",
                  "test_reward_alignment_cli", "test_own_env", "test_xla_cpu", "test_networks", "test_attacks",
                  "test_population", "test_experiment", "test_probes")
 

@@ -68,7 +68,7 @@ def test_all_26_gymnax_and_12_brax_envs_are_registered():
     names = envs.names()
     assert len([n for n in names if n.startswith("brax/")]) == 12
     assert len([n for n in names if n in envs.registry.GYMNAX_ENVS]) == 26
-    ours = [n for n in names if n.startswith(("probe/", "gridworld/")) or n == "maze"]
+    ours = [n for n in names if n.startswith(("probe/", "gridworld/")) or n in ("maze", "hard-maze")]
     assert len(names) == 26 + 12 + len(ours), "a name that is neither gymnax, brax nor ours"
 
 

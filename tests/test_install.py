@@ -28,6 +28,7 @@ FAMILY_EXAMPLES = {
     "probe": "probe/observation",
     "gridworld": "gridworld/barfi",
     "maze": "maze",
+    "hard maze": "hard-maze",
 }
 
 
@@ -58,7 +59,7 @@ def test_the_families_cover_every_name_run_py_lists():
     assert set(FAMILY_EXAMPLES.values()) <= set(listed)
     suffixes = ("-v0", "-v1", "-bsuite", "-MinAtar", "-misc")
     prefixes = ("brax/", "probe/", "gridworld/")
-    strays = [n for n in listed if not (n.endswith(suffixes) or n.startswith(prefixes) or n == "maze")]
+    strays = [n for n in listed if not (n.endswith(suffixes) or n.startswith(prefixes) or n in ("maze", "hard-maze"))]
     assert not strays, f"names outside every family: {strays}"
 
 
