@@ -173,7 +173,8 @@ def build(config: PrefOptConfig) -> Programs:
         observation statistics): per episode, gold return and sum of log-ratios."""
         reset_key, run_key = jax.random.split(key)
         ts = scorer.reset_envs(ts.replace(key=run_key), reset_key, levels)
-        _, rollout = scorer.collect(ts, reference, env_params, horizon)
+        # the statistics fixed: the policy scored is exactly the trained one
+        _, rollout = scorer.collect(ts, reference, env_params, horizon, update_obs_stats=False)
         totals = rmod.first_episode_totals(rollout)                              # [E, 2]
         return {"log_ratio": totals[:, 0], "gold": totals[:, 1]}
 
