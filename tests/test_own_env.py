@@ -84,6 +84,7 @@ def test_ppo_learns_a_users_gymnax_environment():
     assert (final > -8.0).all(), final      # straight to the goal -4.5; one way always about -23
 
 
+@pytest.mark.slow   # 27 s; a user's environment stays covered by PPO's test above, SAC's learning by tests/test_sac.py
 def test_sac_learns_a_users_continuous_gymnax_environment():
     env, params = envs.wrap(ContinuousWalk())
     config = dataclasses.replace(sac.SACConfig(), env="my-walk", total_steps=6000, num_envs=1, learning_starts=200,

@@ -387,6 +387,7 @@ def test_es_estimator_traces_to_a_gradient_shaped_like_phi_and_a_learner_one_rol
     assert jax.tree.structure(ts) == jax.tree.structure(state.ts) and metrics["outer_fitness"].shape == ()
 
 
+@pytest.mark.slow   # 42 s; the antithetic estimate stays covered by the expectation test below and the tracing test above
 def test_es_estimate_is_the_antithetic_difference_of_its_members_fitness(small_run):
     """The ES estimator's gradient, rebuilt from its members' fitness at
     phi + sigma*eps and phi - sigma*eps (same noise and pair keys): oriented

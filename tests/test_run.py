@@ -172,6 +172,10 @@ def _validate_preset(path):
     if name.startswith("prefopt_"):
         from commands import prefopt
         return prefopt.build_config(prefopt.parser().parse_args(["--config", path]))
+    if name.startswith(("pbt_", "qd_", "spo_")):
+        import importlib
+        module = importlib.import_module(f"commands.{name.split('_')[0]}")
+        return module.build_config(module.parser().parse_args(["--config", path]))
     if name.startswith("rewards_"):
         from commands import rewards
         return rewards.build_config(rewards.parser().parse_args(["--config", path]))
