@@ -99,12 +99,15 @@ def index(levels, i):
 # ---------------------------------------------------------------- maze
 
 def maze_space(height: int = 9, width: int = 9, max_walls: int = 25, view: int = 5, max_steps: int = 250,
-               num_edits: int = 10, data_dir: str = maze_lib.DATA_DIR) -> LevelSpace:
+               num_edits: int = 10, data_dir: str | None = None, view_mode: str = "centred") -> LevelSpace:
+    """`view_mode: forward` is the jaxued/ACCEL setting (see envs/maze.py);
+    `data_dir` None: the held-out sets of `maze.held_out_dirs` (on 13x13
+    and larger, the papers' eight mazes and our six)."""
     if not 0 <= max_walls <= height * width - 2:
         raise ConfigError(f"max_walls must be in [0, {height * width - 2}] for a {height}x{width} maze, got {max_walls}")
     if num_edits < 1:
         raise ConfigError(f"num_edits must be >= 1, got {num_edits}")
-    env = wrap(FlattenObservation(maze_lib.Maze(height, width, view, max_steps)))
+    env = wrap(FlattenObservation(maze_lib.Maze(height, width, view, max_steps, view_mode)))
     names, held_out = maze_lib.load_held_out(height, width, data_dir)
     n = height * width
 
@@ -129,8 +132,9 @@ def maze_space(height: int = 9, width: int = 9, max_walls: int = 25, view: int =
         ent = (-(pw * lw + (1 - pw) * lf).sum() - (jax.nn.softmax(params["start"]) * jax.nn.log_softmax(params["start"])).sum())
         # start and goal cells are cleared: the sampled mask stays the action
         walls = walls.at[start].set(False).at[goal].set(False)
+        # the start direction is not the adversary's to choose: always up
         level = maze_lib.MazeLevel(walls.reshape(height, width), maze_lib._cell(start, width),
-                                   maze_lib._cell(goal, width))
+                                   maze_lib._cell(goal, width), jnp.zeros((), jnp.int32))
         return level, logp, ent
 
     def describe(level):

@@ -1,9 +1,18 @@
 """A partially observed maze in JAX whose level is its `env_params`.
 
-A level (`MazeLevel`) is a wall grid [height, width] plus a start and a goal
-cell. Cells outside the grid count as walls. The agent sees the 5x5 (by
-default) window centred on itself, two channels (wall, goal), flattened; it
-moves up/right/down/left. Reaching the goal ends the episode with reward
+A level (`MazeLevel`) is a wall grid [height, width] plus a start cell, a
+start direction and a goal cell. Cells outside the grid count as walls. Two
+views (static, per environment):
+
+    centred  (default) the 5x5 (by default) window centred on the agent, two
+             channels (wall, goal), flattened; 4 actions: move up/right/down/
+             left. The start direction is unused.
+    forward  the jaxued/ACCEL (MiniGrid) setting: the 5x5 window in front of
+             the agent, rotated with it (the agent in the middle of the last
+             row, looking up the window), two channels (wall, goal),
+             flattened, then the one-hot of the agent's direction; 3 actions:
+             turn left, turn right, move forward (jaxued's first three; its
+             other four do nothing in its maze). Reaching the goal ends the episode with reward
 1 - 0.9 * t / max_steps (t the number of steps taken), as in MiniGrid; an
 episode that runs out of steps is truncated with reward 0. Sizes (grid, view,
 step limit) are static and fixed per environment; levels of one environment
@@ -13,7 +22,8 @@ Besides the environment: a random generator with a wall budget, a mutator by
 wall edits, a reachability check by flood fill (plain JAX, jittable), and the
 plain-text level format of the held-out mazes in envs/data/mazes/:
 
-    #  wall      .  free      S  start      G  goal
+    #  wall      .  free      G  goal
+    S  start (facing up)      ^ > v <  start facing up, right, down, left
 
 one row of the grid per line (blank lines and lines starting with ';' are
 ignored). A level smaller than the environment is placed in the top-left
@@ -29,8 +39,11 @@ from flax import struct
 from envs.core import Box, Discrete, Environment
 from src.config import ConfigError
 
-# up, right, down, left as (row, col) moves
+# up, right, down, left as (row, col) moves; a direction is an index into it
 MOVES = jnp.array([[-1, 0], [0, 1], [1, 0], [0, -1]], jnp.int32)
+START_CHARS = {"S": 0, "^": 0, ">": 1, "v": 2, "<": 3}
+VIEWS = ("centred", "forward")
+TURN_LEFT, TURN_RIGHT, FORWARD = 0, 1, 2
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data", "mazes")
 
 
@@ -39,23 +52,29 @@ class MazeLevel:
     walls: jax.Array   # bool [height, width]
     start: jax.Array   # int32 [2] (row, col)
     goal: jax.Array    # int32 [2]
+    start_dir: jax.Array   # int32 [], an index into MOVES (read by the forward view only)
 
 
 @struct.dataclass
 class MazeState:
     pos: jax.Array     # int32 [2]
     time: jax.Array    # int32 []
+    dir: jax.Array     # int32 [] (constant in the centred view)
 
 
 class Maze(Environment):
-    def __init__(self, height: int = 9, width: int = 9, view: int = 5, max_steps: int = 250):
+    def __init__(self, height: int = 9, width: int = 9, view: int = 5, max_steps: int = 250,
+                 view_mode: str = "centred"):
         if height < 2 or width < 2:
             raise ConfigError(f"a maze needs height and width >= 2, got {height}x{width}")
         if view < 1 or view % 2 == 0:
             raise ConfigError(f"the view must be an odd number of cells >= 1, got {view}")
         if max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {max_steps}")
+        if view_mode not in VIEWS:
+            raise ConfigError(f"view_mode must be one of {', '.join(VIEWS)}, got {view_mode!r}")
         self.height, self.width, self.view, self.max_steps = height, width, view, max_steps
+        self.forward = view_mode == "forward"
         self.horizon = max_steps   # read by envs.core.episode_limit
         self.name = f"maze/{height}x{width}"
 
@@ -63,9 +82,11 @@ class Maze(Environment):
     def default_params(self):
         """An empty room, start top-left, goal bottom-right."""
         return MazeLevel(jnp.zeros((self.height, self.width), bool), jnp.array([0, 0], jnp.int32),
-                         jnp.array([self.height - 1, self.width - 1], jnp.int32))
+                         jnp.array([self.height - 1, self.width - 1], jnp.int32), jnp.zeros((), jnp.int32))
 
-    def observe(self, level, pos):
+    def observe(self, level, pos, direction=None):
+        if self.forward:
+            return self.observe_forward(level, pos, direction)
         r = self.view // 2
         walls = jnp.pad(level.walls, r, constant_values=True).astype(jnp.float32)
         goal = jnp.zeros((self.height, self.width), jnp.float32).at[level.goal[0], level.goal[1]].set(1.0)
@@ -74,12 +95,35 @@ class Maze(Environment):
         window = jax.lax.dynamic_slice(grid, (pos[0], pos[1], 0), (self.view, self.view, 2))
         return window.reshape(-1)
 
+    def observe_forward(self, level, pos, direction):
+        """The view x view cells ahead: row 0 the farthest (view - 1 cells
+        ahead), the last row the agent's own, columns from its left to its
+        right; then the one-hot direction. A gather of view^2 cells."""
+        r = self.view // 2
+        ahead = MOVES[direction]
+        right = MOVES[(direction + 1) % 4]
+        dist = jnp.arange(self.view - 1, -1, -1)          # rows: farthest first
+        side = jnp.arange(-r, r + 1)                      # columns: left to right
+        cells = pos + dist[:, None, None] * ahead + side[None, :, None] * right   # [view, view, 2]
+        inside = ((cells >= 0) & (cells < jnp.array([self.height, self.width]))).all(-1)
+        rc = jnp.clip(cells, 0, jnp.array([self.height - 1, self.width - 1]))
+        walls = jnp.where(inside, level.walls[rc[..., 0], rc[..., 1]], True)
+        goal = inside & (rc == level.goal).all(-1)
+        window = jnp.stack([walls, goal], axis=-1).astype(jnp.float32).reshape(-1)
+        return jnp.concatenate([window, jax.nn.one_hot(direction, 4, dtype=jnp.float32)])
+
     def reset(self, key, params):
-        state = MazeState(params.start.astype(jnp.int32), jnp.zeros((), jnp.int32))
-        return self.observe(params, state.pos), state
+        state = MazeState(params.start.astype(jnp.int32), jnp.zeros((), jnp.int32),
+                          jnp.asarray(params.start_dir, jnp.int32))
+        return self.observe(params, state.pos, state.dir), state
 
     def step(self, key, state, action, params):
-        target = state.pos + MOVES[action]
+        if self.forward:   # turn left / turn right / forward
+            direction = (state.dir + jnp.where(action == TURN_RIGHT, 1, 0) - jnp.where(action == TURN_LEFT, 1, 0)) % 4
+            target = state.pos + jnp.where(action == FORWARD, 1, 0) * MOVES[direction]
+        else:
+            direction = state.dir
+            target = state.pos + MOVES[action]
         inside = jnp.all((target >= 0) & (target < jnp.array([self.height, self.width])))
         clipped = jnp.clip(target, 0, jnp.array([self.height - 1, self.width - 1]))
         free = inside & ~params.walls[clipped[0], clipped[1]]
@@ -88,20 +132,20 @@ class Maze(Environment):
         terminated = jnp.all(pos == params.goal)
         truncated = ~terminated & (time >= self.max_steps)
         reward = jnp.where(terminated, 1.0 - 0.9 * time / self.max_steps, 0.0).astype(jnp.float32)
-        final_obs = self.observe(params, pos)
+        final_obs = self.observe(params, pos, direction)
         done = terminated | truncated
         reset_obs, reset_state = self.reset(key, params)
-        new_state = jax.tree.map(lambda a, b: jnp.where(done, a, b), reset_state, MazeState(pos, time))
+        new_state = jax.tree.map(lambda a, b: jnp.where(done, a, b), reset_state, MazeState(pos, time, direction))
         obs = jnp.where(done, reset_obs, final_obs)
         info = {"final_observation": final_obs, "terminated": terminated, "truncated": truncated,
                 "discount": 1.0 - terminated.astype(jnp.float32)}
         return obs, new_state, reward, terminated, truncated, info
 
     def observation_space(self, params):
-        return Box(0.0, 1.0, (self.view * self.view * 2,), jnp.float32)
+        return Box(0.0, 1.0, (self.view * self.view * 2 + 4 * self.forward,), jnp.float32)
 
     def action_space(self, params):
-        return Discrete(4)
+        return Discrete(3 if self.forward else 4)
 
 
 # ---------------------------------------------------------------- level tools
@@ -143,8 +187,9 @@ def _cell(index, width):
 
 def generate(key, height: int, width: int, max_walls: int) -> MazeLevel:
     """Domain randomisation: a uniform number of walls in [0, max_walls] at
-    distinct random cells, then start and goal on distinct free cells. The goal
-    need not be reachable (as in the PLR/ACCEL maze generator)."""
+    distinct random cells, then start and goal on distinct free cells and a
+    uniform start direction. The goal need not be reachable (as in the
+    PLR/ACCEL maze generator)."""
     n = height * width
     count_key, wall_key, start_key, goal_key = jax.random.split(key, 4)
     num_walls = jax.random.randint(count_key, (), 0, max_walls + 1)
@@ -156,7 +201,10 @@ def generate(key, height: int, width: int, max_walls: int) -> MazeLevel:
     start = jax.random.choice(start_key, n, p=free / free.sum())
     free_goal = free.at[start].set(False)
     goal = jax.random.choice(goal_key, n, p=free_goal / free_goal.sum())
-    return MazeLevel(walls.reshape(height, width), _cell(start, width), _cell(goal, width))
+    # the direction's key is folded in, so the other draws are those of the
+    # generator before levels had a direction (same walls, start and goal per key)
+    start_dir = jax.random.randint(jax.random.fold_in(key, 4), (), 0, 4)
+    return MazeLevel(walls.reshape(height, width), _cell(start, width), _cell(goal, width), start_dir)
 
 
 def mutate(key, level: MazeLevel, num_edits: int) -> MazeLevel:
@@ -178,7 +226,7 @@ def mutate(key, level: MazeLevel, num_edits: int) -> MazeLevel:
         new_goal = jnp.where(free.any(), _cell(goal_idx, w), level.goal)
         walls = jnp.where(move_goal, flat, flipped).reshape(h, w)
         goal = jnp.where(move_goal, new_goal, level.goal)
-        return MazeLevel(walls, level.start, goal), None
+        return MazeLevel(walls, level.start, goal, level.start_dir), None
 
     level, _ = jax.lax.scan(edit, level, jax.random.split(key, num_edits))
     return level
@@ -215,25 +263,29 @@ def parse_level(text: str, height: int, width: int, source: str = "<string>") ->
         raise ConfigError(f"{source}: no maze rows (use '#' wall, '.' free, 'S' start, 'G' goal)")
     if len(rows) > height or any(len(line) > width for _, line in rows):
         raise ConfigError(f"{source}: the maze is {len(rows)}x{max(len(l) for _, l in rows)}, larger than "
-                          f"the environment's {height}x{width}")
+                          f"the environment's {height}x{width}; set the level space's height and width "
+                          f"(space_kwargs) to at least that, or use a data_dir of {height}x{width} mazes")
     walls = np.ones((height, width), bool)
-    start, goal = [], []
+    start, goal, start_dir = [], [], 0
     first_width = len(rows[0][1])
     for r, (lineno, line) in enumerate(rows):
         if len(line) != first_width:
             raise ConfigError(f"{source}:{lineno}: row has {len(line)} cells, the first row has {first_width}")
         for c, ch in enumerate(line):
-            if ch not in "#.SG":
+            if ch not in "#.G" and ch not in START_CHARS:
                 raise ConfigError(f"{source}:{lineno}: unknown cell {ch!r} at column {c + 1}; "
-                                  "valid cells: '#' wall, '.' free, 'S' start, 'G' goal")
+                                  "valid cells: '#' wall, '.' free, 'S' start (or '^', '>', 'v', '<': start "
+                                  "facing up, right, down, left), 'G' goal")
             walls[r, c] = ch == "#"
-            if ch == "S":
+            if ch in START_CHARS:
                 start.append((r, c))
+                start_dir = START_CHARS[ch]
             if ch == "G":
                 goal.append((r, c))
     if len(start) != 1 or len(goal) != 1:
         raise ConfigError(f"{source}: a maze needs exactly one 'S' and one 'G', found {len(start)} and {len(goal)}")
-    level = MazeLevel(jnp.asarray(walls), jnp.array(start[0], jnp.int32), jnp.array(goal[0], jnp.int32))
+    level = MazeLevel(jnp.asarray(walls), jnp.array(start[0], jnp.int32), jnp.array(goal[0], jnp.int32),
+                      jnp.asarray(start_dir, jnp.int32))
     if shortest_path(level) < 0:
         raise ConfigError(f"{source}: the goal at row {goal[0][0] + 1}, column {goal[0][1] + 1} cannot be reached "
                           "from the start")
@@ -253,10 +305,27 @@ def held_out_names(data_dir: str = DATA_DIR) -> list[str]:
     return sorted(f[:-4] for f in os.listdir(data_dir) if f.endswith(".txt"))
 
 
-def load_held_out(height: int, width: int, data_dir: str = DATA_DIR):
-    """(names, stacked MazeLevel) of every held-out maze in `data_dir`."""
-    names = held_out_names(data_dir)
-    levels = [load_level(os.path.join(data_dir, n + ".txt"), height, width) for n in names]
+def held_out_dirs(height: int, width: int) -> list[str]:
+    """The default held-out sets for a grid: our six 9x9 mazes, and on grids
+    of at least 13x13 the PLR/ACCEL papers' eight 13x13 mazes as well
+    (envs/data/mazes/13x13/); smaller mazes sit in the top-left corner."""
+    dirs = [DATA_DIR]
+    if height >= 13 and width >= 13:
+        dirs.append(os.path.join(DATA_DIR, "13x13"))
+    return dirs
+
+
+def load_held_out(height: int, width: int, data_dir: str | list[str] | None = None):
+    """(names, stacked MazeLevel) of every held-out maze in `data_dir` (a
+    folder or a list of them; None: `held_out_dirs`)."""
+    dirs = held_out_dirs(height, width) if data_dir is None else [data_dir] if isinstance(data_dir, str) else data_dir
+    names, levels = [], []
+    for d in dirs:
+        for n in held_out_names(d):
+            if n in names:
+                raise ConfigError(f"two held-out mazes named {n!r} (in {', '.join(dirs)})")
+            names.append(n)
+            levels.append(load_level(os.path.join(d, n + ".txt"), height, width))
     return names, jax.tree.map(lambda *xs: jnp.stack(xs), *levels)
 
 

@@ -100,9 +100,69 @@ def test_held_out_levels_load_and_are_solvable():
     assert held.walls.shape == (len(names), 9, 9)
     assert bool(jax.vmap(maze.solvable)(held).all())
     # a larger environment pads them with walls
-    _, big = maze.load_held_out(13, 13)
+    _, big = maze.load_held_out(13, 13, maze.DATA_DIR)
     assert big.walls.shape == (len(names), 13, 13) and bool(big.walls[:, 9:, :].all())
     assert bool(jax.vmap(maze.solvable)(big).all())
+
+
+def test_the_papers_thirteen_by_thirteen_mazes_join_ours_on_a_13x13_grid():
+    names, held = maze.load_held_out(13, 13)
+    papers = {"SixteenRooms", "SixteenRooms2", "Labyrinth", "LabyrinthFlipped", "Labyrinth2", "StandardMaze",
+              "StandardMaze2", "StandardMaze3"}
+    assert papers <= set(names) and len(names) == len(papers) + len(maze.held_out_names())
+    assert bool(jax.vmap(maze.solvable)(held).all())
+    i = names.index("Labyrinth")   # '>' at the bottom-left: start facing right
+    assert tuple(np.asarray(held.start[i])) == (12, 0) and int(held.start_dir[i]) == 1
+    with open(os.path.join(maze.DATA_DIR, "13x13", "Labyrinth.txt")) as f:
+        hashes = f.read().split("\n", 1)[1].count("#")   # after the comment line
+    assert tuple(np.asarray(held.goal[i])) == (6, 6) and int(held.walls[i].sum()) == hashes == 72
+    with pytest.raises(ConfigError, match="larger than the environment's 9x9.*space_kwargs"):
+        maze.load_held_out(9, 9, os.path.join(maze.DATA_DIR, "13x13"))
+
+
+def reference_forward_view(level, pos, direction, view=5):
+    """The window ahead by rotating the padded grid so the agent faces up."""
+    walls = np.pad(np.asarray(level.walls), view, constant_values=True).astype(np.float32)
+    goal = np.zeros(np.asarray(level.walls).shape, np.float32)
+    goal[tuple(np.asarray(level.goal))] = 1
+    grid = np.stack([walls, np.pad(goal, view)], -1)
+    r, c = pos[0] + view, pos[1] + view
+    # rotate (counter-clockwise k times) so that `direction` points up; track the agent's cell
+    k = direction   # up 0, right 1 (one ccw turn brings right to up), down 2, left 3
+    for _ in range(k):
+        h, w = grid.shape[:2]
+        grid = np.rot90(grid, 1)
+        r, c = w - 1 - c, r
+    window = grid[r - view + 1:r + 1, c - view // 2:c + view // 2 + 1]
+    return np.concatenate([window.reshape(-1), np.eye(4)[direction]])
+
+
+def test_forward_view_turns_and_moves_as_minigrid():
+    level = level_from(["^.#....",
+                        "..#....",
+                        "..#.#..",
+                        "....#..",
+                        "###.#..",
+                        "....#.G",
+                        "......."])
+    env = maze.Maze(H, W, 5, max_steps=30, view_mode="forward")
+    assert env.observation_space(level).shape == (54,) and env.action_space(level).n == 3
+    obs, state = env.reset(jax.random.key(0), level)
+    np.testing.assert_array_equal(obs, reference_forward_view(level, (0, 0), 0))
+    step = jax.jit(env.step)
+    L, R, F = maze.TURN_LEFT, maze.TURN_RIGHT, maze.FORWARD
+    # facing up at the top edge: forward stays; turn right, forward, forward (wall at (0, 2)) ...
+    path = [(F, (0, 0), 0), (R, (0, 0), 1), (F, (0, 1), 1), (F, (0, 1), 1), (R, (0, 1), 2), (F, (1, 1), 2),
+            (F, (2, 1), 2), (F, (3, 1), 2), (L, (3, 1), 1), (F, (3, 2), 1), (F, (3, 3), 1), (R, (3, 3), 2),
+            (F, (4, 3), 2), (F, (5, 3), 2), (F, (6, 3), 2), (L, (6, 3), 1), (F, (6, 4), 1), (F, (6, 5), 1),
+            (L, (6, 5), 0), (L, (6, 5), 3), (L, (6, 5), 2), (L, (6, 5), 1), (F, (6, 6), 1), (L, (6, 6), 0)]
+    for t, (action, pos, direction) in enumerate(path):
+        obs, state, reward, terminated, truncated, info = step(jax.random.key(t), state, action, level)
+        assert (tuple(np.asarray(state.pos)), int(state.dir)) == (pos, direction) and not terminated
+        np.testing.assert_array_equal(obs, reference_forward_view(level, pos, direction))
+    obs, state, reward, terminated, *_ = step(jax.random.key(99), state, F, level)   # onto the goal
+    assert bool(terminated) and abs(float(reward) - (1 - 0.9 * 25 / 30)) < 1e-6
+    np.testing.assert_array_equal(obs, reference_forward_view(level, (0, 0), 0))   # reset facing up
 
 
 @pytest.mark.parametrize("text, message", [
