@@ -131,6 +131,7 @@ def runs():
     stopped = spo.run(TINY, on_chunk=lambda state, done, rows: saved.update(state=state, done=done), stop_at=2,
                       **quiet)
     resumed = spo.run(TINY, restore=lambda like: (saved["state"], saved["done"]), **quiet)
+    stopped["states"] = saved["state"]
     return whole, stopped, resumed
 
 
@@ -145,10 +146,22 @@ def test_both_methods_run_from_the_reference_each_compiled_once(runs):
     assert all(r["win_rate"] == pytest.approx(0.5) and r["kl"] == pytest.approx(0.0, abs=1e-5) for r in start)
     for s in range(TINY.seeds):
         assert r_gold(start, s) == pytest.approx(whole["reference"]["gold"][s])
-    final = [r for r in rows if r["iteration"] == 4]
-    for method in ("spo", "rlhf"):      # each method moves the policy off the reference
-        assert max(r["kl"] for r in final if r["method"] == method) > 1e-4
-    assert all(0.0 <= r["win_rate"] <= 1.0 and np.isfinite(r["oracle_metric"]) for r in rows)
+    assert all(0.0 <= r["win_rate"] <= 1.0 and np.isfinite(r["oracle_metric"]) and r["kl"] >= 0.0 for r in rows)
+
+
+@pytest.mark.slow
+def test_each_method_moves_the_policy_off_the_reference(runs):
+    # By parameters, not by the KL column: on this tiny gridworld the
+    # reference is nearly deterministic, so the sampled KL (a mean of
+    # log-ratios, clipped at 0) is often exactly 0 after a real update.
+    from meta import reward_model as rmod
+    _, stopped, _ = runs
+    programs = spo.make(TINY)
+    ref_ts, _ = programs.rm.reference(rmod.stage_keys(programs.rm.config)[0])
+    for method in ("spo", "rlhf"):
+        moved = [float(jnp.max(jnp.abs(a - b))) for a, b in
+                 zip(jax.tree.leaves(stopped["states"][method].params), jax.tree.leaves(ref_ts.params))]
+        assert max(moved) > 1e-6, method
 
 
 def r_gold(rows, seed):
