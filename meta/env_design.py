@@ -2,10 +2,13 @@
 methods DR, PLR, robust PLR, ACCEL and PAIRED, as pure functions.
 
 Levels are env_params pytrees from a `envs.levels.LevelSpace`. The student is
-our PPO, driven one iteration at a time through `agent.step`; it trains on a
+our PPO (memory-free, or recurrent with `ppo: {memory: gru|lstm}`), driven
+one iteration at a time through `agent.step`; it trains on a
 different level per parallel environment because the level space's
 environment keeps the level in its state (`envs.levels.LevelInState`):
-swapping levels is the agent contract's `reset_envs` with the new levels.
+swapping levels is the agent contract's `reset_envs` with the new levels
+(which also restarts a recurrent student's carry: a new level is a new
+episode).
 
 One outer iteration trains the student exactly once (num_envs * num_steps
 env steps), for every method, so methods compare at equal student env steps
@@ -46,6 +49,7 @@ import optax
 from flax import struct
 
 from agents import ppo
+from agents.base import evaluate_with_memory
 from src import config as cfg
 from src.config import ConfigError
 from src.evaluate import evaluate as run_evaluation
@@ -293,7 +297,9 @@ class UEDConfig:
         if any(i < 0 or i > self.num_iterations or i % self.eval_every for i in self.buffer_iterations):
             raise ConfigError(f"buffer_iterations must be multiples of eval_every ({self.eval_every}) in "
                               f"[0, {self.num_iterations}], got {list(self.buffer_iterations)}")
-        ppo.refuse_memory(self.ppo_config().validate(), "meta ued", ppo.STATELESS_POLICY)
+        # a recurrent student (ppo.memory: gru|lstm) is supported: its carry is
+        # reset with every level swap (agent.reset_envs), carried through the
+        # scoring rollouts (agent.collect) and restarted per held-out episode
         return self
 
     def ppo_config(self, reference: bool = False) -> "ppo.PPOConfig":
@@ -492,7 +498,11 @@ def make(config: UEDConfig, space=None) -> UED:
 
 
 def evaluate_policy(agent, ts, level, key, episodes: int, max_steps: int):
-    """Returns and lengths of whole episodes of the stochastic policy on one level."""
+    """Returns and lengths of whole episodes of the stochastic policy on one
+    level; a student with memory starts each episode from a fresh carry."""
+    if agent.initial_carry is not None:
+        policy = lambda obs, k, c: agent.act(ts.params, obs, k, False, ts.obs_stats, carry=c)  # noqa: E731
+        return evaluate_with_memory(agent.env, level, policy, agent.initial_carry, key, episodes, max_steps)
     policy = lambda obs, k: agent.act(ts.params, obs, k, False, ts.obs_stats)  # noqa: E731
     return run_evaluation(agent.env, level, policy, key, episodes, max_steps)
 

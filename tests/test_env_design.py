@@ -364,3 +364,46 @@ def test_groove_cli_stops_and_resumes_bit_identically(tmp_path):
             assert f.read() == g.read(), name
     with open(os.path.join(stopped, "summary.json")) as f:
         assert json.load(f)["complete"] is True
+
+
+# ---------------------------------------------------------------- a recurrent student
+
+RECURRENT = dict(TINY, num_envs=2, num_steps=8, hidden=(8,), capacity=4, eval_episodes=1, ref_iterations=1,
+                 ref_num_envs=2, paired_episodes=1, ppo={"memory_size": 8},
+                 space_kwargs={"height": 9, "width": 9, "max_walls": 10, "max_steps": 12, "view_mode": "forward"})
+
+
+# the default suite keeps DR (the cheapest program, ~15 s to compile); the
+# methods that also score levels or train an antagonist compile 1.5-2x longer
+@pytest.mark.parametrize("method, memory", [
+    ("dr", "gru"), pytest.param("plr", "gru", marks=pytest.mark.slow),
+    pytest.param("robust_plr", "lstm", marks=pytest.mark.slow), pytest.param("accel", "gru", marks=pytest.mark.slow),
+    pytest.param("paired", "lstm", marks=pytest.mark.slow)])
+def test_a_recurrent_student_trains_through_every_method_traced_once(method, memory):
+    """One UED iteration (two calls of one compiled program) with a GRU or
+    LSTM student: the carry is reset at every level swap, carried through the
+    scoring rollouts, restarted per held-out episode; the student moves."""
+    config = ed.UEDConfig(**{**RECURRENT, "method": method, "ppo": {**RECURRENT["ppo"], "memory": memory}})
+    ued = ed.make(config)
+    assert ued.agent.initial_carry is not None
+    traces = []
+
+    def iteration(state, coin):
+        traces.append(1)
+        return ued.iteration(state, coin)
+
+    state = jax.jit(jax.vmap(ued.init))(jax.random.split(jax.random.key(0), 2))
+    step = jax.jit(jax.vmap(iteration, in_axes=(0, None)))
+    before = state.student.params
+    state, _ = step(state, jax.random.key(1))
+    state, metrics = step(state, jax.random.key(2))
+    assert len(traces) == 1 and step._cache_size() == 1
+    assert np.isfinite(np.asarray(metrics["value_loss"])).all()
+    assert not tree_equal(before, state.student.params)
+    carry = jax.tree.leaves(state.student.carry)
+    assert carry and all(c.shape[:2] == (2, config.num_envs) for c in carry)
+    if config.uses_buffer:
+        assert np.isfinite(np.asarray(state.buffer.scores)[np.asarray(state.buffer.filled)]).all()
+    if method == "robust_plr":   # the held-out evaluation with a fresh carry per episode
+        out = jax.jit(jax.vmap(ued.evaluate))(state, jax.random.split(jax.random.key(3), 2))
+        assert out["returns"].shape == (2, len(ued.space.held_out_names), 1)
