@@ -297,6 +297,9 @@ class UEDConfig:
         if any(i < 0 or i > self.num_iterations or i % self.eval_every for i in self.buffer_iterations):
             raise ConfigError(f"buffer_iterations must be multiples of eval_every ({self.eval_every}) in "
                               f"[0, {self.num_iterations}], got {list(self.buffer_iterations)}")
+        # the student's own rules, before anything compiles (with memory:
+        # minibatches split over envs, never over time steps)
+        self.ppo_config().validate()
         # a recurrent student (ppo.memory: gru|lstm) is supported: its carry is
         # reset with every level swap (agent.reset_envs), carried through the
         # scoring rollouts (agent.collect) and restarted per held-out episode

@@ -243,6 +243,10 @@ def test_paired_regret_reduces_over_the_last_axis_only():
     ({"env": "minigrid"}, "unknown level space"),
     ({"num_iterations": 10, "eval_every": 3}, "multiple of eval_every"),
     ({"capacity": 4, "num_envs": 8}, "capacity"),
+    # a recurrent student's minibatches are whole env sequences: split over envs, never over time
+    ({"num_envs": 6, "num_minibatches": 4, "ppo": {"memory": "gru"}},
+     "memory=gru splits minibatches over environments.*num_envs \\(6\\) must be divisible by num_minibatches "
+     "\\(4\\); set num_minibatches to one of \\[1, 2, 3, 6\\]"),
 ])
 def test_bad_configs_fail_before_compiling(changes, message):
     with pytest.raises(ConfigError, match=message):

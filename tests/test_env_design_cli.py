@@ -26,6 +26,11 @@ def test_cli_bad_input_fails_before_compiling(tmp_path):
     (bad / "broken.txt").write_text("S#.\n#.G\n")
     with pytest.raises(ConfigError, match="cannot be reached"):
         cli.main(["--method", "dr", "--set", f"space_kwargs={{data_dir: {bad}}}", "--out", str(tmp_path / "c")])
+    # a level file larger than the grid: the message names the file and the fix
+    (bad / "broken.txt").write_text("S..........\n..........G\n")
+    with pytest.raises(ConfigError, match="broken.txt: the maze is 2x11, larger than the environment's 9x9; set the "
+                                          "level space's height and width \\(space_kwargs\\)"):
+        cli.main(["--method", "dr", "--set", f"space_kwargs={{data_dir: {bad}}}", "--out", str(tmp_path / "d")])
     assert not (tmp_path / "a").exists()
     # through run.py: "error: ..." and exit status 2
     import os
