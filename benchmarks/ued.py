@@ -64,13 +64,34 @@ def table(summaries):
     first = next(iter(summaries.values()))
     levels = list(first["held_out_solve_rate_per_level"])
     head = "| method | solve rate (mean ± std over seeds) | return | " + " | ".join(levels) + \
-           " | trained env steps | env steps in all | wall s |"
-    lines = [head, "|" + "---|" * (6 + len(levels))]
+           " | training distribution solve rate | trained env steps | env steps in all | wall s |"
+    lines = [head, "|" + "---|" * (7 + len(levels))]
     for m, s in summaries.items():
         per = " | ".join(f"{s['held_out_solve_rate_per_level'][n]:.2f}" for n in levels)
         lines.append(f"| {m} | {s['held_out_solve_rate_mean']:.3f} ± {s['held_out_solve_rate_std']:.3f} | "
                      f"{s['held_out_return_mean']:.3f} ± {s['held_out_return_std']:.3f} | {per} | "
+                     f"{s.get('train_distribution_solve_rate_mean', float('nan')):.3f} | "
                      f"{s['env_steps_trained']:,} | {s['env_steps_total']:,} | {s['wall_s']:.0f} |")
+    return "\n".join(lines) + "\n\n" + ordering(summaries)
+
+
+def ordering(summaries, baseline="dr"):
+    """Each curriculum method against DR: the difference of held-out solve
+    rates (means over seeds) and its standard error, sqrt(se_a^2 + se_b^2)
+    with se = sample std / sqrt(seeds)."""
+    import numpy as np
+    if baseline not in summaries:
+        return ""
+    base = np.array(summaries[baseline]["held_out_solve_rate_per_seed"])
+    lines = []
+    for m, s in summaries.items():
+        if m == baseline:
+            continue
+        x = np.array(s["held_out_solve_rate_per_seed"])
+        se = np.sqrt(x.var(ddof=1) / len(x) + base.var(ddof=1) / len(base)) if min(len(x), len(base)) > 1 else np.nan
+        diff = x.mean() - base.mean()
+        verdict = "beats DR by >= 2 s.e." if diff >= 2 * se else "does not beat DR by 2 s.e."
+        lines.append(f"{m} - {baseline}: {diff:+.3f} ± {se:.3f} (s.e., {len(x)} and {len(base)} seeds): {verdict}")
     return "\n".join(lines)
 
 

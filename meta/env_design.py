@@ -352,6 +352,7 @@ class UED(NamedTuple):
     iteration: Callable      # (state, coin_key) -> (state, metrics)
     evaluate: Callable       # (state, key) -> {"returns": [L, E], "solved": [L, E]}
     score_levels: Callable
+    evaluate_training: Callable   # (state, key, num_levels) -> {"solved": [N], "solvable": [N]}
 
 
 def make(config: UEDConfig, space=None) -> UED:
@@ -497,7 +498,16 @@ def make(config: UEDConfig, space=None) -> UED:
         returns = returns_on(agent, state.student, levels, key, config.eval_episodes, space.max_steps)
         return {"returns": returns, "solved": space.solved(returns)}
 
-    return UED(config, space, agent, hparams, init, iteration, evaluate, score_levels)
+    def evaluate_training(state, key, num_levels: int):
+        """The training distribution: `num_levels` (static) fresh levels of
+        the generator, one sampled-action episode each, and whether each is
+        solvable (a maze's goal may be walled off)."""
+        level_key, run_key = jax.random.split(key)
+        levels = gen(jax.random.split(level_key, num_levels))
+        returns = returns_on(agent, state.student, levels, run_key, 1, space.max_steps)[:, 0]
+        return {"solved": space.solved(returns), "solvable": solvable(levels)}
+
+    return UED(config, space, agent, hparams, init, iteration, evaluate, score_levels, evaluate_training)
 
 
 def evaluate_policy(agent, ts, level, key, episodes: int, max_steps: int):
