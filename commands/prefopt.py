@@ -169,20 +169,10 @@ def main(argv):
     run = experiment.start(args.out, f"prefopt-{config.env}", config, po.PrefOptConfig, resume=args.resume,
                            given=given, unit="step")
     config = run.config.validate()
-    stop = experiment.stop_point(config.steps, config.eval_every, args.stop_at, what="steps")
-    if run.resumed:
-        done = run.progress().get("step", 0)
-        run.cut_rows("curves.csv", lambda r: int(r["step"]) <= done)
-        print(f"resuming {run.path} at step {done}")
-
-    def on_chunk(state, done, rows):
-        run.append_rows("curves.csv", rows)
-        run.save(state, done)
-
+    stop, on_chunk = run.rows_by_chunk("curves.csv", config.steps, config.eval_every, args.stop_at, "step")
     result = po.sweep(config, show_progress=not args.no_progress, restore=run.restore, on_chunk=on_chunk,
                       stop_at=stop)
-    if not result["complete"]:
-        print(f"stopped at step {stop} of {config.steps}: continue with --resume --out {run.path}")
+    if run.stopped(result, stop, config.steps, "step"):
         return 0
     rows = run.read_rows("curves.csv")
     for r in rows:

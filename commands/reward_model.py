@@ -124,20 +124,11 @@ def main(argv):
     run = experiment.start(args.out, f"reward-model-{config.env}", config, rmod.RewardModelConfig,
                            resume=args.resume, given=given, unit="iteration")
     config = run.config.validate()
-    stop = experiment.stop_point(config.rl_iterations(), config.eval_every, args.stop_at)
-    if run.resumed:
-        done = run.progress().get("iteration", 0)
-        run.cut_rows("curves.csv", lambda r: r["method"] != "rl" or int(r["iteration"]) <= done)
-        print(f"resuming {run.path} at PPO iteration {done}")
-
-    def on_chunk(ts, done, rows):
-        run.append_rows("curves.csv", rows)
-        run.save(ts, done)
-
+    stop, on_chunk = run.rows_by_chunk("curves.csv", config.rl_iterations(), config.eval_every, args.stop_at,
+                                       "PPO iteration", lambda r, done: r["method"] != "rl" or int(r["iteration"]) <= done)
     result = rmod.sweep(config, show_progress=not args.no_progress, restore=run.restore, on_chunk=on_chunk,
                         stop_at=stop)
-    if not result["complete"]:
-        print(f"stopped at PPO iteration {stop} of {config.rl_iterations()}: continue with --resume --out {run.path}")
+    if run.stopped(result, stop, config.rl_iterations(), "PPO iteration"):
         return 0
     rl_rows = [r for r in run.read_rows("curves.csv") if r["method"] == "rl"]
     for r in rl_rows:          # read back as numbers; the grid's own types

@@ -105,20 +105,10 @@ def main(argv):
                            unit="iteration")
     config = run.config.validate()
     total = config.rm_config().rl_iterations()
-    stop = experiment.stop_point(total, config.eval_every, args.stop_at)
-    if run.resumed:
-        done = run.progress().get("iteration", 0)
-        run.cut_rows("curves.csv", lambda r: int(r["iteration"]) <= done)
-        print(f"resuming {run.path} at PPO iteration {done}")
-
-    def on_chunk(states, done, rows):
-        run.append_rows("curves.csv", rows)
-        run.save(states, done)
-
+    stop, on_chunk = run.rows_by_chunk("curves.csv", total, config.eval_every, args.stop_at, "PPO iteration")
     result = spo.run(config, show_progress=not args.no_progress, restore=run.restore, on_chunk=on_chunk,
                      stop_at=stop)
-    if not result["complete"]:
-        print(f"stopped at PPO iteration {stop} of {total}: continue with --resume --out {run.path}")
+    if run.stopped(result, stop, total, "PPO iteration"):
         return 0
     rows = run.read_rows("curves.csv")
     for r in rows:

@@ -200,6 +200,32 @@ class Run:
         from src import checkpoint
         return checkpoint.restore(self.file(name), like), done
 
+    def rows_by_chunk(self, csv, total, chunk, stop_at, label, resumed_keeps=None):
+        """For a loop that checkpoints and writes CSV rows after every chunk
+        (`loop(..., restore=run.restore, on_chunk=on_chunk, stop_at=stop)`):
+        where this session stops, and the `on_chunk(state, done, rows)` that
+        appends the rows and saves the state. A resumed run first has `csv`
+        cut back to the checkpoint: rows kept where `resumed_keeps(row, done)`
+        (string values), by default those whose `self.unit` <= done."""
+        stop = stop_point(total, chunk, stop_at, what=f"{self.unit}s")
+        if self.resumed:
+            done = self.progress().get(self.unit, 0)
+            keeps = resumed_keeps or (lambda row, d: int(float(row[self.unit])) <= d)
+            self.cut_rows(csv, lambda row: keeps(row, done))
+            print(f"resuming {self.path} at {label} {done}")
+
+        def on_chunk(state, done, rows):
+            self.append_rows(csv, rows)
+            self.save(state, done)
+        return stop, on_chunk
+
+    def stopped(self, result, stop, total, label):
+        """True (after saying how to continue) when the loop stopped early."""
+        if result["complete"]:
+            return False
+        print(f"stopped at {label} {stop} of {total}: continue with --resume --out {self.path}")
+        return True
+
     def continue_from(self, like, total, csvs=("metrics.csv",)):
         """(state, done) to go on from: the checkpoint (or `like` and 0). A
         complete run is refused; a resumed one has its CSVs cut back to the
