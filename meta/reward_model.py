@@ -281,7 +281,10 @@ def build(config: RewardModelConfig) -> Programs:
     rl_hparams = ppo.hparams_from(rl_config)
 
     def scorer(episodes):
-        return ppo.make(dataclasses.replace(rl_config, num_envs=episodes, num_minibatches=1), env, env_params,
+        # it only collects, never trains: one iteration's worth of total_steps keeps its config valid
+        # however many episodes best-of-n ranks
+        return ppo.make(dataclasses.replace(rl_config, num_envs=episodes, num_minibatches=1,
+                                            total_steps=episodes * rl_config.num_steps), env, env_params,
                         reward_fn=scores)
 
     scorers = {n: scorer(n) for n in {config.eval_episodes, config.bon_episodes}}

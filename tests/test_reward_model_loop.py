@@ -156,3 +156,11 @@ def test_a_constant_gold_reward_is_refused_naming_the_fix():
 def test_bad_input_fails_before_compiling(change, message):
     with pytest.raises(ConfigError, match=message):
         dataclasses.replace(TINY, **change).validate()
+
+
+def test_best_of_n_may_rank_more_episodes_than_ppo_steps_per_iteration():
+    """The scorers only collect: a best-of-n pool of bon_episodes x num_steps
+    beyond rl_steps is valid (it once failed PPO's one-iteration check)."""
+    config = dataclasses.replace(TINY, bon_episodes=TINY.rl_steps)     # 2048 x 32 steps >> rl_steps
+    programs = rmod.build(config)
+    assert programs.score_bon is not None
