@@ -19,7 +19,7 @@ import os
 import sys
 import time
 
-from src import experiment
+from src import distributed, experiment
 from src.population import use_all_cpu_cores
 from src.xla_cpu import compile_small_loops
 
@@ -67,6 +67,7 @@ def parse_args(argv):
     experiment.core_flags(train)
     train.add_argument("--objective", default="ppo", metavar="ppo|dpo|learned:RUN_DIR",
                        help="PPO's policy objective: PPO-clip, the DPO closed form, or one learned by `meta lpo`")
+    distributed.add_flags(train)
 
     evaluate = sub.add_parser("eval", help="deterministic evaluation of a run's final policies")
     evaluate.add_argument("run_dir")
@@ -216,8 +217,9 @@ def train(args):
         from agents import objectives as learned_objective
         learned_objective.from_spec(args.objective, config.num_iterations)
     given = any([args.config, args.env, args.seeds, args.total_steps, args.overrides, args.sweep, args.algo])
-    run = experiment.start(args.out, f"{config.env}-{config.algo}", config, module.CONFIG, resume=args.resume,
-                           given=given, members=make_members(config, grid))
+    # with several processes (--coordinator ...) process 0 writes the run directory
+    run = distributed.start(args.out, f"{config.env}-{config.algo}", config, module.CONFIG, resume=args.resume,
+                            given=given, members=make_members(config, grid))
     config, members = run.config.validate(), run.members
     chunk = chunk_length(config)
     total_iterations = config.num_iterations
@@ -244,7 +246,8 @@ def train(args):
     devices = sharding.mesh.devices.size
     print(f"{config.algo} on {config.env}: {len(members)} runs ({config.seeds} seeds"
           f"{' x ' + ' x '.join(f'{len(v)} {k}' for k, v in grid.items()) if grid else ''}), "
-          f"{config.total_steps:,} steps each, {total_iterations} iterations, {devices} device(s) -> {out}")
+          f"{config.total_steps:,} steps each, {total_iterations} iterations, {devices} device(s)"
+          f"{f' of {jax.process_count()} processes' if jax.process_count() > 1 else ''} -> {out}")
     done = run.progress().get("iteration", 0)
     if done >= total_iterations:
         raise ConfigError(f"the run in {out} is already complete ({done} iterations)")
@@ -280,11 +283,11 @@ def train(args):
             state, metrics = compiled(state, hparams)
             jax.block_until_ready(metrics)
             run_s += time.perf_counter() - t
-            metrics = jax.device_get(metrics)
+            metrics = population.gather(metrics)   # every member's, from every process
             rows = rundir.metric_rows(metrics, members, done)
             run.append_rows("metrics.csv", rows)
             run.log(rows)
-            watch.check(metrics, state.params, done)
+            watch.check(metrics, population.gather(state.params), done)
             done += chunk
             imports.join()
             run.save(state, done)
@@ -373,6 +376,8 @@ def main(argv=None):
             return run_module(ROBUST_MODULE, args.rest)
         if args.command == "rewards":
             return run_module(REWARDS_MODULE, args.rest)
+        if args.command == "train":
+            distributed.initialize(args)   # before any JAX computation; nothing without --coordinator
         return {"train": train, "eval": evaluate, "plot": plot, "envs": list_envs}[args.command](args)
     except (ConfigError, FileNotFoundError, experiment.Diverged) as error:
         fail(str(error))

@@ -45,19 +45,8 @@ def build_config(args) -> LPOConfig:
         values["envs"] = args.env
     if args.held_out:
         values["held_out"] = args.held_out
-    inner = dict(values.get("inner", {}))
-    plain = []
-    for item in args.overrides:
-        if item.startswith("inner."):
-            if "=" not in item:
-                raise ConfigError(f"--set expects key=value, got {item!r}")
-            key, raw = item[len("inner."):].split("=", 1)
-            inner[key] = raw
-        else:
-            plain.append(item)
-    values["inner"] = inner
-    config = cfg.override(cfg.from_dict(LPOConfig, values), plain)
-    return config.validate()
+    # --set inner.KEY=VALUE sets one key of the inner PPO's mapping, typed as in a YAML preset
+    return cfg.override(cfg.from_dict(LPOConfig, values), args.overrides).validate()
 
 
 def main(argv):

@@ -18,11 +18,8 @@ comparison.md, schedules.png and return.png. `--set KEY=VALUE` sets PBT keys;
 """
 import argparse
 
-import yaml
-
 from meta.pbt import PBTConfig, meta_train
-from src import experiment
-from src.config import ConfigError
+from src import distributed, experiment
 
 
 def parser():
@@ -37,6 +34,7 @@ def parser():
     p.add_argument("--env", help="the learner's environment (inner.env)")
     # --set takes PBT keys and inner.KEY=VALUE; --stop-at counts rounds
     experiment.core_flags(p, seeds=False, logger=False)
+    distributed.add_flags(p)
     return p
 
 
@@ -49,32 +47,23 @@ def build_config(args) -> PBTConfig:
             values[name] = getattr(args, name)
     if args.explore is not None:
         values["explore"] = experiment.comma_list(args.explore, str, "--explore")
-    inner = dict(values.get("inner", {}))
     if args.env:
-        inner["env"] = args.env
-    plain = []
-    for item in args.overrides:
-        if item.startswith("inner."):
-            if "=" not in item:
-                raise ConfigError(f"--set expects key=value, got {item!r}")
-            key, raw = item[len("inner."):].split("=", 1)
-            inner[key] = yaml.safe_load(raw)   # typed as in a YAML preset, so config.yaml keeps numbers numbers
-        else:
-            plain.append(item)
-    values["inner"] = inner
-    return cfg.override(cfg.from_dict(PBTConfig, values), plain)
+        values["inner"] = {**values.get("inner", {}), "env": args.env}
+    # --set inner.KEY=VALUE sets one key of the learner's mapping, typed as in a YAML preset
+    return cfg.override(cfg.from_dict(PBTConfig, values), args.overrides)
 
 
 def main(argv):
     args = parser().parse_args(argv)
+    distributed.initialize(args)   # before any JAX computation (validate counts the devices)
     config = build_config(args)
     given = any([args.config, args.population, args.ready, args.explore, args.truncation, args.variant,
                  args.baseline, args.runs, args.env, args.overrides])
     if not args.resume:
         config.validate()          # every check before the run directory and before compiling
         experiment.stop_point(config.rounds, config.chunk_rounds, args.stop_at, "rounds")
-    run = experiment.start(args.out, f"pbt-{config.inner_config().env if not args.resume else 'run'}", config,
-                           PBTConfig, resume=args.resume, given=given, unit="round")
+    run = distributed.start(args.out, f"pbt-{config.inner_config().env if not args.resume else 'run'}", config,
+                            PBTConfig, resume=args.resume, given=given, unit="round")
     config = run.config.validate()
     experiment.stop_point(config.rounds, config.chunk_rounds, args.stop_at, "rounds")
     return meta_train(config, run, stop_at=args.stop_at, show_progress=not args.no_progress)

@@ -73,7 +73,10 @@ def from_dict(cls, values: dict):
 
 
 def override(config, assignments):
-    """Apply ["key=value", ...] to a config dataclass."""
+    """Apply ["key=value", ...] to a config dataclass. "field.key=value" sets
+    one key of a mapping field (a meta loop's `inner.lr=3e-4`), the value
+    typed as in a YAML preset (yaml.safe_load), so config.yaml keeps numbers
+    numbers; every command's `--set` goes through here."""
     changes = {}
     for item in assignments or ():
         if "=" not in item:

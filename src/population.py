@@ -23,7 +23,11 @@ def use_all_cpu_cores():
 
 def member_sharding(num_members: int):
     """A sharding that splits a leading member axis over as many local devices
-    as divide it evenly (one device when nothing else divides)."""
+    as divide it evenly (one device when nothing else divides). With several
+    processes (`src.distributed`), over every device of every process, which
+    the members must split over evenly (`population_mesh`)."""
+    if jax.process_count() > 1:
+        return NamedSharding(population_mesh(num_members), PartitionSpec("members"))
     devices = jax.local_devices()
     used = max(d for d in range(1, len(devices) + 1) if num_members % d == 0)
     mesh = Mesh(np.array(devices[:used]), ("members",), axis_types=(jax.sharding.AxisType.Auto,))
@@ -31,8 +35,27 @@ def member_sharding(num_members: int):
 
 
 def distribute(tree, num_members: int):
-    """Place a pytree whose leaves have a leading member axis across devices."""
-    return jax.device_put(tree, member_sharding(num_members))
+    """Place a pytree whose leaves have a leading member axis across devices
+    (with several processes, each holds the whole tree and keeps its share)."""
+    return place(tree, member_sharding(num_members))
+
+
+def place(tree, sharding):
+    """`jax.device_put(tree, sharding)`, where with several processes every
+    process holds the same values and keeps the slices its devices own.
+    (device_put would first check, leaf by leaf, that the processes agree: a
+    collective per leaf, and NaN != NaN fails a state that holds NaN by
+    design, such as the return of an episode not yet ended.)"""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def one(x):
+        typed = jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+        data = np.asarray(jax.random.key_data(x) if typed else x)
+        out = jax.make_array_from_callback(data.shape, sharding, lambda index: data[index])
+        return jax.random.wrap_key_data(out, impl=jax.random.key_impl(x)) if typed else out
+
+    return jax.tree.map(one, tree)
 
 
 # ----------------------------------------------------------------------------- population x seeds

@@ -6,6 +6,7 @@ each setting needs its own process).
     python -m tests.population_worker distributed PORT ID  # one of 2 jax.distributed processes
     python -m tests.population_worker train OUT ARGS...    # run.py train sharded vs one device
     python -m tests.population_worker cli STEPS_JSON       # run.py calls in turn, one process
+    python -m tests.population_worker steps STEPS_JSON     # the same, each step's exit code and error kept
 
 Prints one JSON line.
 """
@@ -146,6 +147,35 @@ def cli(steps_json):
     return {"steps": len(steps)}
 
 
+def steps(steps_json):
+    """run.py's entry point for each argv of a JSON list, in turn, in this
+    process (the multi-host tests give every step the same --coordinator
+    flags: the process joins its group once). A step that stops with an
+    error does not end the list: {"code", "error"} per step, the last line of
+    stderr as the error, and this process's CPU seconds."""
+    import contextlib
+    import io
+    import resource
+
+    import run
+    results = []
+    for argv in json.loads(steps_json):
+        print("=== run.py " + " ".join(argv), flush=True)
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                run.main(argv)
+            code = 0
+        except SystemExit as stop:
+            code = stop.code
+        lines = err.getvalue().strip().splitlines()
+        results.append({"code": code, "error": lines[-1] if lines else ""})
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"steps": results, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "processes": jax.process_count() if jax.distributed.is_initialized() else 1}
+
+
 if __name__ == "__main__":
     mode, *rest = sys.argv[1:]
-    print(json.dumps({"sharded": sharded, "distributed": distributed, "train": train, "cli": cli}[mode](*rest)))
+    print(json.dumps({"sharded": sharded, "distributed": distributed, "train": train, "cli": cli,
+                      "steps": steps}[mode](*rest)))
