@@ -8,13 +8,15 @@
 #                                    gymnasium 0.29.1, torch 2.13.0 CPU); built only when asked for by name
 #   benchmarks/peers/.venv-qdax   <- requirements-qdax.txt   (qdax 0.5.0, brax 0.14.2, jax 0.10.2) for
 #                                    benchmarks/qd_vs_qdax.py; built only when asked for by name
+#   benchmarks/peers/.venv-jaxued <- requirements-jaxued.txt (jaxued 0.0.1, gymnax 1.0.1, jax 0.10.2) for
+#                                    benchmarks/ued_vs_jaxued.py; built only when asked for by name
 #
 # Each requirements file pins the complete dependency closure and is installed
 # with --no-deps, so what lands in the venv is exactly what the file says.
 # Idempotent: a venv whose stamp matches the sha256 of its requirements file is
 # left alone; otherwise it is rebuilt from scratch.
 #
-# Usage: bash benchmarks/peers/setup.sh [rejax] [sb3] [imitation] [qdax]   (default: rejax and sb3)
+# Usage: bash benchmarks/peers/setup.sh [rejax] [sb3] [imitation] [qdax] [jaxued]   (default: rejax and sb3)
 # Env:   PYTHON=python3.11 to choose the base interpreter (default: python3).
 set -euo pipefail
 
@@ -91,12 +93,22 @@ from importlib.metadata import version
 print("[setup] qdax venv:", {p: version(p) for p in ("qdax", "jax", "jaxlib", "flax", "brax", "chex")})
 EOF
             ;;
+        jaxued)
+            "$venv/bin/python" - <<'EOF'
+import jax
+jax.tree_map = jax.tree.map   # jaxued 0.0.1 calls the removed name; the peer script patches it the same way
+from jaxued.environments import Maze  # noqa: F401
+from jaxued.level_sampler import LevelSampler  # noqa: F401
+from importlib.metadata import version
+print("[setup] jaxued venv:", {p: version(p) for p in ("jaxued", "gymnax", "jax", "jaxlib", "flax", "chex")})
+EOF
+            ;;
     esac
 }
 
 for name in "${want[@]}"; do
     case "$name" in
-        rejax|sb3|imitation|qdax) build_venv "$name" ;;
-        *) echo "[setup] unknown venv '$name' (expected rejax, sb3, imitation or qdax)" >&2; exit 2 ;;
+        rejax|sb3|imitation|qdax|jaxued) build_venv "$name" ;;
+        *) echo "[setup] unknown venv '$name' (expected rejax, sb3, imitation, qdax or jaxued)" >&2; exit 2 ;;
     esac
 done
