@@ -185,7 +185,7 @@ def start(out, name, config, config_cls, *, members=None, **kwargs) -> experimen
     digests = np.asarray(multihost_utils.process_allgather(np.frombuffer(_digest(run.config, run.members), np.uint8)))
     differ = [i for i in range(len(digests)) if not np.array_equal(digests[i], digests[0])]
     if differ:
-        raise ConfigError(f"process{'es' * (len(differ) > 1)} {', '.join(map(str, differ))} run another config or "
-                          "population than process 0: start every process with the same command (only "
-                          "--process-id differs)")
+        who = f"process {differ[0]} runs" if len(differ) == 1 else f"processes {', '.join(map(str, differ))} run"
+        raise ConfigError(f"{who} another config or population than process 0: start every process with the same "
+                          "command (only --process-id differs)")
     return run

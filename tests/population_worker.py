@@ -28,6 +28,14 @@ def problem(members, seeds, width=16):
     return params, np.asarray(keys)
 
 
+def free_port():
+    """A port free on this machine now, for a jax.distributed coordinator."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def mlp_fitness(params, key):
     """A small network on inputs drawn from the key: depends on both."""
     x = jax.random.normal(key, (32, 8))

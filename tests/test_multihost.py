@@ -14,7 +14,6 @@ import csv
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 
@@ -22,7 +21,7 @@ import pytest
 
 import run
 from src import distributed
-from src.config import ConfigError
+from tests.population_worker import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,12 +34,6 @@ PBT = ["meta", "pbt", "--config", "configs/pbt_ppo_cartpole.yaml", "--population
        "--set", "inner.num_minibatches=1", "--set", "checkpoint_every=1", "--set", "eval_episodes=1",
        "--no-progress"]
 TIMINGS = {"summary.json": ("compile_s", "run_s", "env_steps_per_s", "seconds_this_session")}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(steps, devices):
@@ -106,16 +99,23 @@ def assert_same_run_directories(tmp_path, name, multi):
 def test_two_processes_train_as_one_process(tmp_path):
     """`train`, 2 seeds: two processes of one device each write the run
     directory one process of two devices writes. Before it, in the two
-    processes, 3 seeds (not a multiple of the 2 devices) stop both, naming
-    the sizes, before the run directory exists."""
+    processes, three commands stop both before compiling: 3 seeds (not a
+    multiple of the 2 devices); another learning rate in process 1 than in
+    process 0; a used run directory (process 0's error reaches process 1)."""
     def make_steps(out, group):
-        odd = [[*TRAIN, "--seeds", "3", "--out", str(out / "odd"), *group]] if group else []
-        return [*odd, [*TRAIN, "--out", str(out / "train"), *group]]
+        train = [*TRAIN, "--out", str(out / "train"), *group]
+        if not group:
+            return [train]
+        mismatch = [*TRAIN, "--out", str(out / "mismatch"), "--set", "lr=0.00{id}5", *group]
+        return [[*TRAIN, "--seeds", "3", "--out", str(out / "odd"), *group], mismatch, mismatch, train]
 
     runs = launch(tmp_path, make_steps)
-    for stdout, result in runs["multi"]:
-        odd, train = result["steps"]
+    for i, (stdout, result) in enumerate(runs["multi"]):
+        odd, mismatch, used, train = result["steps"]
         assert odd["code"] == 2 and "3 members do not split over the 2 devices of 2 processes" in odd["error"]
+        assert mismatch["code"] == 2 and "process 1 runs another config or population" in mismatch["error"]
+        assert used["code"] == 2 and "is not empty" in used["error"]
+        assert ("process 0 could not open the run directory" in used["error"]) == (i == 1)
         assert train["code"] == 0, result
         assert "2 device(s) of 2 processes" in stdout
     assert [step["code"] for step in runs["one"][1]["steps"]] == [0]

@@ -4,7 +4,6 @@ Device counts are fixed when JAX starts, so the multi-device and
 multi-process checks run in subprocesses (tests/population_worker.py)."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ import pytest
 
 from src import population
 from src.config import ConfigError
-from tests.population_worker import PARAMS_SEED, mlp_fitness, problem
+from tests.population_worker import PARAMS_SEED, free_port, mlp_fitness, problem
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,12 +88,6 @@ def test_sharded_over_two_host_devices_equals_unsharded():
 def test_sharded_ppo_runs_with_a_learned_objective_equal_unsharded():
     result = finish(run_worker("sharded", "ppo", devices=2))
     assert result["ppo_equal"] and len(set(result["ppo"])) > 1
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow   # 21 s; sharding across devices stays covered by the two-device test above
