@@ -19,6 +19,8 @@ else is spent on scoring (rollouts that are not trained on):
     plr         coin(replay_prob): train on levels replayed from the buffer,
                 else on fresh ones; then score what was trained on (insert or
                 update)
+    (`score_trained_rollout`: levels trained on are scored from the rollout
+    trained on instead of a fresh one after the update: one rollout fewer)
     robust_plr  score a fresh batch without training on it (insert); then
                 train on a replayed batch and rescore it
     accel       train on a replayed batch and rescore it; then coin: edit
@@ -251,6 +253,11 @@ class UEDConfig:
     temperature: float = 0.3
     staleness_coef: float = 0.3
     dedupe: bool = True
+    # score levels trained on (PLR's replays and new levels, ACCEL's and robust
+    # PLR's replays) from the rollout trained on, with the values it was
+    # collected with, as the PLR papers and jaxued do; false: from a fresh
+    # rollout of the updated student (one more rollout per iteration)
+    score_trained_rollout: bool = False
     # student PPO
     num_envs: int = 32
     num_steps: int = 128
@@ -325,6 +332,8 @@ class UEDConfig:
         algorithmic-regret reference runs excluded)."""
         batch = self.num_envs * self.num_steps
         scoring = {"dr": 0, "plr": 1, "robust_plr": 2, "accel": 2, "paired": 0}[self.method] * batch
+        if self.score_trained_rollout and self.method in ("plr", "robust_plr", "accel"):
+            scoring -= batch
         if self.method == "paired":   # antagonist training + whole evaluation episodes of both students
             return {"trained": batch,
                     "total": 2 * batch + 2 * self.num_envs * self.paired_episodes * max_steps}
@@ -386,6 +395,9 @@ def make(config: UEDConfig, space=None) -> UED:
         """(scores, best returns seen, reference returns) for a batch of levels."""
         roll_key, ref_key = jax.random.split(key)
         roll = rollout_levels(agent, ts, levels, roll_key, T)
+        return score_rollout(roll, levels, ref_key, max_returns, reference)
+
+    def score_rollout(roll, levels, ref_key, max_returns=None, reference=None):
         mean_ret, best_ret = rollout_returns(roll)
         best = best_ret if max_returns is None else jnp.maximum(best_ret, max_returns)
         if config.score == "pvl":
@@ -422,8 +434,14 @@ def make(config: UEDConfig, space=None) -> UED:
     def replay_step(student, buffer, key):
         sample_key, train_key, score_key = jax.random.split(key, 3)
         buffer, idx, levels = sample_replay(buffer, sample_key)
-        student, metrics = train_on(student, levels, train_key)
-        scores, best, _ = score_levels(student, levels, score_key, buffer.max_returns[idx], buffer.reference[idx])
+        if config.score_trained_rollout:   # the rollout trained on, with the values it was collected with
+            student, metrics, roll = agent.step(agent.reset_envs(student, train_key, levels), hparams,
+                                                with_rollout=True)
+            scores, best, _ = score_rollout(roll, levels, score_key, buffer.max_returns[idx], buffer.reference[idx])
+        else:
+            student, metrics = train_on(student, levels, train_key)
+            scores, best, _ = score_levels(student, levels, score_key, buffer.max_returns[idx],
+                                           buffer.reference[idx])
         return student, update(buffer, idx, scores, best), levels, metrics
 
     def explore(student, buffer, levels, key):
@@ -445,6 +463,11 @@ def make(config: UEDConfig, space=None) -> UED:
 
             def new_branch(student, buffer):
                 levels = gen(jax.random.split(k1, B))
+                if config.score_trained_rollout:
+                    student, metrics, roll = agent.step(agent.reset_envs(student, k2, levels), hparams,
+                                                        with_rollout=True)
+                    scores, best, ref = score_rollout(roll, levels, k3)
+                    return student, insert(buffer, levels, scores, best, ref, config.dedupe), levels, metrics
                 student, metrics = train_on(student, levels, k2)
                 return student, explore(student, buffer, levels, k3), levels, metrics
 

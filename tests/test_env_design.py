@@ -301,10 +301,12 @@ def test_same_seed_same_numbers_and_one_compile(tiny_run):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, score", [("dr", "pvl"), ("plr", "maxmc"), ("accel", "pvl"), ("paired", "pvl"),
-                                           ("robust_plr", "regret")])
-def test_every_method_runs(method, score):
-    config = ed.UEDConfig(**{**TINY, "method": method, "score": score, "ref_iterations": 2, "ref_num_envs": 2})
+@pytest.mark.parametrize("method, score, trained", [
+    ("dr", "pvl", False), ("plr", "maxmc", False), ("accel", "pvl", False), ("paired", "pvl", False),
+    ("robust_plr", "regret", False), ("plr", "pvl", True), ("accel", "maxmc", True), ("robust_plr", "pvl", True)])
+def test_every_method_runs(method, score, trained):
+    config = ed.UEDConfig(**{**TINY, "method": method, "score": score, "ref_iterations": 2, "ref_num_envs": 2,
+                             "score_trained_rollout": trained})
     ued = ed.make(config)
     state = jax.jit(jax.vmap(ued.init))(jax.random.split(jax.random.key(0), 2))
     step = jax.jit(jax.vmap(ued.iteration, in_axes=(0, None)))
@@ -411,3 +413,44 @@ def test_a_recurrent_student_trains_through_every_method_traced_once(method, mem
     if method == "robust_plr":   # the held-out evaluation with a fresh carry per episode
         out = jax.jit(jax.vmap(ued.evaluate))(state, jax.random.split(jax.random.key(3), 2))
         assert out["returns"].shape == (2, len(ued.space.held_out_names), 1)
+
+
+# ---------------------------------------------------------------- the published ordering (slow)
+
+ORDERING_ITERATIONS = 100   # 204,800 trained env steps per seed; the largest budget run on 2 CPU cores: RESULTS.md
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="not reproduced at CPU budgets: on 13x13 with an LSTM student, 3 seeds, "
+                   "robust PLR - DR = +0.040 +- 0.026 s.e. held-out solve rate at 204,800 trained steps per seed "
+                   "(1.5 s.e.; ACCEL -0.021); the papers' runs are 2.5e8 steps (configs/ued_maze_gpu.yaml)")
+def test_robust_plr_or_accel_beats_domain_randomisation_on_the_papers_mazes(tmp_path):
+    """The ordering of the PLR/ACCEL papers on the jaxued setting (13x13, 25
+    walls, forward 5x5 view, LSTM student): robust PLR or ACCEL above DR in
+    held-out solve rate by 2 standard errors over 3 seeds. About 20 min of
+    two idle cores (benchmarks/ued.py's run of configs/ued_maze13_cpu.yaml)."""
+    import json
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    from benchmarks import ued as bench
+    bench.main(["--config", os.path.join(root, "configs", "ued_maze13_cpu.yaml"), "--methods", "dr,robust_plr,accel", "--seeds", "3",
+                "--set", f"num_iterations={ORDERING_ITERATIONS}", "--out", str(tmp_path / "out"),
+                "--runs", str(tmp_path / "runs")])
+    with open(tmp_path / "out" / "ued.json") as f:
+        runs = json.load(f)["runs"]
+    dr = np.array(runs["dr"]["held_out_solve_rate_per_seed"])
+    wins = []
+    for method in ("robust_plr", "accel"):
+        x = np.array(runs[method]["held_out_solve_rate_per_seed"])
+        se = np.sqrt(x.var(ddof=1) / len(x) + dr.var(ddof=1) / len(dr))
+        wins.append(x.mean() - dr.mean() >= 2 * se)
+    assert any(wins)
+
+
+def test_scoring_from_the_trained_rollout_saves_one_rollout_per_iteration():
+    for method, rollouts in (("plr", 1), ("robust_plr", 2), ("accel", 2), ("dr", 0)):
+        base = ed.UEDConfig(method=method, num_envs=4, num_steps=8).validate()
+        fast = ed.UEDConfig(method=method, num_envs=4, num_steps=8, score_trained_rollout=True).validate()
+        assert base.env_steps_per_iteration(10)["total"] - 32 == rollouts * 32
+        assert fast.env_steps_per_iteration(10)["total"] - 32 == max(rollouts - 1, 0) * 32
+        assert fast.env_steps_per_iteration(10)["trained"] == 32
