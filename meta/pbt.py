@@ -389,6 +389,7 @@ def make_agent_program(config: PBTConfig, variants=None, reward_fn=None, reward_
 
     from agents import algorithms
     from envs.rewards import env_reward
+    from src import population
 
     module = algorithms()[config.algo]
     inner = config.inner_config()
@@ -431,9 +432,9 @@ def make_agent_program(config: PBTConfig, variants=None, reward_fn=None, reward_
         members = init_members(member_keys.reshape(config.runs, config.population, *member_keys.shape[1:]), hparams)
         if with_reward:
             members = (members, reward_params)
-        place = lambda x: jax.device_put(x, sharding)  # noqa: E731
-        return (jax.tree.map(place, members), jax.tree.map(place, hparams),
-                jax.device_put(jax.random.split(k_runs, config.runs), replicated))
+        # (population.place: with several processes each keeps its own share)
+        return (population.place(members, sharding), population.place(hparams, sharding),
+                population.place(jax.random.split(k_runs, config.runs), replicated))
 
     @jax.jit
     def evaluate(members, key):
@@ -542,7 +543,7 @@ def train_chunks(run, chunks, state, rounds, chunk_rounds, ready, names, batch_s
                 # [rounds, runs, population, ready] -> [runs * population, rounds * ready]
                 flat = {k: np.moveaxis(np.asarray(v), 0, 2).reshape(-1, chunk_rounds * ready)
                         for k, v in record.metrics.items()}
-                params = jax.tree.map(lambda x: np.asarray(x).reshape(-1, *x.shape[2:]), params_of(members))
+                params = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), population.gather(params_of(members)))
                 watches[method].check(flat, params, done * ready)
             run.append_rows("metrics.csv", metric_rows(method, record, done, ready, batch_size, names))
             run.append_rows("lineage.csv", lineage_rows(method, record, done, names))
