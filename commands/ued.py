@@ -182,10 +182,19 @@ def main(argv=None):
     # the final student on the training distribution (fresh generator levels,
     # the same for every seed and method): is a held-out failure a failure to
     # learn at all, or to generalise?
-    train_eval = jax.device_get(jax.jit(jax.vmap(lambda s, k: ued.evaluate_training(s, k, TRAIN_EVAL_LEVELS),
-                                                 in_axes=(0, None)))(state, jax.random.PRNGKey(2027)))
-    solvable = train_eval["solvable"][0]
-    train_solved = train_eval["solved"][:, solvable].mean(1) if solvable.any() else np.zeros(config.seeds)
+    # (config.train_eval_levels > 0; its own compile, ~10 s on 2 cores, so off by default)
+    train_fields, train_text = {}, ""
+    if config.train_eval_levels:
+        train_eval = jax.device_get(jax.jit(jax.vmap(
+            lambda s, k: ued.evaluate_training(s, k, config.train_eval_levels), in_axes=(0, None)))(
+                state, jax.random.PRNGKey(2027)))
+        solvable = train_eval["solvable"][0]
+        train_solved = train_eval["solved"][:, solvable].mean(1) if solvable.any() else np.zeros(config.seeds)
+        train_fields = {"train_distribution_solve_rate_mean": float(train_solved.mean()),
+                        "train_distribution_solve_rate_per_seed": [float(x) for x in train_solved],
+                        "train_distribution_levels": config.train_eval_levels,
+                        "train_distribution_solvable": float(solvable.mean())}
+        train_text = f", training distribution {train_solved.mean():.3f} of solvable levels"
     final_ret = timeline[-1][2]
     summary = {
         "env": config.env, "method": config.method, "score": config.score, "seeds": [int(s) for s in seeds],
@@ -196,21 +205,14 @@ def main(argv=None):
         "held_out_return_mean": float(final_ret.mean()), "held_out_return_std": float(final_ret.std()),
         "held_out_solve_rate_per_level": {n: float(solved[:, i].mean()) for i, n in enumerate(space.held_out_names)},
         "held_out_solve_rate_per_seed": [float(x) for x in per_seed],
-        "train_distribution_solve_rate_mean": float(train_solved.mean()),
-        "train_distribution_solve_rate_per_seed": [float(x) for x in train_solved],
-        "train_distribution_levels": TRAIN_EVAL_LEVELS, "train_distribution_solvable": float(solvable.mean()),
-        "wall_s": wall, "first_chunk_s_incl_compile": compile_s,
+        **train_fields, "wall_s": wall, "first_chunk_s_incl_compile": compile_s,
     }
     run.write_json("summary.json", summary)
     print(f"{config.method} on {config.env}: held-out solve rate {per_seed.mean():.3f} ± {per_seed.std():.3f} "
-          f"(return {final_ret.mean():.3f} ± {final_ret.std():.3f}), training distribution "
-          f"{train_solved.mean():.3f} of solvable levels, over {config.seeds} seeds after "
+          f"(return {final_ret.mean():.3f} ± {final_ret.std():.3f}){train_text} over {config.seeds} seeds after "
           f"{summary['env_steps_trained']} trained env steps ({summary['env_steps_total']} in all); "
           f"{wall:.0f} s. Run directory: {out}")
     return summary
-
-
-TRAIN_EVAL_LEVELS = 100   # fresh generator levels in the summary's training-distribution solve rate
 
 
 def run_keys(config, num_steps):

@@ -244,6 +244,7 @@ class UEDConfig:
     num_iterations: int = 100         # student updates (each num_envs * num_steps env steps)
     eval_every: int = 20
     eval_episodes: int = 10           # per held-out level
+    train_eval_levels: int = 0        # > 0: the summary adds the final solve rate on this many fresh generator levels
     buffer_iterations: tuple[int, ...] = ()     # iterations at which to picture the buffer (empty: start, middle, end)
     # level space (maze: height, width, max_walls, max_steps, num_edits; physics: mutation_scale)
     space_kwargs: dict = dataclasses.field(default_factory=dict)
@@ -288,6 +289,8 @@ class UEDConfig:
             raise ConfigError(f"unknown score {self.score!r}; valid scores: {', '.join(SCORES)}")
         if self.env not in SPACES:
             raise ConfigError(f"unknown level space {self.env!r}; valid: {', '.join(SPACES)}")
+        if self.train_eval_levels < 0:
+            raise ConfigError(f"train_eval_levels must be >= 0, got {self.train_eval_levels}")
         for name in ("seeds", "num_iterations", "eval_every", "eval_episodes", "capacity", "num_envs",
                      "num_steps", "ref_iterations", "ref_num_envs", "ref_eval_episodes", "paired_episodes"):
             if getattr(self, name) < 1:
