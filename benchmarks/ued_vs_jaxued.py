@@ -22,6 +22,9 @@ updates (new-level and edit updates roll out and score without training).
 So the comparison is trained env steps per second of wall time, after the
 compile and a warm-up that fills the peer's buffer past its replay
 threshold; `--rounds` > 1 alternates the order and keeps each side's best.
+Ours runs under run.py's XLA:CPU setting (src/xla_cpu.py); the peer runs
+with XLA's defaults and with that setting, and its faster run is the one
+compared.
 Ours runs twice: scoring replayed levels with a fresh rollout after the
 update (our default), and from the rollout trained on
 (`score_trained_rollout: true`, what jaxued's example does).
@@ -37,6 +40,10 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from src.xla_cpu import SMALL_LOOP_BYTES, compile_small_loops  # noqa: E402
+
+compile_small_loops()   # ours as run.py runs it; the peer runs both with XLA's defaults and with this setting
+SMALL_LOOPS = f"--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold={SMALL_LOOP_BYTES}"
 PEER_PY = os.path.join(ROOT, "benchmarks", "peers", ".venv-jaxued", "bin", "python")
 PEER = os.path.join(ROOT, "benchmarks", "peers", "jaxued_maze.py")
 
@@ -85,17 +92,20 @@ def ours(args, score_trained_rollout=False):
             "trained_steps_per_s": updates * steps["trained"] / wall, "env_steps_per_s": updates * steps["total"] / wall}
 
 
-def peer(args):
+def peer(args, xla_flags=None):
     if not os.path.exists(PEER_PY):
         sys.exit(f"no jaxued venv at {PEER_PY}: run bash benchmarks/peers/setup.sh jaxued")
     updates = args.chunk * args.timed_chunks
     cmd = [PEER_PY, PEER, "--method", args.method, "--num-envs", str(args.num_envs), "--num-steps",
            str(args.num_steps), "--chunk", str(args.chunk), "--warmup-chunks", str(args.warmup_chunks),
            "--updates", str(updates), "--capacity", str(args.capacity)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    if xla_flags:
+        env["XLA_FLAGS"] = xla_flags
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if proc.returncode:
         sys.exit(f"the jaxued peer failed:\n{proc.stderr[-3000:]}")
-    return {"side": "jaxued", **json.loads(proc.stdout.strip().splitlines()[-1])}
+    return {"side": "jaxued", "xla_flags": xla_flags or "", **json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
 def main(argv=None):
@@ -115,7 +125,10 @@ def main(argv=None):
     ours_rescored = lambda a: ours(a, False)  # noqa: E731
     ours_trained = lambda a: ours(a, True)  # noqa: E731
     for r in range(args.rounds):   # alternate the order so that neither side always runs last
-        sides = (ours_rescored, ours_trained, peer) if r % 2 == 0 else (peer, ours_trained, ours_rescored)
+        peer_default = lambda a: peer(a)  # noqa: E731
+        peer_small_loops = lambda a: peer(a, SMALL_LOOPS)  # noqa: E731
+        sides = (ours_rescored, ours_trained, peer_default, peer_small_loops)
+        sides = sides if r % 2 == 0 else sides[::-1]
         for side in sides:
             runs.append(side(args))
             print(json.dumps(runs[-1]), flush=True)
