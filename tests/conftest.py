@@ -11,6 +11,16 @@ from src.xla_cpu import compile_small_loops
 
 compile_small_loops()
 
+# Tests compile with LLVM's optimisation level 0 for XLA:CPU: compiling is
+# most of the suite's time on 2 cores and this halves it (tests/test_prefopt.py:
+# 57 -> 29 CPU-s), while what the tests check (values against references,
+# traces, shapes, learning thresholds) does not depend on how well the kernels
+# are optimised. run.py and the benchmarks keep XLA's default. The golden
+# numbers are recorded per level (tests/helpers.py machine_fingerprint).
+# Set XLA_FLAGS=--xla_backend_optimization_level=N yourself to test another.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+
 # One on-disk compilation cache for the whole run: the xdist workers and every
 # subprocess a test starts (run.py's command-line tests) inherit it, so a
 # program that one test compiles is loaded, not compiled again, by the next one

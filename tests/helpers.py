@@ -62,8 +62,11 @@ def machine_fingerprint():
                                                          ).hexdigest()[:16]
     except OSError:
         pass
+    # the LLVM optimisation level changes XLA:CPU's numbers bit for bit (the suite runs at 0: tests/conftest.py)
+    level = next((f.partition("=")[2] for f in os.environ.get("XLA_FLAGS", "").split()
+                  if f.startswith("--xla_backend_optimization_level=")), "default")
     return {"jax": jax.__version__, "machine": platform.machine(), "cpu": model, "cpu_flags": flags,
-            "cores": os.cpu_count(), "backend": jax.default_backend()}
+            "cores": os.cpu_count(), "backend": jax.default_backend(), "xla_backend_optimization_level": level}
 
 
 def csv_numbers(path, drop=()):

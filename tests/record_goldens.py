@@ -29,7 +29,12 @@ def main():
     for label, first in FIRST.items():
         print(f"recording with {label}", flush=True)
         code = f"{first}; import pytest, sys; sys.exit(pytest.main(['-q', '-n', '0', *{TESTS!r}]))"
-        subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
+        # the suite's XLA setting (tests/conftest.py) in place before the
+        # one-device mode starts JAX, which is before conftest runs
+        env = dict(os.environ)
+        if "xla_backend_optimization_level" not in env.get("XLA_FLAGS", ""):
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+        subprocess.run([sys.executable, "-c", code], cwd=root, check=True, env=env)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,8 @@ def test_bad_population_input_fails_clearly():
 
 def run_worker(*args, devices=1, env=None, timeout=600):
     env = {**os.environ, **(env or {}),
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "PYTHONPATH": ROOT}
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0",
+           "PYTHONPATH": ROOT}   # level 0 as in tests/conftest.py
     return subprocess.Popen([sys.executable, "-m", "tests.population_worker", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -225,12 +225,11 @@ def test_loops_that_cannot_run_memory_refuse_it_by_name():
         ppo.refuse_memory(MEMORY, "meta reward-model", ppo.SINGLE_TRANSITION_LOG_PROB)
 
 
-@pytest.mark.parametrize("loop", ["reward-model", "ued", "reward-alignment", "orpo"])
+@pytest.mark.parametrize("loop", ["reward-model", "reward-alignment", "orpo"])   # meta ued runs memory: test_env_design
 def test_loops_that_cannot_run_memory_refuse_it_before_compiling(loop):
-    from meta import env_design, orpo, reward_alignment
+    from meta import orpo, reward_alignment
     from meta import reward_model as rmod
     build = {"reward-model": lambda: rmod.RewardModelConfig(ppo={"memory": "gru"}),
-             "ued": lambda: env_design.UEDConfig(ppo={"memory": "lstm"}),
              "reward-alignment": lambda: reward_alignment.AlignmentConfig(ppo={"memory": "gru"}),
              "orpo": lambda: orpo.ORPOConfig(ppo={"memory": "gru"})}[loop]
     with pytest.raises(ConfigError, match="does not support memory=.*set memory: none"):

@@ -210,7 +210,8 @@ def test_sharded_population_equals_one_device(tmp_path):
     tests/test_population.py. The run shows its progress bar, which is fed
     from inside the compiled program (and must count each iteration once
     with the members on two devices)."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PYTHONPATH": ROOT}
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0",
+           "PYTHONPATH": ROOT}
     args = [a for a in SMALL if a != "--no-progress"]
     proc = subprocess.run([sys.executable, "-m", "tests.population_worker", "train", str(tmp_path / "s"), *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
