@@ -10,13 +10,15 @@
 #                                    benchmarks/qd_vs_qdax.py; built only when asked for by name
 #   benchmarks/peers/.venv-jaxued <- requirements-jaxued.txt (jaxued 0.0.1, gymnax 1.0.1, jax 0.10.2) for
 #                                    benchmarks/ued_vs_jaxued.py; built only when asked for by name
+#   benchmarks/peers/.venv-evorl  <- requirements-evorl.txt  (evorl-jax 0.1.1, gymnax 1.0.1, jax 0.10.2) for
+#                                    benchmarks/pbt_vs_evorl.py; built only when asked for by name
 #
 # Each requirements file pins the complete dependency closure and is installed
 # with --no-deps, so what lands in the venv is exactly what the file says.
 # Idempotent: a venv whose stamp matches the sha256 of its requirements file is
 # left alone; otherwise it is rebuilt from scratch.
 #
-# Usage: bash benchmarks/peers/setup.sh [rejax] [sb3] [imitation] [qdax] [jaxued]   (default: rejax and sb3)
+# Usage: bash benchmarks/peers/setup.sh [rejax] [sb3] [imitation] [qdax] [jaxued] [evorl]   (default: rejax and sb3)
 # Env:   PYTHON=python3.11 to choose the base interpreter (default: python3).
 set -euo pipefail
 
@@ -103,12 +105,21 @@ from importlib.metadata import version
 print("[setup] jaxued venv:", {p: version(p) for p in ("jaxued", "gymnax", "jax", "jaxlib", "flax", "chex")})
 EOF
             ;;
+        evorl)
+            "$venv/bin/python" - <<'EOF'
+import jax
+from evorl.algorithms.meta.pbt_workflow import PBTWorkflowTemplate  # noqa: F401
+from evorl.algorithms.meta.pbt_ppo.param_ppo import ParamPPOWorkflow  # noqa: F401
+from importlib.metadata import version
+print("[setup] evorl venv:", {p: version(p) for p in ("evorl-jax", "gymnax", "jax", "jaxlib", "flax", "optax")})
+EOF
+            ;;
     esac
 }
 
 for name in "${want[@]}"; do
     case "$name" in
-        rejax|sb3|imitation|qdax|jaxued) build_venv "$name" ;;
-        *) echo "[setup] unknown venv '$name' (expected rejax, sb3, imitation, qdax or jaxued)" >&2; exit 2 ;;
+        rejax|sb3|imitation|qdax|jaxued|evorl) build_venv "$name" ;;
+        *) echo "[setup] unknown venv '$name' (expected rejax, sb3, imitation, qdax, jaxued or evorl)" >&2; exit 2 ;;
     esac
 done
