@@ -12,7 +12,8 @@ ours times the chunks after the first (its summary.json
 seconds_this_session.train, 8 of 12 rounds with checkpoint_every 4), the peer
 times rounds 2..12 (its first round carries the compile). The peer's timed
 rounds include the per-member evaluation episodes evorl's PBT uses as fitness;
-those env steps are not counted (see the mismatches the peer lists).
+those env steps are not counted in the headline figure (see the mismatches the
+peer lists); the peer also reports them and a rate that counts them.
 Final score: each side's best member over 20 deterministic evaluation episodes.
 
     python benchmarks/pbt_vs_evorl.py            # both; writes benchmarks/results/pbt_vs_evorl.json
@@ -101,7 +102,9 @@ def main():
     print(f"ours : {ours['env_steps_per_s_excl_compile']:,.0f} env steps/s (excl. compile), "
           f"best member {ours['best_eval_return']:.1f}, wall {ours['seconds']['process_wall']:.1f} s")
     print(f"evorl: {peer['env_steps_per_s_excl_compile']:,.0f} env steps/s (excl. compile), "
-          f"best member {peer['best_eval_return']:.1f}, wall {peer['seconds']['process_wall']:.1f} s")
+          f"best member {peer['best_eval_return']:.1f}, wall {peer['seconds']['process_wall']:.1f} s; "
+          f"{peer['env_steps_per_s_excl_compile_incl_fitness_eval']:,.0f} env steps/s counting its "
+          f"{peer['fitness_eval_env_steps_in_timed_rounds']:,.0f} fitness-evaluation steps")
     print(f"throughput ratio ours/evorl: {ratio:.2f}x -> {args.out}")
 
 

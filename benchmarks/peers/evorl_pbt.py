@@ -181,10 +181,15 @@ def main(argv=None):
     first = time.perf_counter() - t0     # setup + compile + the first round
 
     t1 = time.perf_counter()
+    fitness_lengths = []   # [members] mean fitness-episode length per timed round (stays on device until the end)
     for _ in range(args.rounds - 1):
         metrics, state = wf.step(state)
+        fitness_lengths.append(metrics.pop_episode_lengths)
     jax.block_until_ready(state)
     train = time.perf_counter() - t1
+    # env steps of the fitness evaluations inside the timed rounds: evorl's
+    # evaluator steps until every episode is done (while_loop), so these are real
+    fitness_steps = float(np.sum([np.asarray(x) for x in fitness_lengths]) * args.fitness_episodes)
 
     t2 = time.perf_counter()
     eval_metrics, state = wf.evaluate(state)
@@ -201,9 +206,14 @@ def main(argv=None):
         "population": args.population,
         "env_steps_per_member": args.ready * args.num_envs * args.rollout_length * args.rounds,
         "env_steps_total": steps_per_round * args.rounds,
+        # evorl's own per-member counter of training env steps (a member that was
+        # overwritten inherits its parent's count, so all equal the schedule's)
+        "evorl_sampled_timesteps_per_member": np.asarray(state.pop_workflow_state.metrics.sampled_timesteps).tolist(),
         "seconds": {"setup_compile_and_first_round": first, "train_after_first_round": train,
                     "final_eval": final_eval_s},
         "env_steps_per_s_excl_compile": steps_per_round * (args.rounds - 1) / train,
+        "fitness_eval_env_steps_in_timed_rounds": fitness_steps,
+        "env_steps_per_s_excl_compile_incl_fitness_eval": (steps_per_round * (args.rounds - 1) + fitness_steps) / train,
         "best_eval_return": float(returns[best]),
         "population_eval_mean": float(returns.mean()),
         "eval_returns": returns.tolist(),
