@@ -16,13 +16,15 @@ those env steps are not counted in the headline figure (see the mismatches the
 peer lists); the peer also reports them and a rate that counts them.
 Final score: each side's best member over 20 deterministic evaluation episodes.
 
-    python benchmarks/pbt_vs_evorl.py            # both; writes benchmarks/results/pbt_vs_evorl.json
+    python benchmarks/pbt_vs_evorl.py              # both once; writes benchmarks/results/pbt_vs_evorl.json
+    python benchmarks/pbt_vs_evorl.py --repeats 3  # alternate three times, medians (the box is shared)
 Setup: bash benchmarks/peers/setup.sh evorl
 """
 import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,32 +82,45 @@ def run_peer(seed):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="alternate ours/peer this many times (same seed) and report medians: the box is shared")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pbt_vs_evorl.json"))
     args = p.parse_args()
 
-    ours = run_ours(args.seed)
-    peer = run_peer(args.seed)
-    ratio = ours["env_steps_per_s_excl_compile"] / peer["env_steps_per_s_excl_compile"]
+    ours_runs, peer_runs = [], []
+    for _ in range(args.repeats):
+        ours_runs.append(run_ours(args.seed))
+        peer_runs.append(run_peer(args.seed))
+    rate = "env_steps_per_s_excl_compile"
+    ours_rates = [r[rate] for r in ours_runs]
+    peer_rates = [r[rate] for r in peer_runs]
+    ours, peer = ours_runs[-1], peer_runs[-1]
+    ratio = statistics.median(ours_rates) / statistics.median(peer_rates)
     result = {
         "task": "PPO on gymnax CartPole-v1, PBT population 16, 24,576 env steps per member, ready 4 iterations",
-        "command": "python benchmarks/pbt_vs_evorl.py",
+        "command": "python benchmarks/pbt_vs_evorl.py" + (f" --repeats {args.repeats}" if args.repeats > 1 else ""),
         "machine": f"{platform.machine()} {os.cpu_count()} cores (shared)",
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "seed": args.seed,
-        "ours": ours,
+        "repeats": args.repeats,
+        "ours_env_steps_per_s_each": ours_rates,
+        "evorl_env_steps_per_s_each": peer_rates,
+        "evorl_env_steps_per_s_incl_fitness_eval_each": [r["env_steps_per_s_excl_compile_incl_fitness_eval"]
+                                                         for r in peer_runs],
+        "ours": ours,            # the last repeat in full
         "evorl": peer,
-        "throughput_ratio_ours_over_evorl": ratio,
+        "throughput_ratio_ours_over_evorl": ratio,   # of the medians
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
-    print(f"ours : {ours['env_steps_per_s_excl_compile']:,.0f} env steps/s (excl. compile), "
-          f"best member {ours['best_eval_return']:.1f}, wall {ours['seconds']['process_wall']:.1f} s")
-    print(f"evorl: {peer['env_steps_per_s_excl_compile']:,.0f} env steps/s (excl. compile), "
-          f"best member {peer['best_eval_return']:.1f}, wall {peer['seconds']['process_wall']:.1f} s; "
+    print(f"ours : median {statistics.median(ours_rates):,.0f} env steps/s (excl. compile; each "
+          f"{', '.join(f'{x:,.0f}' for x in ours_rates)}), best member {ours['best_eval_return']:.1f}")
+    print(f"evorl: median {statistics.median(peer_rates):,.0f} env steps/s (excl. compile; each "
+          f"{', '.join(f'{x:,.0f}' for x in peer_rates)}), best member {peer['best_eval_return']:.1f}; "
           f"{peer['env_steps_per_s_excl_compile_incl_fitness_eval']:,.0f} env steps/s counting its "
-          f"{peer['fitness_eval_env_steps_in_timed_rounds']:,.0f} fitness-evaluation steps")
-    print(f"throughput ratio ours/evorl: {ratio:.2f}x -> {args.out}")
+          f"{peer['fitness_eval_env_steps_in_timed_rounds']:,.0f} fitness-evaluation steps (last repeat)")
+    print(f"throughput ratio ours/evorl (medians): {ratio:.2f}x -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,9 @@ Mismatches with ours (also written into the JSON under "mismatches"):
   linearly to 0; the preset's `anneal_lr: true`).
 - evorl's ParamPPO uses envpool-style autoreset; minibatches of 128 = 4
   minibatches of the 512-step batch, 4 epochs, grad clip 0.5, gamma 0.99,
-  GAE 0.95, value weight 0.5, separate [64, 64] actor and critic (as ours).
+  GAE 0.95, value weight 0.5, advantage normalisation, separate [64, 64]
+  actor and critic (as ours), but ReLU hidden layers (evorl's ParamPPO MLP
+  has no activation option; ours uses tanh).
 - final score: the best member's mean return over 20 deterministic
   evaluation episodes at the end (as ours).
 """
@@ -76,6 +78,9 @@ MISMATCHES = [
     "lr annealing: evorl's PPO has none; ours anneals each member's lr linearly to 0 (preset anneal_lr: true)",
     "evorl's PBT copies the parent's whole workflow state (optimizer moments, env state); "
     "ours copies params, optimizer state and hyperparameters",
+    "network: evorl's ParamPPO MLP uses ReLU (no option); ours tanh. Otherwise the same PPO sizes "
+    "(4 epochs x 4 minibatches of 128, grad clip 0.5, gamma 0.99, GAE 0.95, value weight 0.5, "
+    "advantage normalisation, separate [64, 64] actor and critic)",
 ]
 
 
