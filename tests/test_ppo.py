@@ -410,8 +410,20 @@ def pendulum_final_returns(total_steps, seeds):
 
 
 def test_pendulum_continuous_learns_quickly():
-    final = pendulum_final_returns(200_000, 2)
-    assert final.mean() >= -600, final      # random play scores about -1200
+    # 200k steps make this test runtime-bound: it runs in its own process at
+    # XLA's default optimisation level, which runs it about 2.5x faster than
+    # the suite's level 0 (tests/conftest.py; 86 s in process against 32 s)
+    import json
+    import subprocess
+    import sys
+    flags = os.environ.get("XLA_FLAGS", "").replace("--xla_backend_optimization_level=0", "").strip()
+    code = ("import json; from tests.test_ppo import pendulum_final_returns; "
+            "print(json.dumps(pendulum_final_returns(200_000, 2).tolist()))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "XLA_FLAGS": flags, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = np.array(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert final.shape == (2,) and final.mean() >= -600, final      # random play scores about -1200
 
 
 @pytest.mark.slow
