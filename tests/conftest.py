@@ -8,6 +8,7 @@ import shutil
 import tempfile
 
 from src.xla_cpu import compile_small_loops
+from tests.xla_level import with_suite_level
 
 compile_small_loops()
 
@@ -18,8 +19,7 @@ compile_small_loops()
 # are optimised. run.py and the benchmarks keep XLA's default. The golden
 # numbers are recorded per level (tests/helpers.py machine_fingerprint).
 # Set XLA_FLAGS=--xla_backend_optimization_level=N yourself to test another.
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+os.environ["XLA_FLAGS"] = with_suite_level(os.environ.get("XLA_FLAGS", ""))
 
 # One on-disk compilation cache for the whole run: the xdist workers and every
 # subprocess a test starts (run.py's command-line tests) inherit it, so a

@@ -31,9 +31,8 @@ def main():
         code = f"{first}; import pytest, sys; sys.exit(pytest.main(['-q', '-n', '0', *{TESTS!r}]))"
         # the suite's XLA setting (tests/conftest.py) in place before the
         # one-device mode starts JAX, which is before conftest runs
-        env = dict(os.environ)
-        if "xla_backend_optimization_level" not in env.get("XLA_FLAGS", ""):
-            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+        from tests.xla_level import with_suite_level
+        env = {**os.environ, "XLA_FLAGS": with_suite_level(os.environ.get("XLA_FLAGS", ""))}
         subprocess.run([sys.executable, "-c", code], cwd=root, check=True, env=env)
 
 

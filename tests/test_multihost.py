@@ -22,6 +22,7 @@ import pytest
 import run
 from src import distributed
 from tests.population_worker import free_port
+from tests.xla_level import with_suite_level
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,7 +41,7 @@ def start(steps, devices):
     # XLA's backend optimisation level 0 halves the compile, on both sides of
     # the comparison alike (it compares process layouts, not recorded numbers)
     env = {**os.environ, "PYTHONPATH": ROOT,
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"}
+           "XLA_FLAGS": with_suite_level(f"--xla_force_host_platform_device_count={devices}")}
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     return subprocess.Popen([sys.executable, "-m", "tests.population_worker", "steps", json.dumps(steps)], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

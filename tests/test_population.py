@@ -15,6 +15,7 @@ import pytest
 from src import population
 from src.config import ConfigError
 from tests.population_worker import PARAMS_SEED, free_port, mlp_fitness, problem
+from tests.xla_level import with_suite_level
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,7 +63,7 @@ def test_bad_population_input_fails_clearly():
 
 def run_worker(*args, devices=1, env=None, timeout=600):
     env = {**os.environ, **(env or {}),
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0",
+           "XLA_FLAGS": with_suite_level(f"--xla_force_host_platform_device_count={devices}"),
            "PYTHONPATH": ROOT}   # level 0 as in tests/conftest.py
     return subprocess.Popen([sys.executable, "-m", "tests.population_worker", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -15,6 +15,7 @@ from src import checkpoint
 from src.config import ConfigError, override
 from src.networks import ActorCritic, entropy, log_prob
 from tests.helpers import TraceCounter, tree_equal
+from tests.xla_level import without_suite_level
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ppo.PPOConfig(total_steps=4 * 32 * 6, num_envs=4, num_steps=32, hidden=(32, 32))
@@ -416,7 +417,7 @@ def test_pendulum_continuous_learns_quickly():
     import json
     import subprocess
     import sys
-    flags = os.environ.get("XLA_FLAGS", "").replace("--xla_backend_optimization_level=0", "").strip()
+    flags = without_suite_level(os.environ.get("XLA_FLAGS", ""))
     code = ("import json; from tests.test_ppo import pendulum_final_returns; "
             "print(json.dumps(pendulum_final_returns(200_000, 2).tolist()))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=900,

@@ -11,6 +11,7 @@ import pytest
 import run
 from src import config as cfg
 from tests.helpers import check_golden, csv_numbers, run_cli_steps
+from tests.xla_level import with_suite_level
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--total-steps", "2048", "--seeds", "2", "--no-progress", "--set", "num_steps=64", "--set", "hidden=[16]"]
@@ -210,7 +211,7 @@ def test_sharded_population_equals_one_device(tmp_path):
     tests/test_population.py. The run shows its progress bar, which is fed
     from inside the compiled program (and must count each iteration once
     with the members on two devices)."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0",
+    env = {**os.environ, "XLA_FLAGS": with_suite_level("--xla_force_host_platform_device_count=2"),
            "PYTHONPATH": ROOT}
     args = [a for a in SMALL if a != "--no-progress"]
     proc = subprocess.run([sys.executable, "-m", "tests.population_worker", "train", str(tmp_path / "s"), *args],
