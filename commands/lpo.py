@@ -14,7 +14,7 @@ import argparse
 import os
 
 from meta.lpo import LPOConfig, compare, initial_drift, inner_config, meta_train, paired  # noqa: F401  (tests use them here)
-from src import experiment
+from src import distributed, experiment
 from src.config import ConfigError
 
 
@@ -31,6 +31,7 @@ def parser():
                    help="evaluate the finished run in --out again on ENV (fresh seeds; writes reeval_ENV_N_KEY.json)")
     p.add_argument("--reeval-seeds", type=int, default=64, help="seeds for --reevaluate")
     p.add_argument("--reeval-key", type=int, default=2026, help="PRNG seed for --reevaluate's seeds")
+    distributed.add_flags(p)
     return p
 
 
@@ -52,19 +53,23 @@ def build_config(args) -> LPOConfig:
 def main(argv):
     args = parser().parse_args(argv)
     if args.reevaluate:
+        if distributed.check(args.coordinator, args.num_processes, args.process_id):
+            raise ConfigError("--reevaluate runs on one process: drop --coordinator/--num-processes/--process-id")
         return reevaluate(args.out, args.reevaluate, args.reeval_seeds, args.reeval_key)
+    distributed.initialize(args)   # before any JAX computation
     config = build_config(args)
     inner = {env: inner_config(config, env) for env in config.envs + config.held_out}   # checked before the run dir
     given = any([args.config, args.env, args.held_out, args.pop, args.generations, args.seeds,
                  args.strategy, args.overrides])
-    run = experiment.start(args.out, f"lpo-{config.envs[0]}", config, LPOConfig, resume=args.resume, given=given,
-                           unit="generation")
-    config, out = run.config.validate(), run.path
+    # with several processes (--coordinator ...) process 0 writes the run directory
+    run = distributed.start(args.out, f"lpo-{config.envs[0]}", config, LPOConfig, resume=args.resume, given=given,
+                            unit="generation")
+    config = run.config.validate()
     inner = {env: inner_config(config, env) for env in config.envs + config.held_out}
     if args.stop_at is not None and not 0 < args.stop_at <= config.generations:
         raise ConfigError(f"--stop-at must be in 1..{config.generations}")
-    return meta_train(config, inner, out, resume=args.resume, stop_at=args.stop_at,
-                      show_progress=not args.no_progress)
+    return meta_train(config, inner, run.path, resume=args.resume, stop_at=args.stop_at,
+                      show_progress=not args.no_progress, run=run)
 
 
 def reevaluate(out, env, seeds, key_seed):

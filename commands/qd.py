@@ -15,7 +15,7 @@ archive.png, coverage.png, comparison.md, summary.json and checkpoint/.
 import argparse
 
 from meta.qd import METHODS, QDConfig, run_all
-from src import experiment
+from src import distributed, experiment
 from src.config import ConfigError
 
 
@@ -27,6 +27,7 @@ def parser():
     p.add_argument("--batch", type=int, help="evaluations per generation and seed")
     # --seeds: independent runs per method (vmapped); --stop-at counts generations
     experiment.core_flags(p, logger=False)
+    distributed.add_flags(p)
     return p
 
 
@@ -48,12 +49,14 @@ def main(argv):
     import envs
 
     args = parser().parse_args(argv)
+    distributed.initialize(args)   # before any JAX computation
     config = build_config(args)
     envs.check_name(config.env)   # before the run directory and any compile
     given = any(v is not None for v in (args.config, args.env, args.method, args.generations, args.batch,
                                         args.seeds)) or bool(args.overrides)
-    run = experiment.start(args.out, f"qd-{config.env}", config, QDConfig, resume=args.resume, given=given,
-                           unit="generation")
+    # with several processes (--coordinator ...) process 0 writes the run directory
+    run = distributed.start(args.out, f"qd-{config.env}", config, QDConfig, resume=args.resume, given=given,
+                            unit="generation")
     config = run.config.validate()
     if args.stop_at is not None and not 0 < args.stop_at <= config.generations:
         raise ConfigError(f"--stop-at must be in 1..{config.generations}")

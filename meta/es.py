@@ -202,7 +202,7 @@ def plot_fitness(out, title="", baseline=None, baseline_label="baseline"):
 
 def evolve(es: ES, evaluate: Callable, mean, key, generations: int, out: str, seeds: int = 1,
            checkpoint_every: int = 1, resume: bool = False, stop_at: int | None = None,
-           show_progress: bool = True, desc: str = "ES", common_seeds: bool = False):
+           show_progress: bool = True, desc: str = "ES", common_seeds: bool = False, run=None):
     """The outer loop: a Python loop over jitted generations.
 
     `evaluate(population, keys[pop, seeds, 2]) -> returns [pop, seeds]` (numpy,
@@ -211,7 +211,9 @@ def evolve(es: ES, evaluate: Callable, mean, key, generations: int, out: str, se
     uninterrupted run would (the checkpoint holds the whole ES state).
     Writes OUT/fitness.csv (one row per generation), OUT/checkpoint/ (orbax)
     and OUT/checkpoint.json ({"generation": g}) every `checkpoint_every`
-    generations and at the end. Returns the final ES state.
+    generations and at the end; into `run` (an open `src.experiment.Run`,
+    for a command on several processes) instead of OUT when given. Returns
+    the final ES state.
     """
     from src import experiment, progress
 
@@ -220,8 +222,10 @@ def evolve(es: ES, evaluate: Callable, mean, key, generations: int, out: str, se
     stop_at = generations if stop_at is None else stop_at
     if not 0 < stop_at <= generations:
         raise ConfigError(f"stop_at must be in 1..{generations}, got {stop_at}")
-    os.makedirs(out, exist_ok=True)
-    run = experiment.Run(out, None, None, resume, unit="generation")
+    if run is None:
+        os.makedirs(out, exist_ok=True)
+        run = experiment.Run(out, None, None, resume, unit="generation")
+    out = run.path
     init_key, loop_key = jax.random.split(key)
     state, done = run.restore(es.init(init_key, mean)) if resume else (es.init(init_key, mean), 0)
     if done >= stop_at:

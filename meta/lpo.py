@@ -142,7 +142,10 @@ def initial_drift(config: LPOConfig, clip_eps):
     return lo.init_drift(init_key, temporal)
 
 
-def meta_train(config: LPOConfig, inner, out, resume=False, stop_at=None, show_progress=True):
+def meta_train(config: LPOConfig, inner, out, resume=False, stop_at=None, show_progress=True, run=None):
+    """Evolve the drift into `out` (or into the open `run`, as `run.py meta
+    lpo` passes on one process or several), then compare the result with
+    PPO-clip on held-out seeds and envs: summary.json, fitness.png."""
     import time
 
     import jax
@@ -153,6 +156,7 @@ def meta_train(config: LPOConfig, inner, out, resume=False, stop_at=None, show_p
     from agents import objectives as lo
     from src import population, rundir
 
+    out = run.path if run is not None else out
     key = jax.random.PRNGKey(config.seed)
     _, es_key, base_key, eval_key = jax.random.split(key, 4)   # the first is initial_drift's
     mean = initial_drift(config, inner[config.envs[0]].clip_eps)
@@ -185,7 +189,8 @@ def meta_train(config: LPOConfig, inner, out, resume=False, stop_at=None, show_p
     t0 = time.perf_counter()
     state = es_lib.evolve(es, evaluate, mean, es_key, config.generations, out, seeds=config.seeds,
                           checkpoint_every=config.checkpoint_every, resume=resume, stop_at=stop_at,
-                          show_progress=show_progress, desc="LPO generations", common_seeds=config.common_seeds)
+                          show_progress=show_progress, desc="LPO generations", common_seeds=config.common_seeds,
+                          run=run)
     elapsed = time.perf_counter() - t0
     final = es.mean(state)
     lo.save(out, config.objective, final)

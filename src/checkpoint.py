@@ -20,11 +20,33 @@ def _to_storable(tree):
     return jax.tree.map(lambda x: jax.random.key_data(x) if _is_typed_key(x) else x, tree)
 
 
+def is_process_local(tree) -> bool:
+    """Whether every leaf lives whole on this process (numpy, or a jax.Array
+    on its own devices), as a state replicated by hand on every process is
+    (an ES or QD state computed from gathered fitness); a member-sharded
+    population state spans the processes and is not."""
+    return all(getattr(x, "is_fully_addressable", True) for x in jax.tree.leaves(tree))
+
+
+def _checkpointer(tree):
+    # With several processes orbax makes every save and restore a collective
+    # of all of them. A process-local tree is written by one process alone
+    # (src.experiment.Run: process 0) and read by each on its own, so it
+    # gets a checkpointer of this process only.
+    if jax.process_count() > 1 and is_process_local(tree):
+        me = jax.process_index()
+        options = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me},
+                                                     barrier_sync_key_prefix=f"process{me}")
+        return ocp.StandardCheckpointer(multiprocessing_options=options)
+    return ocp.StandardCheckpointer()
+
+
 def save(path, tree):
     """Write `tree` to the directory `path` (replacing what is there)."""
     path = os.path.abspath(path)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(path, _to_storable(tree), force=True)
+    tree = _to_storable(tree)
+    with _checkpointer(tree) as checkpointer:
+        checkpointer.save(path, tree, force=True)
 
 
 def restore(path, like):
@@ -34,7 +56,7 @@ def restore(path, like):
         raise FileNotFoundError(f"no checkpoint at {path}")
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None)),
                           _to_storable(like))
-    with ocp.StandardCheckpointer() as checkpointer:
+    with _checkpointer(like) as checkpointer:
         try:
             restored = checkpointer.restore(path, target)
         except (ValueError, KeyError) as error:

@@ -11,8 +11,10 @@ gather of the metrics) go over the network (gloo on CPU, NCCL on GPUs).
 
 Who writes what: process 0 writes the run directory (`--out`, required with
 several processes: every process must name the same one), exactly the files
-one process would write. The checkpoint is written by all of them together
-(orbax: each process its own shards, process 0 the metadata), so the run
+one process would write. A sharded checkpoint (PBT's population, `train`'s
+seeds) is written by all of them together (orbax: each process its own shards,
+process 0 the metadata); a state every process holds whole (the ES of `meta
+lpo`, the archives of `meta qd`) by process 0 alone. Either way the run
 directory must be on a filesystem every process sees (one machine, NFS, a
 cluster's shared disk). The other processes write their copies of the rows,
 summary and plots to a private temporary directory, removed when they exit:
@@ -118,6 +120,8 @@ class FollowerRun(experiment.Run):
 
     def save(self, state, done, name="checkpoint", **extra):
         from src import checkpoint
+        if checkpoint.is_process_local(state):
+            return   # the same state on every process (ES, QD): process 0 writes it alone
         checkpoint.save(os.path.join(self.shared, name), state)   # collective: every process writes its shards
 
     def restore(self, like, name="checkpoint"):

@@ -2,7 +2,7 @@
 
 Two processes on this machine, one CPU device each, joined with
 `--coordinator 127.0.0.1:PORT --num-processes 2 --process-id I`, run `train`
-(and, in the slow test, `meta pbt`, both stopped and resumed); one process
+(and, in the slow tests, `meta pbt`, `meta lpo` and `meta qd`, stopped and resumed); one process
 with two host devices runs the same commands: the same members per device.
 Every file of the run directories must be the same byte for byte (timings
 aside), process 1 must have written nothing there, and bad flags must stop
@@ -34,7 +34,17 @@ PBT = ["meta", "pbt", "--config", "configs/pbt_ppo_cartpole.yaml", "--population
        "--set", "inner.num_steps=16", "--set", "inner.hidden=[8]", "--set", "inner.num_epochs=1",
        "--set", "inner.num_minibatches=1", "--set", "checkpoint_every=1", "--set", "eval_episodes=1",
        "--no-progress"]
-TIMINGS = {"summary.json": ("compile_s", "run_s", "env_steps_per_s", "seconds_this_session")}
+# LPO and QD at their smallest (tests/test_lpo.py's and tests/test_qd.py's tiny runs)
+LPO = ["meta", "lpo", "--pop", "4", "--generations", "2", "--seeds", "1", "--no-progress",
+       "--set", "init=random", "--set", "sigma=0.3", "--set", "eval_seeds=2", "--set", "checkpoint_every=1",
+       "--set", "inner.total_steps=256", "--set", "inner.num_envs=2", "--set", "inner.num_steps=16",
+       "--set", "inner.hidden=[8]", "--set", "inner.num_epochs=1", "--set", "inner.num_minibatches=2"]
+QD = ["meta", "qd", "--env", "hard-maze", "--method", "map-elites,novelty", "--seeds", "2", "--generations", "4",
+      "--batch", "8", "--set", "checkpoint_every=2", "--set", "novelty_k=3", "--set", "hidden=[8]",
+      "--set", "grid=[5,5]", "--set", "episode_steps=30", "--no-progress"]
+TIMINGS = {"summary.json": ("compile_s", "run_s", "env_steps_per_s", "seconds_this_session", "session_seconds",
+                            "session_first_generation_seconds", "session_evaluations_per_second"),
+           "fitness.csv": ("seconds",)}
 
 
 def start(steps, devices):
@@ -63,11 +73,20 @@ def files(path):
             out[name] = os.path.isdir(full)
         elif name == "summary.json":
             with open(full) as f:
-                out[name] = {k: v for k, v in json.load(f).items() if k not in TIMINGS[name]}
+                out[name] = untimed(json.load(f))
+        elif name in TIMINGS:
+            with open(full, newline="") as f:
+                out[name] = [{k: v for k, v in row.items() if k not in TIMINGS[name]} for row in csv.DictReader(f)]
         else:
             with open(full, "rb") as f:
                 out[name] = f.read()
     return out
+
+
+def untimed(tree):
+    if isinstance(tree, dict):
+        return {k: untimed(v) for k, v in tree.items() if k not in TIMINGS["summary.json"]}
+    return [untimed(v) for v in tree] if isinstance(tree, list) else tree
 
 
 def launch(tmp_path, make_steps):
@@ -157,6 +176,35 @@ def test_two_processes_stop_and_resume_pbt_and_train_as_one_uninterrupted_proces
     assert all(sum(r["parent"] != r["member"] for r in lineage if r["round"] == k) == 1 for k in ("1", "2"))
 
 
+@pytest.mark.slow   # about 3 min on the shared 2-core box: three processes compile LPO's and QD's programs
+def test_two_processes_stop_and_resume_lpo_and_qd_as_one_uninterrupted_process(tmp_path):
+    """`meta lpo` (population 4, 2 generations) and `meta qd` (MAP-Elites and
+    novelty search, 2 seeds x 8 evaluations, 4 generations), each stopped at
+    its first checkpoint and resumed by both processes, against one process
+    of two devices that runs them uninterrupted. Their states (the ES, the
+    archives) are whole on every process: process 0 writes the checkpoint
+    alone and every process reads it back on --resume."""
+    def make_steps(out, group):
+        lpo, qd = [*LPO, "--out", str(out / "lpo"), *group], [*QD, "--out", str(out / "qd"), *group]
+        if not group:
+            return [lpo, qd]
+        resume = ["--resume", "--no-progress", *group]
+        return [[*lpo, "--stop-at", "1"], ["meta", "lpo", "--out", str(out / "lpo"), *resume],
+                [*qd, "--stop-at", "2"], ["meta", "qd", "--out", str(out / "qd"), *resume]]
+
+    runs = launch(tmp_path, make_steps)
+    for stdout, result in runs["multi"]:
+        assert [step["code"] for step in result["steps"]] == [0] * 4, result
+        assert "2 device(s)" in stdout
+    assert_same_run_directories(tmp_path, "lpo", runs["multi"])
+    assert_same_run_directories(tmp_path, "qd", runs["multi"])
+    # the resumed runs went on from their checkpoints: every generation once
+    with open(tmp_path / "multi" / "lpo" / "fitness.csv") as f:
+        assert [row["generation"] for row in csv.DictReader(f)] == ["1", "2"]
+    with open(tmp_path / "multi" / "qd" / "metrics.csv") as f:
+        assert sorted(int(r["generation"]) for r in csv.DictReader(f)) == sorted([1, 2, 3, 4] * 2 * 2)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--coordinator", "127.0.0.1:1234"], "missing --num-processes, --process-id"),
     (["--num-processes", "2", "--process-id", "0"], "missing --coordinator"),
@@ -165,7 +213,7 @@ def test_two_processes_stop_and_resume_pbt_and_train_as_one_uninterrupted_proces
     (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"], "--process-id must be in 0..1"),
     (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "-1"], "--process-id must be in 0..1"),
 ])
-@pytest.mark.parametrize("command", [["train"], ["meta", "pbt"]])
+@pytest.mark.parametrize("command", [["train"], ["meta", "pbt"], ["meta", "lpo"], ["meta", "qd"]])
 def test_bad_flags_stop_before_anything_starts(tmp_path, capsys, monkeypatch, command, flags, message):
     def no_joining(*args, **kwargs):
         raise AssertionError("joined a process group with bad flags")
