@@ -247,7 +247,7 @@ def ppo_losses(objective, objective_params, new_log_prob, old_log_prob, value, o
 
 def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, objective=ppo_clip,
          show_progress: bool = False, runs_per_device: int | None = None, extra_loss=None,
-         rollout_reward=None) -> base.Agent:
+         rollout_reward=None, advantage_fn=None) -> base.Agent:
     """Build the agent's pure functions. `objective(objective_params, ratio,
     advantage, progress)` returns per-sample policy losses; when a call passes
     objective_params=None, PPO-clip's clip_eps hyperparameter is used.
@@ -270,6 +270,11 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
     rewards that compare trajectories with each other, such as SPO's win
     rate of a segment against the batch's other segments, are not functions
     of one transition.
+
+    `advantage_fn(reward_params, rollout, advantages) -> [num_steps,
+    num_envs]` replaces GAE's advantages in the policy loss (the critic still
+    regresses on GAE's targets): P3O's pairwise, trajectory-level advantage
+    (meta/spo.py) needs no critic.
 
     With `memory: gru|lstm` the network is a `RecurrentActorCritic`: `act`
     takes and returns the carry (`act(..., carry=c) -> (action, c)`; start
@@ -489,6 +494,8 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
             ts, rewards = scale_rewards(ts, rollout, hparams)
         advantages, targets = gae(rewards, rollout.value, rollout.next_value, rollout.terminated, rollout.done,
                                   hparams.gamma, hparams.gae_lambda)
+        if advantage_fn is not None:   # static: without one the program is unchanged
+            advantages = advantage_fn(reward_params, rollout, advantages).astype(advantages.dtype)
         progress_frac = ts.iteration.astype(jnp.float32) / num_iterations
         lr = hparams.lr * (1.0 - progress_frac) if config.anneal_lr else hparams.lr
         tx = optimizer(hparams)

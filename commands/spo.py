@@ -1,13 +1,17 @@
-"""`python run.py meta prefopt --online`: SPO (self-play preference optimisation) against reward model + PPO.
+"""`python run.py meta prefopt --online`: online preference optimisation (SPO, P3O, DNO) against reward model + PPO.
 
     python run.py meta prefopt --online --config configs/spo_pendulum.yaml
-    python run.py meta prefopt --online --env Pendulum-v1 --method spo,rlhf --oracle worst --pairs 1000 --seeds 5
+    python run.py meta prefopt --online --env Pendulum-v1 --method spo,p3o,dno,rlhf --oracle intransitive --seeds 5
 
-Both continue PPO from the same reference policy (meta/spo.py): `spo` on the
-win rate of each rollout segment against the batch's other segments under
-the preference oracle, with no reward model; `rlhf` on a reward model
-trained from `pairs` pairs of the reference's segments labelled by the same
-oracle. The run directory gets config.yaml, curves.csv (every evaluation:
+Every method continues from the same reference policy (meta/spo.py) and
+none but `rlhf` fits a reward model: `spo` runs PPO on the win rate of each
+rollout segment against the batch's other segments under the preference
+oracle; `p3o` runs PPO on the pairwise, trajectory-level advantage of fresh
+pairs (env 2i against env 2i+1); `dno` trains, each iteration, a preference
+loss (DPO by default) on pairs of its own rollout's segments ranked by win
+rate, with the rollout's policy as reference; `rlhf` runs PPO on a reward
+model trained from `pairs` pairs of the reference's segments labelled by the
+same oracle. The run directory gets config.yaml, curves.csv (every evaluation:
 win rate against the reference, the oracle's metric, gold return, KL and d),
 accuracy.json (the reward model's held-out accuracy), curves.png and
 comparison.md.
@@ -22,10 +26,11 @@ def parser():
     p = argparse.ArgumentParser(prog="run.py meta prefopt --online", description=__doc__.split("\n")[0])
     p.add_argument("--online", action="store_true", help="(the flag that routes here)")
     p.add_argument("--env", default=None)
-    p.add_argument("--method", default=None, help="comma list of spo, rlhf (reward model + PPO)")
-    p.add_argument("--oracle", default=None, help="bt (gold returns) or worst (the worst step's gold: non-Markovian)")
+    p.add_argument("--method", default=None, help="comma list of spo, p3o, dno, rlhf (reward model + PPO)")
+    p.add_argument("--oracle", default=None, help="bt (gold returns), worst (the worst step's gold: non-Markovian) "
+                                                  "or intransitive (three raters on a segment's thirds)")
     p.add_argument("--pairs", type=int, default=None, help="the reward model's preference pairs (rlhf)")
-    p.add_argument("--beta", type=float, default=None, help="KL-penalty weight to the reference, both methods")
+    p.add_argument("--beta", type=float, default=None, help="KL-penalty weight to the reference (spo, p3o, rlhf)")
     return experiment.core_flags(p, resume=True, logger=False, stop_at=True)
 
 
@@ -44,8 +49,11 @@ def markdown(config, result, summary):
     import numpy as np
     ref = result["reference"]
     names = {"spo": "SPO (self-play win rate, no reward model)",
+             "p3o": "P3O (pairwise trajectory advantage, no reward model)",
+             "dno": f"DNO ({config.dno_loss}, beta {config.dno_beta:g}, on win-rate-ranked pairs of its own rollouts)",
              "rlhf": f"reward model ({config.pairs} pairs) + PPO"}
-    lines = [f"# SPO against reward model + PPO on {config.env}, oracle `{config.oracle}`", "",
+    lines = [f"# Online preference optimisation on {config.env} ({', '.join(config.methods)}), oracle "
+             f"`{config.oracle}`", "",
              f"{config.seeds} seeds; reference {config.reference_run or f'PPO {config.reference_steps} steps'}; "
              f"segments of {config.segment_len} steps, temperature {config.temperature}, label noise "
              f"{config.label_noise}; PPO from the reference for {config.rl_steps} steps, beta {config.beta}; "
@@ -62,7 +70,7 @@ def markdown(config, result, summary):
     lines += ["", "Final evaluation, mean ± standard error over seeds. Win rate: the oracle's probability that the "
               "policy's segment beats the reference's segment at the same place in an episode from the same start "
               "state. Oracle metric: the mean segment score (`worst`: the segment's worst step's gold reward; "
-              "`bt`: its gold return).", "",
+              "`bt`: its gold return; `intransitive`: the mean of its thirds' gold returns).", "",
               "Wall time (s): " + ", ".join(f"{k.removesuffix('_s')} {v:.0f}" for k, v in result["timing"].items()),
               ""]
     return "\n".join(lines)

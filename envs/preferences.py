@@ -170,21 +170,38 @@ def segment_returns(gold):
 # segments' gold returns. "worst" judges a segment by its worst step's gold
 # reward, a rater who remembers the worst moment: no per-step reward sums to
 # it, so it is non-Markovian, and a reward model over (s, a, s') can only
-# approximate it; SPO (meta/spo.py) optimises it without one.
-ORACLES = ("bt", "worst")
+# approximate it; SPO (meta/spo.py) optimises it without one. "intransitive"
+# asks three raters, each of whom judges only one third of the segment (the
+# gold return of its first, middle or last third), and reports the preference
+# of a rater drawn at random: the mean of their Bradley-Terry probabilities,
+# at temperature 0 their majority. Majorities over several criteria cycle
+# (Condorcet): thirds' returns (3, 1, 2), (2, 3, 1), (1, 2, 3) beat each
+# other in a ring, so no score of single segments reproduces the oracle, as
+# Swamy et al. argue aggregated raters make preferences intransitive.
+ORACLES = ("bt", "worst", "intransitive")
+CRITERIA = 3          # the intransitive oracle's raters (thirds of a segment)
 
 
 def check_oracle(oracle: str):
     if oracle not in ORACLES:
         raise ValueError(f"unknown preference oracle {oracle!r}; choose one of {', '.join(ORACLES)} (bt: Bradley-"
-                         f"Terry on the segments' gold returns; worst: on their worst step's gold reward)")
+                         f"Terry on the segments' gold returns; worst: on their worst step's gold reward; "
+                         f"intransitive: three raters, each on one third of the segment, a random one asked)")
 
 
 def segment_scores(gold, oracle: str = "bt"):
-    """The oracle's score of each segment (over the last axis of [..., L])."""
+    """The oracle's score of each segment (over the last axis of [..., L]):
+    [...] for "bt" and "worst"; [..., 3] for "intransitive" (each third's
+    gold return; a segment shorter than 3 steps repeats steps so every
+    rater sees one)."""
     check_oracle(oracle)
     if oracle == "worst":
         return jnp.min(gold.astype(jnp.float32), axis=-1)
+    if oracle == "intransitive":
+        length = gold.shape[-1]
+        bounds = [round(i * length / CRITERIA) for i in range(CRITERIA + 1)]
+        return jnp.stack([segment_returns(gold[..., bounds[i]:max(bounds[i + 1], bounds[i] + 1)])
+                          for i in range(CRITERIA)], axis=-1)
     return segment_returns(gold)
 
 
@@ -200,10 +217,22 @@ def preference_probability(return_first, return_second, temperature):
     return jnp.where(positive, soft, hard)
 
 
+def prefer(scores_first, scores_second, oracle: str, temperature):
+    """The oracle's probability that the first segment is preferred, from
+    both segments' `segment_scores` (broadcasting)."""
+    p = preference_probability(scores_first, scores_second, temperature)
+    return p.mean(axis=-1) if oracle == "intransitive" else p
+
+
+def gold_preference(scores_first, scores_second, oracle: str):
+    """The oracle's verdict in {0, 0.5, 1}: which segment it prefers more
+    often than not (0.5: a tie)."""
+    return 0.5 * (1.0 + jnp.sign(prefer(scores_first, scores_second, oracle, 0.0) - 0.5))
+
+
 def label_pairs(key, first: Segments, second: Segments, temperature, label_noise, oracle: str = "bt") -> Pairs:
-    """Label each pair (first[i], second[i]): gold_prob from the Bradley-Terry
-    model of their oracle scores (`segment_scores`: by default the gold
-    returns), label ~ Bernoulli(gold_prob), then flipped with probability
+    """Label each pair (first[i], second[i]): gold_prob from the oracle
+    (`prefer`: by default Bradley-Terry on the gold returns), label ~ Bernoulli(gold_prob), then flipped with probability
     label_noise. temperature and label_noise are traced."""
     if first.gold.shape != second.gold.shape:
         raise ValueError(f"first and second segments differ in shape ({first.gold.shape} vs "
@@ -211,8 +240,7 @@ def label_pairs(key, first: Segments, second: Segments, temperature, label_noise
     if not _is_traced(label_noise):
         validate(first.gold.shape[-1], first.gold.shape[-1], first.gold.shape[0], label_noise=label_noise,
                  temperature=temperature)
-    gold_prob = preference_probability(segment_scores(first.gold, oracle), segment_scores(second.gold, oracle),
-                                       temperature)
+    gold_prob = prefer(segment_scores(first.gold, oracle), segment_scores(second.gold, oracle), oracle, temperature)
     u = jax.random.uniform(key, (2,) + gold_prob.shape)
     clean = u[0] < gold_prob
     flip = u[1] < jnp.asarray(label_noise, jnp.float32)

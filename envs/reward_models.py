@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from envs.preferences import Pairs, Segments, check_bootstrap, segment_scores
+from envs.preferences import Pairs, Segments, check_bootstrap, gold_preference, segment_scores
 from envs.rewards import Transition
 
 AGGREGATIONS = ("mean", "wco", "uwo")
@@ -266,8 +266,8 @@ def accuracy(params, pairs: Pairs, kind: str | None = None, uwo_lambda=1.0, orac
     preference (the oracle's: `envs.preferences.segment_scores`); ties count
     half. Single model: scalars. An ensemble: per member [K] when kind is
     None, else the aggregate's accuracy (scalars)."""
-    gold_pref = 0.5 * (1.0 + jnp.sign(segment_scores(pairs.first.gold, oracle)
-                                      - segment_scores(pairs.second.gold, oracle)))
+    gold_pref = gold_preference(segment_scores(pairs.first.gold, oracle), segment_scores(pairs.second.gold, oracle),
+                                oracle)
     label = pairs.label.astype(jnp.float32)
 
     def score(diff):

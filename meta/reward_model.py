@@ -410,7 +410,8 @@ def decided_accuracy(params, pairs, oracle: str = "bt"):
     for "bt") differ (ties, which count half in `accuracy_gold`, left out),
     mean over members; and the fraction of such pairs (sparse rewards tie
     most segments)."""
-    gold_diff = prefs.segment_scores(pairs.first.gold, oracle) - prefs.segment_scores(pairs.second.gold, oracle)
+    gold_diff = 2.0 * prefs.gold_preference(prefs.segment_scores(pairs.first.gold, oracle),
+                                            prefs.segment_scores(pairs.second.gold, oracle), oracle) - 1.0
     decided = (gold_diff != 0).astype(jnp.float32)
     model_diff = jax.vmap(lambda p: rm.segment_return(p, pairs.first) - rm.segment_return(p, pairs.second))(
         rm.as_ensemble(params))

@@ -50,7 +50,7 @@ from envs.core import episode_limit
 from meta import reward_model as rmod
 from src.config import ConfigError
 
-METHODS = ("spo", "rlhf")
+METHODS = ("spo", "p3o", "dno", "rlhf")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +58,14 @@ class SPOConfig(rmod.PreferenceData):
     oracle: str = "worst"
     methods: tuple[str, ...] = METHODS
     pairs: int = 1000                  # the reward model's pairs (rlhf)
-    beta: float = 0.0                  # KL penalty to the reference, both methods
+    beta: float = 0.0                  # KL penalty to the reference: spo, p3o, rlhf
+    # DNO: each iteration a preference loss on the iteration's own pairs, the
+    # policy the rollout came from as its reference (agents/preference_losses.py)
+    dno_loss: str = "dpo"
+    dno_beta: float = 1.0
+    dno_steps: int = 10                # Adam steps per iteration, full batch
+    dno_lr: float = 1e-4
+    dno_margin: float = 0.1            # pairs whose win rates differ less are dropped
     # the reward model (rlhf), as meta/reward_model.py's
     rm_hidden: tuple[int, ...] = (64, 64)
     rm_steps: int = 2000
@@ -95,16 +102,30 @@ class SPOConfig(rmod.PreferenceData):
                               "ppo.num_envs >= 2")
         if self.beta < 0:
             raise ConfigError(f"beta must be >= 0 (a KL penalty), got {self.beta}")
+        if "p3o" in self.methods and rl.num_envs % 2:
+            raise ConfigError(f"P3O pairs env 2i with env 2i+1: set ppo.num_envs to an even number "
+                              f"(got {rl.num_envs})")
+        if "dno" in self.methods:
+            from agents import preference_losses as pl
+            try:
+                pl.get(self.dno_loss)
+            except ValueError as e:
+                raise ConfigError(f"dno_loss: {e}") from None
+            if self.dno_beta <= 0 or self.dno_lr <= 0 or self.dno_steps < 1:
+                raise ConfigError(f"DNO needs dno_beta > 0, dno_lr > 0 and dno_steps >= 1, got "
+                                  f"{self.dno_beta}, {self.dno_lr}, {self.dno_steps}")
+            if not 0 <= self.dno_margin < 1:
+                raise ConfigError(f"dno_margin is a difference of win rates, in [0, 1): got {self.dno_margin}")
         return self
 
 
 # ----------------------------------------------------------------------------- the self-play reward
 
-def win_rates(scores, temperature, label_noise):
+def win_rates(scores, temperature, label_noise, oracle: str = "bt"):
     """Each segment's mean probability, under the oracle, of being preferred
-    to each other segment: scores [K] -> [K]. The diagonal (a segment
-    against itself, 0.5 at any temperature) is left out."""
-    p = prefs.preference_probability(scores[:, None], scores[None, :], temperature)
+    to each other segment: scores [K] (or [K, criteria]) -> [K]. The
+    diagonal (a segment against itself, 0.5 at any temperature) is left out."""
+    p = prefs.prefer(scores[:, None], scores[None, :], oracle, temperature)
     noise = jnp.asarray(label_noise, jnp.float32)
     p = noise + (1.0 - 2.0 * noise) * p
     k = scores.shape[0]
@@ -126,7 +147,7 @@ def segment_win_reward(gold, segment_len: int, oracle: str, temperature, label_n
     steps, envs = gold.shape
     segments = gold.T.reshape(envs, steps // segment_len, segment_len)
     scores = prefs.segment_scores(segments, oracle)                           # [envs, windows]
-    wins = jax.vmap(win_rates, in_axes=(1, None, None), out_axes=1)(scores, temperature, label_noise)
+    wins = jax.vmap(lambda window: win_rates(window, temperature, label_noise, oracle), in_axes=1, out_axes=1)(scores)
     return jnp.broadcast_to(wins[:, :, None], segments.shape).reshape(envs, steps).T
 
 
@@ -154,10 +175,50 @@ def episode_segment_scores(gold, segment_len: int, oracle: str):
     return prefs.segment_scores(gold[..., :n * segment_len].reshape(*gold.shape[:-1], n, segment_len), oracle)
 
 
-def win_rate_against(scores, reference_scores, temperature):
+def win_rate_against(scores, reference_scores, temperature, oracle: str = "bt"):
     """The oracle's probability that segment t of episode e beats the
     reference's segment t of episode e (same start state), averaged."""
-    return prefs.preference_probability(scores, reference_scores, temperature).mean()
+    return prefs.prefer(scores, reference_scores, oracle, temperature).mean()
+
+
+def windows(x, segment_len: int):
+    """A time-major rollout field [T, N, ...] -> [N, T / segment_len, segment_len, ...]."""
+    steps, num_envs = x.shape[:2]
+    return jnp.swapaxes(x, 0, 1).reshape(num_envs, steps // segment_len, segment_len, *x.shape[2:])
+
+
+def pairwise_advantage(gold, kl_reward, segment_len: int, oracle: str, temperature, label_noise, scale):
+    """P3O's advantage for a time-major rollout ([T, N] gold rewards and
+    per-step KL-penalty rewards): env 2i's segment in each time window is
+    paired with env 2i+1's; the pair's reward difference, the oracle's
+    expected preference on the gold scale (`scale` * (2p - 1), p with label
+    noise) plus the difference of their summed KL penalties, is the
+    advantage of every step of the first segment, and its negative of the
+    second's. Trajectory-level, no critic: a pair shares its prompt (the same
+    time window of envs started together), so no baseline is needed."""
+    scores = prefs.segment_scores(windows(gold, segment_len), oracle)             # [N, W(, criteria)]
+    noise = jnp.asarray(label_noise, jnp.float32)
+    p = noise + (1.0 - 2.0 * noise) * prefs.prefer(scores[0::2], scores[1::2], oracle, temperature)   # [N/2, W]
+    kl = windows(kl_reward, segment_len).sum(axis=-1)                             # [N, W]
+    first = scale * (2.0 * p - 1.0) + kl[0::2] - kl[1::2]
+    per_env = jnp.stack([first, -first], axis=1).reshape(kl.shape)                # envs 2i, 2i+1 interleaved
+    steps = jnp.broadcast_to(per_env[..., None], (*kl.shape, segment_len))
+    return steps.reshape(kl.shape[0], -1).T
+
+
+def nash_pairs(gold, segment_len: int, oracle: str, temperature, label_noise, margin):
+    """DNO's pairs from one rollout: in each time window the segments are
+    ranked by their win rate against the window's others (`win_rates`), and
+    the k-th best is paired with the k-th worst (N/2 pairs per window).
+    Returns (chosen, rejected) env indices [W, N/2] and a weight [W, N/2]:
+    1 where the two win rates differ by at least `margin`, else 0."""
+    scores = prefs.segment_scores(windows(gold, segment_len), oracle)             # [N, W(, criteria)]
+    wins = jax.vmap(lambda window: win_rates(window, temperature, label_noise, oracle), in_axes=1)(scores)  # [W, N]
+    order = jnp.argsort(-wins, axis=1)
+    half = wins.shape[1] // 2
+    chosen, rejected = order[:, :half], order[:, ::-1][:, :half]
+    gap = jnp.take_along_axis(wins, chosen, 1) - jnp.take_along_axis(wins, rejected, 1)
+    return chosen, rejected, (gap >= margin).astype(jnp.float32)
 
 
 # ----------------------------------------------------------------------------- programs
@@ -165,7 +226,7 @@ def win_rate_against(scores, reference_scores, temperature):
 class Programs(NamedTuple):
     config: SPOConfig
     rm: rmod.Programs          # the reward-model loop's: reference, data, reward models, rlhf chunk
-    spo_chunk: object          # (TrainStates, params) -> TrainStates after eval_every iterations
+    chunks: dict               # method -> (TrainStates, params) -> TrainStates after eval_every iterations
     evaluate: object           # (TrainStates, reference policies, keys) -> (gold [E, H], log-ratio [E])
 
 
@@ -205,11 +266,65 @@ def build(config: SPOConfig) -> Programs:
                                   params["label_noise"])
         return rollout.reward + on_gold_scale(wins, params["gold_mean"], params["gold_std"])
 
+    def p3o_advantage(params, rollout, advantages):
+        scale = config.segment_len * params["gold_std"] / WIN_RATE_STD   # on the gold scale, as SPO's reward
+        return pairwise_advantage(rollout.env_reward, rollout.reward, config.segment_len, config.oracle,
+                                  params["temperature"], params["label_noise"], scale)
+
     spo_agent = ppo.make(rl_config, env, env_params, reward_fn=kl_penalty, rollout_reward=self_play)
+    p3o_agent = ppo.make(rl_config, env, env_params, reward_fn=kl_penalty, advantage_fn=p3o_advantage)
     hparams = ppo.hparams_from(rl_config)
 
-    def spo_chunk(ts, params):
-        return spo_agent.run(ts, hparams, params, None, env_params, num_iterations=config.eval_every)[0]
+    def ppo_chunk(agent):
+        return lambda ts, params: agent.run(ts, hparams, params, None, env_params,
+                                            num_iterations=config.eval_every)[0]
+
+    from agents import preference_losses as pl
+    from jax.flatten_util import ravel_pytree
+    import optax
+    dno_loss = pl.LOSSES[config.dno_loss]
+    # PPO's own optimiser (global-norm clip, Adam without its step size), so
+    # DNO continues the reference's Adam state in the train state
+    dno_tx = optax.chain(optax.clip_by_global_norm(rl_config.max_grad_norm),
+                         optax.scale_by_adam(eps=1e-5, eps_root=1e-12))
+    length = float(config.segment_len)
+
+    def dno_iteration(ts, params):
+        """One DNO iteration: a rollout of the current policy (observation
+        statistics frozen), its pairs (`nash_pairs`), then dno_steps Adam
+        steps of the preference loss with the rollout's policy as reference."""
+        ts, rollout = spo_agent.collect(ts, params, env_params, update_obs_stats=False)
+        chosen, rejected, weight = nash_pairs(rollout.env_reward, config.segment_len, config.oracle,
+                                              params["temperature"], params["label_noise"], config.dno_margin)
+        obs, action = windows(rollout.obs, config.segment_len), windows(rollout.action, config.segment_len)
+        old = windows(rollout.log_prob, config.segment_len).sum(axis=-1)               # [N, W]
+        w = jnp.arange(chosen.shape[0])[:, None]
+        pick = lambda x, env: x[env, w]                                                 # noqa: E731
+        flat, unravel = ravel_pytree(ts.params)
+
+        def segment_logp(flat_params, env):
+            return ref_agent.log_prob(unravel(flat_params), pick(obs, env), pick(action, env),
+                                      ts.obs_stats).sum(axis=-1)
+
+        def loss_fn(flat_params):
+            batch = pl.PairBatch(segment_logp(flat_params, chosen).ravel(), segment_logp(flat_params, rejected).ravel(),
+                                 pick(old, chosen).ravel(), pick(old, rejected).ravel(),
+                                 jnp.full(weight.size, length), jnp.full(weight.size, length), weight=weight.ravel())
+            return dno_loss(batch, pl.loss_params(beta=config.dno_beta))
+
+        def adam_step(carry, _):
+            flat_params, opt_state = carry
+            grads = jax.grad(loss_fn)(flat_params)
+            updates, opt_state = dno_tx.update(grads, opt_state, flat_params)
+            return (flat_params - config.dno_lr * updates, opt_state), None
+
+        (flat, opt_state), _ = jax.lax.scan(adam_step, (flat, ts.opt_state), None, length=config.dno_steps)
+        return ts.replace(params=unravel(flat), opt_state=opt_state, iteration=ts.iteration + 1)
+
+    def dno_chunk(ts, params):
+        return jax.lax.fori_loop(0, config.eval_every, lambda _, t: dno_iteration(t, params), ts)
+
+    chunks = {"spo": ppo_chunk(spo_agent), "p3o": ppo_chunk(p3o_agent), "dno": dno_chunk}
 
     # the scorer's "reward" records [gold, log-ratio] per step
     scorer = ppo.make(dataclasses.replace(rl_config, num_envs=config.eval_episodes, num_minibatches=1), env,
@@ -223,7 +338,8 @@ def build(config: SPOConfig) -> Programs:
         per_step = jnp.swapaxes(rollout.reward, 0, 1)                        # [E, H, 2]
         return per_step[..., 0], per_step[..., 1].sum(axis=1)
 
-    return Programs(config, programs, jax.jit(jax.vmap(spo_chunk)), jax.jit(jax.vmap(evaluate)))
+    return Programs(config, programs, {m: jax.jit(jax.vmap(chunks[m])) for m in config.methods if m in chunks},
+                    jax.jit(jax.vmap(evaluate)))
 
 
 def run(config: SPOConfig, show_progress: bool = True, log=print, restore=None, on_chunk=None,
@@ -250,8 +366,8 @@ def run(config: SPOConfig, show_progress: bool = True, log=print, restore=None, 
                   "temperature": jnp.full((c.seeds,), c.temperature, jnp.float32),
                   "label_noise": jnp.full((c.seeds,), c.label_noise, jnp.float32),
                   "gold_mean": gold_mean, "gold_std": gold_std}
-    chunks = {"spo": lambda ts: programs.spo_chunk(ts, spo_params),
-              "rlhf": lambda ts: programs.rm.rlhf_chunk(ts, rlhf_params)[0]}
+    chunks = {m: (lambda ts, chunk=chunk: chunk(ts, spo_params)) for m, chunk in programs.chunks.items()}
+    chunks["rlhf"] = lambda ts: programs.rm.rlhf_chunk(ts, rlhf_params)[0]
 
     ref_gold, _ = jax.tree.map(np.asarray, programs.evaluate(ref_ts, reference, eval_keys))
     ref_scores = np.asarray(episode_segment_scores(jnp.asarray(ref_gold), c.segment_len, c.oracle))
@@ -266,7 +382,7 @@ def run(config: SPOConfig, show_progress: bool = True, log=print, restore=None, 
                 kl = max(float(ratio[s].mean()), 0.0)
                 rows.append({"method": method, "seed": s, "iteration": iteration, "env_steps": iteration * batch,
                              "win_rate": float(win_rate_against(jnp.asarray(scores[s]), jnp.asarray(ref_scores[s]),
-                                                                c.temperature)),
+                                                                c.temperature, c.oracle)),
                              "oracle_metric": float(scores[s].mean()), "gold": float(gold[s].sum(axis=1).mean()),
                              "kl": kl, "d": math.sqrt(kl)})
 

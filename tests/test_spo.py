@@ -66,8 +66,98 @@ def test_the_worst_oracle_judges_by_the_worst_step():
     worst = prefs.label_pairs(jax.random.key(0), segs(even), segs(spiky), 1.0, 0.0, oracle="worst")
     bt = prefs.label_pairs(jax.random.key(0), segs(even), segs(spiky), 1.0, 0.0)
     assert float(worst.gold_prob[0]) == pytest.approx(sigmoid(3.0)) and float(bt.gold_prob[0]) == 0.5
-    with pytest.raises(ValueError, match="choose one of bt, worst"):
-        prefs.segment_scores(even, "intransitive")
+    with pytest.raises(ValueError, match="choose one of bt, worst, intransitive"):
+        prefs.segment_scores(even, "majority")
+
+
+# ----------------------------------------------------------------------------- the intransitive oracle
+
+def thirds(*values):
+    """Segments of 6 steps whose thirds (2 steps each) return the given values."""
+    return jnp.array([[v / 2 for v in row for _ in range(2)] for row in values], jnp.float32)
+
+
+def test_the_intransitive_oracle_scores_each_third_and_averages_its_raters():
+    gold = jax.random.normal(jax.random.key(2), (5, 7))
+    scores = np.asarray(prefs.segment_scores(gold, "intransitive"))
+    g = np.asarray(gold)
+    # 7 steps: thirds [0:2], [2:5], [5:7]
+    np.testing.assert_allclose(scores, np.stack([g[:, :2].sum(1), g[:, 2:5].sum(1), g[:, 5:].sum(1)], 1), rtol=1e-6)
+    p = float(prefs.prefer(jnp.asarray(scores[0]), jnp.asarray(scores[1]), "intransitive", 0.7))
+    assert p == pytest.approx(np.mean([sigmoid((scores[0, k] - scores[1, k]) / 0.7) for k in range(3)]), abs=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.5])
+def test_the_intransitive_oracle_prefers_in_a_cycle(temperature):
+    a, b, c = prefs.segment_scores(thirds((3, 1, 2), (2, 3, 1), (1, 2, 3)), "intransitive")
+    ring = [float(prefs.prefer(x, y, "intransitive", temperature)) for x, y in ((a, b), (b, c), (c, a))]
+    assert all(p > 0.5 for p in ring), ring          # a > b > c > a: no score of single segments orders them
+    # the same three under "bt" (equal returns) tie
+    bt = prefs.segment_scores(thirds((3, 1, 2), (2, 3, 1)), "bt")
+    assert float(prefs.prefer(bt[0], bt[1], "bt", temperature)) == 0.5
+    # at temperature 0 each verdict is the majority of three raters: 2/3
+    if temperature == 0.0:
+        assert ring == pytest.approx([2 / 3] * 3)
+
+
+def test_intransitive_labels_and_self_play_win_rates_use_the_pairwise_oracle():
+    gold = thirds((3, 1, 2), (2, 3, 1), (1, 2, 3))
+    segs = lambda g: prefs.Segments(jnp.zeros((*g.shape, 1)), jnp.zeros(g.shape, jnp.int32),  # noqa: E731
+                                    jnp.zeros((*g.shape, 1)), g, jnp.zeros(g.shape, bool))
+    pairs = prefs.label_pairs(jax.random.key(0), segs(gold), segs(gold[jnp.array([1, 2, 0])]), 0.0, 0.0,
+                              oracle="intransitive")
+    np.testing.assert_allclose(np.asarray(pairs.gold_prob), [2 / 3] * 3, rtol=1e-6)
+    # in a perfect ring every segment wins half its comparisons
+    wins = np.asarray(spo.win_rates(prefs.segment_scores(gold, "intransitive"), 0.0, 0.0, "intransitive"))
+    np.testing.assert_allclose(wins, [0.5] * 3, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- P3O's and DNO's pairs
+
+def test_p3o_advantage_matches_a_loop_over_pairs():
+    steps, num_envs, seg, scale, noise, temperature = 8, 4, 4, 3.0, 0.1, 0.5
+    gold = jax.random.normal(jax.random.key(4), (steps, num_envs))
+    kl = -0.1 * jax.random.uniform(jax.random.key(5), (steps, num_envs))
+    got = np.asarray(spo.pairwise_advantage(gold, kl, seg, "bt", temperature, noise, scale))
+    g, k = np.asarray(gold), np.asarray(kl)
+    assert got.shape == (steps, num_envs)
+    for w in range(steps // seg):
+        window = slice(w * seg, (w + 1) * seg)
+        for i in range(0, num_envs, 2):
+            p = noise + (1 - 2 * noise) * sigmoid((g[window, i].sum() - g[window, i + 1].sum()) / temperature)
+            first = scale * (2 * p - 1) + k[window, i].sum() - k[window, i + 1].sum()
+            np.testing.assert_allclose(got[window, i], first, rtol=1e-5)
+            np.testing.assert_allclose(got[window, i + 1], -first, rtol=1e-5)
+
+
+def test_dno_pairs_the_kth_best_with_the_kth_worst_segment_of_each_window():
+    steps, num_envs, seg = 6, 6, 3
+    gold = jax.random.normal(jax.random.key(6), (steps, num_envs))
+    chosen, rejected, weight = (np.asarray(x) for x in spo.nash_pairs(gold, seg, "bt", 0.0, 0.0, 0.3))
+    assert chosen.shape == rejected.shape == weight.shape == (steps // seg, num_envs // 2)
+    g = np.asarray(gold)
+    for w in range(steps // seg):
+        returns = g[w * seg:(w + 1) * seg].sum(axis=0)
+        ranked = list(np.argsort(-returns))
+        # at temperature 0 the win rate orders segments as their returns
+        assert list(chosen[w]) == ranked[:3] and list(rejected[w]) == ranked[::-1][:3]
+        wins = (returns[:, None] > returns[None, :]).sum(1) / (num_envs - 1)
+        np.testing.assert_array_equal(weight[w], (wins[chosen[w]] - wins[rejected[w]] >= 0.3).astype(np.float32))
+
+
+def test_the_advantage_hook_replaces_gae_in_the_policy_loss_only():
+    from agents import ppo
+    config = ppo.PPOConfig(env="gridworld/barfi", env_kwargs={"size": 3}, num_envs=4, num_steps=8, hidden=(8,),
+                           num_minibatches=2, num_epochs=1, total_steps=64).validate()
+    hp = ppo.hparams_from(config)
+    ts0 = ppo.make(config).init(jax.random.key(3), hp)
+    step = lambda agent: jax.jit(lambda ts: agent.step(ts, hp))(ts0)[0]  # noqa: E731
+    plain = step(ppo.make(config))
+    same = step(ppo.make(config, advantage_fn=lambda p, rollout, adv: adv))
+    flipped = step(ppo.make(config, advantage_fn=lambda p, rollout, adv: -adv))
+    leaves = lambda t: jax.tree.leaves(t.params)  # noqa: E731
+    assert all(np.array_equal(x, y) for x, y in zip(leaves(plain), leaves(same)))
+    assert any(not np.array_equal(x, y) for x, y in zip(leaves(plain), leaves(flipped)))
 
 
 def test_win_rates_go_on_the_gold_scale():
@@ -139,8 +229,8 @@ def runs():
 def test_both_methods_run_from_the_reference_each_compiled_once(runs):
     whole, _, _ = runs
     rows = whole["rows"]
-    assert {r["method"] for r in rows} == {"spo", "rlhf"}
-    assert len(rows) == 2 * TINY.seeds * 3        # iterations 0, 2, 4
+    assert {r["method"] for r in rows} == set(spo.METHODS)
+    assert len(rows) == len(spo.METHODS) * TINY.seeds * 3        # iterations 0, 2, 4
     start = [r for r in rows if r["iteration"] == 0]
     # before any update each policy is the reference: same episodes, win rate exactly a half, no KL
     assert all(r["win_rate"] == pytest.approx(0.5) and r["kl"] == pytest.approx(0.0, abs=1e-5) for r in start)
@@ -158,7 +248,7 @@ def test_each_method_moves_the_policy_off_the_reference(runs):
     _, stopped, _ = runs
     programs = spo.make(TINY)
     ref_ts, _ = programs.rm.reference(rmod.stage_keys(programs.rm.config)[0])
-    for method in ("spo", "rlhf"):
+    for method in spo.METHODS:
         moved = [float(jnp.max(jnp.abs(a - b))) for a, b in
                  zip(jax.tree.leaves(stopped["states"][method].params), jax.tree.leaves(ref_ts.params))]
         assert max(moved) > 1e-6, method
@@ -171,9 +261,11 @@ def r_gold(rows, seed):
 
 
 @pytest.mark.slow
-def test_the_spo_chunk_compiles_once(runs):
+def test_each_online_chunk_compiles_once(runs):
     programs = spo.make(TINY)
-    assert programs.spo_chunk._cache_size() == 1 and programs.evaluate._cache_size() == 1
+    assert set(programs.chunks) == {"spo", "p3o", "dno"}
+    assert all(chunk._cache_size() == 1 for chunk in programs.chunks.values())
+    assert programs.evaluate._cache_size() == 1
 
 
 @pytest.mark.slow
@@ -186,9 +278,14 @@ def test_stop_and_resume_give_the_same_rows(runs):
 
 @pytest.mark.parametrize("change, message", [
     ({"segment_len": 7}, "nearest is 8"),
-    ({"oracle": "intransitive"}, "choose one of bt, worst"),
+    ({"oracle": "majority"}, "choose one of bt, worst, intransitive"),
     ({"gold": "random"}, "gold=env"),
-    ({"methods": ("spo", "dno")}, "one or more of spo, rlhf"),
+    ({"methods": ("spo", "nash")}, "one or more of spo, p3o, dno, rlhf"),
+    ({"methods": ("spo", "spo")}, "each once"),
+    ({"methods": ("p3o",), "ppo": {**TINY.ppo, "num_envs": 7}}, "even number"),
+    ({"methods": ("dno",), "dno_loss": "kto"}, "dno_loss: unknown"),
+    ({"methods": ("dno",), "dno_margin": 1.0}, "in \\[0, 1\\)"),
+    ({"methods": ("dno",), "dno_beta": 0.0}, "dno_beta > 0"),
     ({"beta": -0.1}, "beta must be >= 0"),
 ])
 def test_bad_input_is_refused_before_compiling(change, message):
@@ -200,7 +297,7 @@ def test_the_command_line_refuses_an_unknown_oracle_naming_the_choices(tmp_path,
     from commands import prefopt
     with pytest.raises((ConfigError, SystemExit)) as info:
         prefopt.main(["--online", "--oracle", "majority", "--out", str(tmp_path / "run")])
-    assert "bt, worst" in str(info.value) or "bt, worst" in capsys.readouterr().err
+    assert "bt, worst, intransitive" in str(info.value) or "bt, worst, intransitive" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
