@@ -170,7 +170,12 @@ FITNESS_COLUMNS = ("generation", "mean", "std", "max", "min", "best_so_far", "se
 
 
 def read_fitness(out):
-    with open(os.path.join(out, "fitness.csv"), newline="") as f:
+    """The rows of OUT/fitness.csv ([] where there is none: a process other
+    than 0 of a resumed multi-process run keeps only this session's rows)."""
+    path = os.path.join(out, "fitness.csv")
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
         return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
 
 

@@ -33,7 +33,7 @@ def _checkpointer(tree):
     # of all of them. A process-local tree is written by one process alone
     # (src.experiment.Run: process 0) and read by each on its own, so it
     # gets a checkpointer of this process only.
-    if jax.process_count() > 1 and is_process_local(tree):
+    if _one_process_of_several(tree):
         me = jax.process_index()
         options = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me},
                                                      barrier_sync_key_prefix=f"process{me}")
@@ -41,11 +41,20 @@ def _checkpointer(tree):
     return ocp.StandardCheckpointer()
 
 
+def _one_process_of_several(tree) -> bool:
+    return jax.process_count() > 1 and is_process_local(tree)
+
+
 def save(path, tree):
     """Write `tree` to the directory `path` (replacing what is there)."""
     path = os.path.abspath(path)
     tree = _to_storable(tree)
-    with _checkpointer(tree) as checkpointer:
+    checkpointer = _checkpointer(tree)
+    if _one_process_of_several(tree):
+        # orbax refuses a jax.Array on one process's devices once there are
+        # several processes (it cannot tell which owns it); as numpy it is data
+        tree = jax.tree.map(np.asarray, tree)
+    with checkpointer:
         checkpointer.save(path, tree, force=True)
 
 
@@ -54,11 +63,18 @@ def restore(path, like):
     path = os.path.abspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None)),
-                          _to_storable(like))
-    with _checkpointer(like) as checkpointer:
+    storable = _to_storable(like)
+    local = _one_process_of_several(storable)
+    if local:   # read back as numpy (as saved), then onto this process's default device
+        target = jax.tree.map(lambda x: np.zeros(np.shape(x), x.dtype), storable)
+    else:
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype,
+                                                             sharding=getattr(x, "sharding", None)), storable)
+    with _checkpointer(storable) as checkpointer:
         try:
             restored = checkpointer.restore(path, target)
         except (ValueError, KeyError) as error:
             raise ConfigError(f"checkpoint at {path} does not match this config's train state: {error}") from None
+    if local:
+        restored = jax.tree.map(jnp.asarray, restored)
     return jax.tree.map(lambda r, x: jax.random.wrap_key_data(r) if _is_typed_key(x) else r, restored, like)
