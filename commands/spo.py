@@ -13,8 +13,8 @@ rate, with the rollout's policy as reference; `rlhf` runs PPO on a reward
 model trained from `pairs` pairs of the reference's segments labelled by the
 same oracle. The run directory gets config.yaml, curves.csv (every evaluation:
 win rate against the reference, the oracle's metric, gold return, KL and d),
-accuracy.json (the reward model's held-out accuracy), curves.png and
-comparison.md.
+accuracy.json (the reward model's held-out accuracy), curves.png,
+frontier.png (gold against d per method) and comparison.md.
 """
 import argparse
 import dataclasses
@@ -102,6 +102,31 @@ def plot(path, rows, config):
     plt.close(fig)
 
 
+def plot_frontier(path, rows, config):
+    """Gold return against d = sqrt(KL(pi || pi_ref)), one curve per method
+    through its evaluations (mean over seeds, ± s.e. of gold)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, method in enumerate(config.methods):
+        mine = [r for r in rows if r["method"] == method]
+        iterations = sorted({r["iteration"] for r in mine})
+        gold = np.array([[r["gold"] for r in mine if r["iteration"] == t] for t in iterations])
+        d = np.array([np.mean([r["d"] for r in mine if r["iteration"] == t]) for t in iterations])
+        se = gold.std(axis=1, ddof=1) / np.sqrt(gold.shape[1]) if gold.shape[1] > 1 else np.zeros(len(d))
+        ax.errorbar(d, gold.mean(axis=1), yerr=se, marker=".", color=plt.cm.tab10(i), label=method, capsize=2)
+    ax.set_xlabel("d = sqrt(KL(pi || pi_ref))")
+    ax.set_ylabel(f"gold return (mean ± s.e. over {config.seeds} seeds)")
+    ax.set_title(f"{config.env}, oracle {config.oracle}: gold-KL frontier of the online methods")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv):
     args = parser().parse_args(argv)
     from meta import spo
@@ -130,6 +155,7 @@ def main(argv):
     with open(run.file("comparison.md"), "w") as f:
         f.write(text)
     plot(run.file("curves.png"), rows, config)
+    plot_frontier(run.file("frontier.png"), rows, config)
     print(text)
     print(f"run directory: {run.path}")
     return 0

@@ -276,6 +276,33 @@ def test_stop_and_resume_give_the_same_rows(runs):
     assert [r for r in whole["rows"] if r["iteration"] <= 2] == stopped["rows"]
 
 
+@pytest.mark.slow
+def test_the_online_command_writes_its_run_directory(runs, tmp_path):
+    """`run.py meta prefopt --online` on the tiny config (the fixture's
+    programs, cached by config value): curves, both plots, comparison.md."""
+    import csv
+
+    import yaml
+
+    from commands import prefopt
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(json_ready(dataclasses.asdict(TINY))))
+    out = tmp_path / "run"
+    assert prefopt.main(["--online", "--config", str(path), "--out", str(out), "--no-progress"]) == 0
+    for name in ("curves.csv", "curves.png", "frontier.png", "comparison.md", "summary.json", "accuracy.json"):
+        assert (out / name).exists(), name
+    with open(out / "curves.csv") as f:
+        assert {r["method"] for r in csv.DictReader(f)} == set(spo.METHODS)
+    text = (out / "comparison.md").read_text()
+    assert all(name in text for name in ("SPO", "P3O", "DNO", "reward model"))
+
+
+def json_ready(tree):
+    if isinstance(tree, dict):
+        return {k: json_ready(v) for k, v in tree.items()}
+    return [json_ready(v) for v in tree] if isinstance(tree, (list, tuple)) else tree
+
+
 @pytest.mark.parametrize("change, message", [
     ({"segment_len": 7}, "nearest is 8"),
     ({"oracle": "majority"}, "choose one of bt, worst, intransitive"),
