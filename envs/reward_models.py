@@ -118,6 +118,13 @@ def bt_loss(params, pairs: Pairs):
     return jnp.mean(y * jax.nn.softplus(-diff) + (1.0 - y) * jax.nn.softplus(diff))
 
 
+def fit(params, pairs: Pairs, batches, lr, weight_decay=0.0):
+    """Continue one model's Bradley-Terry fit: Adam(W) from a fresh optimiser
+    state, one step per row of `batches` (indices into pairs). Returns the
+    params (the online reward-model loop draws the indices itself)."""
+    return _fit(params, pairs, batches, lr, weight_decay)[0]
+
+
 def _fit(params, pairs: Pairs, batches, lr, weight_decay):
     """Adam(W), one step per row of `batches` (indices into pairs)."""
     optimiser = optax.adamw(lr, weight_decay=weight_decay)

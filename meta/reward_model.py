@@ -135,6 +135,13 @@ class RewardModelConfig(PreferenceData):
     eval_episodes: int = 32
     bon: tuple[int, ...] = (1, 4, 16, 64, 256)
     bon_episodes: int = 512            # reference episodes best-of-n draws from (>= max n)
+    # online: every `online_every` PPO iterations (0: never) each run's reward
+    # model is trained further on `online_pairs` new pairs of the learner's own
+    # rollouts (data_envs x data_steps, labelled by the same oracle), with
+    # every pair collected online so far, for `online_rm_steps` Adam steps
+    online_every: int = 0
+    online_pairs: int = 200
+    online_rm_steps: int = 200
 
     def reference_config(self) -> "ppo.PPOConfig":
         if self.reference_run:
@@ -192,7 +199,23 @@ class RewardModelConfig(PreferenceData):
         if min(self.bon, default=1) < 1:
             raise ConfigError(f"best-of-n needs n >= 1, got {list(self.bon)}")
         self.rl_config()
+        if self.online_every:
+            if self.online_every < 0 or self.online_every % self.eval_every:
+                raise ConfigError(f"online_every ({self.online_every}) must be 0 (offline) or a positive multiple "
+                                  f"of eval_every ({self.eval_every}): the reward models change between evaluations")
+            if self.online_pairs < 1 or self.online_rm_steps < 1:
+                raise ConfigError(f"online_pairs and online_rm_steps must be >= 1, got {self.online_pairs} and "
+                                  f"{self.online_rm_steps}")
+            try:
+                prefs.validate(self.data_steps, self.segment_len, self.online_pairs, label_noise=self.label_noise,
+                               temperature=self.temperature)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         return self
+
+    def online_rounds(self) -> int:
+        """Reward-model updates during the PPO stage (none after its last iteration)."""
+        return (self.rl_iterations() - 1) // self.online_every if self.online_every else 0
 
 
 class Programs(NamedTuple):
@@ -206,6 +229,7 @@ class Programs(NamedTuple):
     score_bon: object          # (TrainStates, scoring params, keys) -> per-episode dicts, bon_episodes each
     score_eval: object         # the same with eval_episodes each
     rlhf_chunk: object         # (TrainStates, reward params) -> TrainStates after eval_every iterations
+    online_update: object      # (TrainStates, ensembles, buffer, count, reference rollouts, keys) -> the same, online
     rl_agent: object
     aggregation_weights: dict
     gold: tuple                # (reward_fn, reward_params) of the gold reward (envs.rewards.env_reward for "env")
@@ -350,13 +374,46 @@ def build(config: RewardModelConfig) -> Programs:
     def rlhf_chunk(ts, params):
         return rl_agent.run(ts, rl_hparams, params, None, env_params, num_iterations=config.eval_every)
 
+    def online_update(ts, ensemble, buffer, count, reference_rollouts, key):
+        """One run's online step: `online_pairs` pairs of the learner's fresh
+        rollouts (its observation statistics frozen) join the buffer of
+        online pairs at `count`; every member continues its Bradley-Terry fit
+        on minibatches drawn uniformly from the buffer's filled part, and is
+        normalised again on the reference's rollouts (the proxy keeps its
+        scale, which PPO's critic is fitted to). Returns the new ensemble,
+        buffer and count, and the members' mean accuracy against gold on the
+        new pairs before training on them (how well the reward model knew
+        the learner's behaviour)."""
+        collect_key, pair_key, fit_key = jax.random.split(key, 3)
+        _, rollout = data_agent.collect(fresh_envs(data_agent, ts, collect_key, config.data_envs), None, env_params,
+                                        config.data_steps, update_obs_stats=False)
+        raw = prefs.Segments(rollout.reward[..., :obs_dim], rollout.action, rollout.reward[..., obs_dim:],
+                             rollout.env_reward, rollout.terminated)
+        if config.gold == "random":
+            raw = prefs.with_gold(raw, gold_fn, gold_params)
+        learner = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), raw)
+        new = prefs.make_pairs(pair_key, learner, config.segment_len, config.online_pairs, config.temperature,
+                               config.label_noise, config.oracle)
+        known = rm.accuracy(ensemble, new, oracle=config.oracle).gold.mean()
+        buffer = jax.tree.map(lambda b, n: jax.lax.dynamic_update_slice_in_dim(b, n, count, axis=0), buffer, new)
+        count = count + config.online_pairs
+
+        def member(params, member_key):
+            batches = jax.random.randint(member_key, (config.online_rm_steps, config.rm_batch), 0, count)
+            return rm.fit(params, buffer, batches, config.rm_lr)
+
+        members = jax.tree.leaves(ensemble)[0].shape[0]
+        ensemble = jax.vmap(member)(ensemble, jax.random.split(fit_key, members))
+        return rm.normalise(ensemble, reference_rollouts), buffer, count, known
+
     weights = {k: jnp.eye(len(AGGREGATIONS), dtype=jnp.float32)[i] for i, k in enumerate(AGGREGATIONS)}
     return Programs(config, loaded_references if config.reference_run else jax.jit(jax.vmap(reference)),
                     jax.jit(jax.vmap(data)),
                     {n: jax.jit(jax.vmap(functools.partial(reward_models, num_pairs=n))) for n in config.pairs},
                     jax.jit(jax.vmap(lambda t, p, k: score(t, p, k, config.bon_episodes))),
                     jax.jit(jax.vmap(lambda t, p, k: score(t, p, k, config.eval_episodes))),
-                    jax.jit(jax.vmap(rlhf_chunk)), rl_agent, weights, (gold_fn, gold_params))
+                    jax.jit(jax.vmap(rlhf_chunk)), jax.jit(jax.vmap(online_update)), rl_agent, weights,
+                    (gold_fn, gold_params))
 
 
 def preference_pairs(config, rollouts, key, num_pairs: int):
@@ -493,10 +550,15 @@ def sweep(config: RewardModelConfig, show_progress: bool = True, log=print, rest
     RL curve rows, the reference's gold return.
 
     The stages before the optimisation are recomputed on every call (they are
-    deterministic in the seed). `restore(ts) -> (ts, iterations done)` gives
-    the optimisation's checkpoint, if any; `on_chunk(ts, done, new rl rows)`
-    is called after every chunk (to checkpoint and write rows); `stop_at`
-    stops after that many PPO iterations (a multiple of eval_every)."""
+    deterministic in the seed). `restore(state) -> (state, iterations done)`
+    gives the optimisation's checkpoint, if any; `on_chunk(state, done, new
+    rl rows)` is called after every chunk (to checkpoint and write rows);
+    `stop_at` stops after that many PPO iterations (a multiple of
+    eval_every). The state is the runs' TrainStates, and online
+    (`online_every` > 0) a dict of them with each run's reward model and its
+    buffer of online pairs; online rows carry `rm_accuracy_new_pairs`, the
+    reward model's accuracy against gold on the learner's fresh pairs at
+    each update (NaN between updates)."""
     import time
 
     from src import progress
@@ -542,6 +604,18 @@ def sweep(config: RewardModelConfig, show_progress: bool = True, log=print, rest
     chunk, evaluate = programs.rlhf_chunk, programs.score_eval
     kinds = np.asarray([AGGREGATIONS.index(r["aggregate"]) for r in runs])
     rl_rows = []
+    online = c.online_every > 0
+    state = ts
+    if online:
+        # a fixed-size buffer per run (the pairs of every update), so the update compiles once
+        capacity = max(c.online_rounds(), 1) * c.online_pairs
+        template = prefs.make_pairs(jax.random.PRNGKey(0), take(rollouts, 0), c.segment_len, capacity,
+                                    c.temperature, c.label_noise, c.oracle)
+        buffer = jax.tree.map(lambda x: jnp.zeros((len(runs), *x.shape), x.dtype), template)
+        state = {"ts": ts, "rm": params["rm"], "buffer": buffer, "count": jnp.zeros(len(runs), jnp.int32)}
+        run_rollouts = take(rollouts, [r["seed"] for r in runs])
+        online_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1 << 20))(eval_keys)[
+            np.asarray([r["seed"] for r in runs])]
 
     def record(ts, iteration, key):
         eps = jax.tree.map(np.asarray, evaluate(ts, params, key))
@@ -551,22 +625,38 @@ def sweep(config: RewardModelConfig, show_progress: bool = True, log=print, rest
             rl_rows.append({"method": "rl", **r, "iteration": iteration,
                             "env_steps": iteration * programs.rl_agent.config.batch_size,
                             "gold": float(eps["gold"][m].mean()), "proxy": float(proxy[m, kinds[m]].mean()),
-                            "kl": kl, "d": math.sqrt(kl)})
+                            "kl": kl, "d": math.sqrt(kl), **({"rm_accuracy_new_pairs": math.nan} if online else {})})
 
     start = time.time()
     total = c.rl_iterations()
     stop = total if stop_at is None else stop_at
-    ts, first = restore(ts) if restore is not None else (ts, 0)
+    state, first = restore(state) if restore is not None else (state, 0)
+    if online:
+        params = {**params, "rm": state["rm"]}
     if first == 0:
-        record(ts, 0, eval_key)
+        record(state["ts"] if online else state, 0, eval_key)
     with progress.bar(total, desc=f"PPO on the proxy, {len(runs)} runs", enabled=show_progress,
                       initial=first) as bar:
         for done in range(first + c.eval_every, stop + 1, c.eval_every):
             before = len(rl_rows)
-            ts, _ = chunk(ts, params)
+            ts, _ = chunk(state["ts"] if online else state, params)
             record(ts, done, eval_key)
+            if online and done % c.online_every == 0 and done < total:
+                keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(online_keys, done)
+                ensemble, buffer, count, known = programs.online_update(ts, state["rm"], state["buffer"],
+                                                                        state["count"], run_rollouts, keys)
+                params = {**params, "rm": ensemble}
+                for m, row in enumerate(rl_rows[len(rl_rows) - len(runs):]):
+                    row["rm_accuracy_new_pairs"] = float(known[m])
+                log(f"iteration {done}: reward models updated online; their accuracy on the learner's new pairs "
+                    f"was {float(np.mean(known)):.3f}")
+                state = {"ts": ts, "rm": ensemble, "buffer": buffer, "count": count}
+            elif online:
+                state = {**state, "ts": ts}
+            else:
+                state = ts
             if on_chunk is not None:
-                on_chunk(ts, done, rl_rows[before if done > c.eval_every else 0:])
+                on_chunk(state, done, rl_rows[before if done > c.eval_every else 0:])
             if bar is not None:
                 bar.update_to(done)
     timing["rl_s"] = time.time() - start

@@ -152,6 +152,8 @@ def test_a_constant_gold_reward_is_refused_naming_the_fix():
     ({"gold": "learned"}, "unknown gold reward"),
     ({"aggregate": ("median",), "ensemble": 2}, "unknown aggregation"),
     ({"ppo": {"clip": 0.1}}, "clip"),
+    ({"online_every": 3}, "multiple of eval_every"),
+    ({"online_every": 4, "online_pairs": 0}, "online_pairs and online_rm_steps must be >= 1"),
 ])
 def test_bad_input_fails_before_compiling(change, message):
     with pytest.raises(ConfigError, match=message):
@@ -164,3 +166,51 @@ def test_best_of_n_may_rank_more_episodes_than_ppo_steps_per_iteration():
     config = dataclasses.replace(TINY, bon_episodes=TINY.rl_steps)     # 2048 x 32 steps >> rl_steps
     programs = rmod.build(config)
     assert programs.score_bon is not None
+
+
+# ----------------------------------------------------------------------------- online: pairs from the learner
+
+ONLINE = dataclasses.replace(TINY, pairs=(20,), aggregate=("mean",), beta=(0.0,), online_every=4, online_pairs=12,
+                             online_rm_steps=20, bon=(1,), bon_episodes=8)
+
+
+@pytest.fixture(scope="module")
+def online_sweeps():
+    """The online sweep (8 PPO iterations, the reward models updated once,
+    after iteration 4) whole, and stopped at 4 then resumed from the state
+    handed to on_chunk."""
+    quiet = dict(show_progress=False, log=lambda *a: None)
+    whole = rmod.sweep(ONLINE, **quiet)
+    saved = {}
+    stopped = rmod.sweep(ONLINE, on_chunk=lambda state, done, rows: saved.update(state=state, done=done),
+                         stop_at=4, **quiet)
+    resumed = rmod.sweep(ONLINE, restore=lambda like: (saved["state"], saved["done"]), **quiet)
+    return whole, stopped, resumed, saved["state"]
+
+
+def test_online_updates_train_the_reward_model_on_the_learners_pairs(online_sweeps):
+    import jax
+    whole, _, _, state = online_sweeps
+    assert ONLINE.online_rounds() == 1
+    # after the update at iteration 4: each run's buffer holds its 12 new pairs, the rest still empty
+    assert np.asarray(state["count"]).tolist() == [12] * ONLINE.seeds
+    labels = np.asarray(state["buffer"].label)
+    assert labels.shape == (ONLINE.seeds, 12) and set(np.unique(labels)) <= {0.0, 1.0}
+    # the reward models moved off their offline fit
+    programs = rmod.make(ONLINE)
+    _, _, offline, _, _ = rmod.learned_rewards(programs, log=lambda *a: None)
+    moved = [float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+             for a, b in zip(jax.tree.leaves(state["rm"]), jax.tree.leaves(offline[20]))]
+    assert max(moved) > 1e-4
+    # the accuracy on the learner's new pairs is recorded at the update only
+    known = {r["iteration"]: r["rm_accuracy_new_pairs"] for r in whole["rl"]}
+    assert 0.0 <= known[4] <= 1.0 and all(math.isnan(v) for i, v in known.items() if i != 4)
+    assert programs.online_update._cache_size() == 1
+
+
+def test_online_sweep_resumes_bit_identically(online_sweeps):
+    whole, stopped, resumed, _ = online_sweeps
+    assert not stopped["complete"] and resumed["complete"]
+    after = lambda rows: [{k: v for k, v in r.items() if k != "rm_accuracy_new_pairs"}   # noqa: E731
+                          for r in rows if r["iteration"] > 4]
+    assert after(whole["rl"]) == after(resumed["rl"])
