@@ -64,7 +64,7 @@ class SPOConfig(rmod.PreferenceData):
     dno_loss: str = "dpo"
     dno_beta: float = 1.0
     dno_steps: int = 10                # Adam steps per iteration, full batch
-    dno_lr: float = 1e-4
+    dno_lr: float = 3e-5              # 1e-4 and 1e-3 drift far on Pendulum (RESULTS.md)
     dno_margin: float = 0.1            # pairs whose win rates differ less are dropped
     # the reward model (rlhf), as meta/reward_model.py's
     rm_hidden: tuple[int, ...] = (64, 64)
