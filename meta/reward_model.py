@@ -609,8 +609,9 @@ def sweep(config: RewardModelConfig, show_progress: bool = True, log=print, rest
     if online:
         # a fixed-size buffer per run (the pairs of every update), so the update compiles once
         capacity = max(c.online_rounds(), 1) * c.online_pairs
-        template = prefs.make_pairs(jax.random.PRNGKey(0), take(rollouts, 0), c.segment_len, capacity,
-                                    c.temperature, c.label_noise, c.oracle)
+        # shapes only (eval_shape compiles nothing)
+        template = jax.eval_shape(lambda r: prefs.make_pairs(jax.random.PRNGKey(0), r, c.segment_len, capacity,
+                                                             c.temperature, c.label_noise, c.oracle), take(rollouts, 0))
         buffer = jax.tree.map(lambda x: jnp.zeros((len(runs), *x.shape), x.dtype), template)
         state = {"ts": ts, "rm": params["rm"], "buffer": buffer, "count": jnp.zeros(len(runs), jnp.int32)}
         run_rollouts = take(rollouts, [r["seed"] for r in runs])
