@@ -236,3 +236,32 @@ def test_loops_that_cannot_run_memory_refuse_it_before_compiling(loop):
         config = build().validate()
         if loop == "orpo":
             config.rl_config()
+
+
+@pytest.mark.parametrize("loop", ["pbt", "lpo"])
+def test_population_loops_train_a_recurrent_learner(loop, tmp_path):
+    """`meta pbt` and `meta lpo` with `inner.memory=gru`: the learner they
+    build is the recurrent network (a GRU cell in PBT's checkpointed members,
+    with their carry), and a tiny run completes with finite numbers."""
+    import json
+
+    import run as cli
+    tiny = ["--set", "inner.total_steps=256", "--set", "inner.num_envs=2", "--set", "inner.num_steps=16",
+            "--set", "inner.hidden=[8]", "--set", "inner.num_epochs=1", "--set", "inner.memory=gru",
+            "--no-progress", "--out", str(tmp_path / loop)]
+    if loop == "pbt":
+        summary = cli.main(["meta", "pbt", "--config", "configs/pbt_ppo_cartpole.yaml", "--population", "2",
+                            "--ready", "2", "--truncation", "0.5", "--set", "inner.num_minibatches=1",
+                            "--set", "eval_episodes=1", *tiny])
+        assert np.isfinite(summary["methods"]["pbt"]["best_eval"]["mean"])
+        with open(tmp_path / loop / "checkpoint" / "_METADATA") as f:
+            stored = " ".join(json.load(f)["tree_metadata"])
+        assert "'cell'" in stored and "'carry'" in stored
+    else:
+        from meta import lpo
+        summary = cli.main(["meta", "lpo", "--pop", "2", "--generations", "1", "--seeds", "1", "--set", "init=random",
+                            "--set", "eval_seeds=2", "--set", "inner.num_minibatches=2", *tiny])
+        assert summary["complete"] and np.isfinite(summary["fitness_last_generation_mean"])
+        config = lpo.LPOConfig(inner={"memory": "gru"}).validate()
+        inner = lpo.inner_config(config, config.envs[0])
+        assert inner.recurrent and isinstance(ppo.make(inner).network, RecurrentActorCritic)
