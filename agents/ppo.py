@@ -71,6 +71,10 @@ class PPOConfig:
     # through time) and split minibatches over envs, never over time steps
     memory: str = "none"
     memory_size: int = 64
+    # envs 2i and 2i+1 share their reset and transition keys: each pair starts
+    # from the same state and meets the same randomness, so the two differ only
+    # by the policy's own actions (pairwise preference methods, meta/spo.py)
+    paired_envs: bool = False
     # run bookkeeping
     eval_episodes: int = 50
     checkpoint_every: int = 0   # iterations between checkpoints; 0: only at the end
@@ -99,6 +103,8 @@ class PPOConfig:
             raise ConfigError(
                 f"total_steps ({self.total_steps}) must be at least num_envs*num_steps ({self.batch_size}), "
                 "one iteration")
+        if self.paired_envs and self.num_envs % 2:
+            raise ConfigError(f"paired_envs pairs env 2i with env 2i+1: num_envs must be even, got {self.num_envs}")
         if self.activation not in ("tanh", "relu"):
             raise ConfigError(f"activation must be 'tanh' or 'relu', got {self.activation!r}")
         if not self.hidden or min(self.hidden) < 1:
@@ -324,13 +330,17 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
     def norm_obs(stats, obs):
         return normalize.normalize(stats, obs) if config.normalize_obs else obs
 
+    def env_keys(key):
+        keys = jax.random.split(key, num_envs)
+        return jnp.repeat(keys[::2], 2, axis=0) if config.paired_envs else keys
+
     def init(key, hparams, env_params=env_params):
         net_key, env_key, key = jax.random.split(key, 3)
         if config.recurrent:
             params = network.init(net_key, network.initial_carry(), jnp.zeros((obs_dim,), jnp.float32))
         else:
             params = network.init(net_key, jnp.zeros((obs_dim,), jnp.float32))
-        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(env_key, num_envs), env_params)
+        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(env_keys(env_key), env_params)
         return TrainState(
             params=params,
             opt_state=optimizer(hparams).init(ravel_pytree(params)[0]),
@@ -347,7 +357,7 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
     def reset_envs(ts, key, env_params_per_env):
         """Every env reset on its own params (leading axis num_envs: a batch of
         levels); the reward scaler's running discounted return restarts."""
-        obs, env_state = jax.vmap(env.reset)(jax.random.split(key, num_envs), env_params_per_env)
+        obs, env_state = jax.vmap(env.reset)(env_keys(key), env_params_per_env)
         ts = ts.replace(env_state=env_state, obs=obs, discounted_return=jnp.zeros_like(ts.discounted_return))
         return ts.replace(carry=network.initial_carry((num_envs,))) if config.recurrent else ts
 
@@ -397,6 +407,8 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
         key, rollout_key = jax.random.split(ts.key)
         keys = jax.random.split(rollout_key, num_steps * (num_envs + 1))
         keys = keys.reshape(num_steps, num_envs + 1, *keys.shape[1:])
+        if config.paired_envs:   # static: without pairs the program is unchanged
+            keys = jnp.concatenate([keys[:, :1], jnp.repeat(keys[:, 1::2], 2, axis=1)], axis=1)
         if config.recurrent:
             (env_state, obs, obs_stats, core), (rollout, next_cores) = jax.lax.scan(
                 recurrent_env_step, (ts.env_state, ts.obs, ts.obs_stats, ts.carry), keys)

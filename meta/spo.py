@@ -66,6 +66,10 @@ class SPOConfig(rmod.PreferenceData):
     dno_steps: int = 10                # Adam steps per iteration, full batch
     dno_lr: float = 3e-5              # 1e-4 and 1e-3 drift far on Pendulum (RESULTS.md)
     dno_margin: float = 0.1            # pairs whose win rates differ less are dropped
+    # spo, p3o and dno act in paired envs (ppo's paired_envs: env 2i and 2i+1
+    # start from the same state and share the environment's randomness), their
+    # envs reset at the start so every pair is in step; rlhf is unchanged
+    paired_starts: bool = False
     # the reward model (rlhf), as meta/reward_model.py's
     rm_hidden: tuple[int, ...] = (64, 64)
     rm_steps: int = 2000
@@ -102,8 +106,8 @@ class SPOConfig(rmod.PreferenceData):
                               "ppo.num_envs >= 2")
         if self.beta < 0:
             raise ConfigError(f"beta must be >= 0 (a KL penalty), got {self.beta}")
-        if "p3o" in self.methods and rl.num_envs % 2:
-            raise ConfigError(f"P3O pairs env 2i with env 2i+1: set ppo.num_envs to an even number "
+        if ("p3o" in self.methods or self.paired_starts) and rl.num_envs % 2:
+            raise ConfigError(f"P3O and paired_starts pair env 2i with env 2i+1: set ppo.num_envs to an even number "
                               f"(got {rl.num_envs})")
         if "dno" in self.methods:
             from agents import preference_losses as pl
@@ -228,6 +232,7 @@ class Programs(NamedTuple):
     rm: rmod.Programs          # the reward-model loop's: reference, data, reward models, rlhf chunk
     chunks: dict               # method -> (TrainStates, params) -> TrainStates after eval_every iterations
     evaluate: object           # (TrainStates, reference policies, keys) -> (gold [E, H], log-ratio [E])
+    reset_paired: object       # (TrainStates, keys) -> the same with every pair of envs reset in step
 
 
 _PROGRAMS = {}
@@ -251,6 +256,8 @@ def build(config: SPOConfig) -> Programs:
     env, env_params = envs.make(config.env, **config.env_kwargs)
     horizon = episode_limit(env, env_params)
     rl_config = rm_config.rl_config()
+    # the preference methods' own PPO (rlhf runs the reward-model loop's)
+    pref_config = dataclasses.replace(rl_config, paired_envs=config.paired_starts)
     ref_agent = ppo.make(rm_config.reference_config(), env, env_params)
 
     def log_ratio(params, transition):
@@ -271,8 +278,8 @@ def build(config: SPOConfig) -> Programs:
         return pairwise_advantage(rollout.env_reward, rollout.reward, config.segment_len, config.oracle,
                                   params["temperature"], params["label_noise"], scale)
 
-    spo_agent = ppo.make(rl_config, env, env_params, reward_fn=kl_penalty, rollout_reward=self_play)
-    p3o_agent = ppo.make(rl_config, env, env_params, reward_fn=kl_penalty, advantage_fn=p3o_advantage)
+    spo_agent = ppo.make(pref_config, env, env_params, reward_fn=kl_penalty, rollout_reward=self_play)
+    p3o_agent = ppo.make(pref_config, env, env_params, reward_fn=kl_penalty, advantage_fn=p3o_advantage)
     hparams = ppo.hparams_from(rl_config)
 
     def ppo_chunk(agent):
@@ -338,8 +345,13 @@ def build(config: SPOConfig) -> Programs:
         per_step = jnp.swapaxes(rollout.reward, 0, 1)                        # [E, H, 2]
         return per_step[..., 0], per_step[..., 1].sum(axis=1)
 
+    train_levels = jax.tree.map(lambda x: jnp.broadcast_to(x, (rl_config.num_envs, *jnp.shape(x))), env_params)
+
+    def reset_paired(ts, key):
+        return spo_agent.reset_envs(ts, key, train_levels)
+
     return Programs(config, programs, {m: jax.jit(jax.vmap(chunks[m])) for m in config.methods if m in chunks},
-                    jax.jit(jax.vmap(evaluate)))
+                    jax.jit(jax.vmap(evaluate)), jax.jit(jax.vmap(reset_paired)))
 
 
 def run(config: SPOConfig, show_progress: bool = True, log=print, restore=None, on_chunk=None,
@@ -387,6 +399,9 @@ def run(config: SPOConfig, show_progress: bool = True, log=print, restore=None, 
                              "kl": kl, "d": math.sqrt(kl)})
 
     states = {m: ref_ts for m in c.methods}
+    if c.paired_starts:   # every pair of envs in step from the first rollout
+        paired = programs.reset_paired(ref_ts, jax.vmap(lambda k: jax.random.fold_in(k, 1 << 21))(eval_keys))
+        states.update({m: paired for m in c.methods if m != "rlhf"})
     start = time.time()
     total = c.rm_config().rl_iterations()
     stop = total if stop_at is None else stop_at

@@ -145,6 +145,28 @@ def test_dno_pairs_the_kth_best_with_the_kth_worst_segment_of_each_window():
         np.testing.assert_array_equal(weight[w], (wins[chosen[w]] - wins[rejected[w]] >= 0.3).astype(np.float32))
 
 
+@pytest.mark.parametrize("paired", [True, False])
+def test_paired_envs_start_and_restart_each_pair_in_the_same_state(paired):
+    """PPO's paired_envs: env 2i and 2i+1 share reset and step keys, so each
+    pair starts from one state and, after Pendulum's 200-step episodes end
+    (auto-reset by the step key), restarts from one state again; the pairs
+    differ from each other. Without it every env has its own."""
+    from agents import ppo
+    config = ppo.PPOConfig(env="Pendulum-v1", num_envs=4, num_steps=208, hidden=(8,), num_minibatches=1,
+                           num_epochs=1, total_steps=4 * 208, paired_envs=paired).validate()
+    agent = ppo.make(config)
+    ts = agent.init(jax.random.key(0), ppo.hparams_from(config))
+    _, rollout = jax.jit(agent.collect)(ts)
+    for step in (0, 200):   # the first observation, and the first after the reset
+        obs = np.asarray(rollout.obs[step])
+        assert np.array_equal(obs[0], obs[1]) == paired and np.array_equal(obs[2], obs[3]) == paired
+        assert not np.array_equal(obs[0], obs[2])
+    # the actions are the policy's own draws: they differ within a pair
+    assert not np.array_equal(np.asarray(rollout.action[0, 0]), np.asarray(rollout.action[0, 1]))
+    with pytest.raises(ConfigError, match="num_envs must be even"):
+        dataclasses.replace(config, num_envs=3, paired_envs=True).validate()
+
+
 def test_the_advantage_hook_replaces_gae_in_the_policy_loss_only():
     from agents import ppo
     config = ppo.PPOConfig(env="gridworld/barfi", env_kwargs={"size": 3}, num_envs=4, num_steps=8, hidden=(8,),
@@ -310,6 +332,7 @@ def json_ready(tree):
     ({"methods": ("spo", "nash")}, "one or more of spo, p3o, dno, rlhf"),
     ({"methods": ("spo", "spo")}, "each once"),
     ({"methods": ("p3o",), "ppo": {**TINY.ppo, "num_envs": 7}}, "even number"),
+    ({"methods": ("spo",), "paired_starts": True, "ppo": {**TINY.ppo, "num_envs": 7}}, "even number"),
     ({"methods": ("dno",), "dno_loss": "kto"}, "dno_loss: unknown"),
     ({"methods": ("dno",), "dno_margin": 1.0}, "in \\[0, 1\\)"),
     ({"methods": ("dno",), "dno_beta": 0.0}, "dno_beta > 0"),
