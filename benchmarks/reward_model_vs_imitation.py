@@ -16,6 +16,9 @@ wall times are kept too.
 
     python benchmarks/reward_model_vs_imitation.py                # 3 seeds each, once
     python benchmarks/reward_model_vs_imitation.py --repeats 2    # alternate twice, medians
+    python benchmarks/reward_model_vs_imitation.py --online       # ours online too: 100 pairs of the
+        reference's, then 300 of the learner's after each of 3 PPO stretches (1000 in all, as imitation's
+        100 before any RL and 900 over its rounds)
 Setup: bash benchmarks/peers/setup.sh imitation
 Writes benchmarks/results/reward_model_vs_imitation.json.
 """
@@ -49,10 +52,15 @@ def timed(cmd):
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def run_ours(seeds):
+ONLINE = ["--set", "pairs=[100]", "--set", "online_every=8", "--set", "online_pairs=300",
+          "--set", "online_rm_steps=500"]
+
+
+def run_ours(seeds, online=False):
     with tempfile.TemporaryDirectory() as out:
         wall, cpu = timed([sys.executable, str(ROOT / "run.py"), "meta", "reward-model", "--config", str(PRESET),
-                           "--seeds", str(seeds), "--out", os.path.join(out, "run"), "--no-progress"])
+                           "--seeds", str(seeds), "--out", os.path.join(out, "run"), "--no-progress",
+                           *(ONLINE if online else [])])
         with open(os.path.join(out, "run", "curves.csv")) as f:
             import csv
             rows = [r for r in csv.DictReader(f) if r["method"] == "rl"]
@@ -81,13 +89,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "reward_model_vs_imitation.json"))
+    ap.add_argument("--online", action="store_true", help="ours with online pairs (see above)")
+    ap.add_argument("--out", default=None, help="default benchmarks/results/reward_model_vs_imitation[_online].json")
     args = ap.parse_args()
+    args.out = args.out or str(ROOT / "benchmarks" / "results" /
+                               f"reward_model_vs_imitation{'_online' if args.online else ''}.json")
     if not PEER_PY.exists():
         sys.exit(f"no peer venv at {PEER_PY}: run `bash benchmarks/peers/setup.sh imitation` first")
     runs = []
     for repeat in range(args.repeats):
-        order = [("ours", run_ours), ("imitation", run_peer)]
+        order = [("ours", lambda seeds: run_ours(seeds, args.online)), ("imitation", run_peer)]
         for name, fn in (order if repeat % 2 == 0 else order[::-1]):
             print(f"repeat {repeat + 1}: {name} ...", flush=True)
             result = fn(args.seeds)
@@ -97,7 +108,7 @@ def main():
     median = {side: statistics.median(r["cpu_s_per_seed"] for r in runs if r["side"] == side)
               for side in ("ours", "imitation")}
     summary = {"cpu_s_per_seed_median": median, "ratio_imitation_over_ours": median["imitation"] / median["ours"],
-               "seeds": args.seeds, "repeats": args.repeats, "runs": runs,
+               "seeds": args.seeds, "repeats": args.repeats, "online": args.online, "runs": runs,
                "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
                "date": time.strftime("%Y-%m-%d")}
     with open(args.out, "w") as f:
