@@ -251,6 +251,16 @@ def ppo_losses(objective, objective_params, new_log_prob, old_log_prob, value, o
     return total, aux
 
 
+def unscaled_adam(max_grad_norm):
+    """PPO's optimiser without its step size (the update multiplies by the
+    learning rate): a global-norm clip, then Adam. eps_root keeps sqrt(v)
+    differentiable where a gradient entry is exactly zero (d sqrt/dv is inf
+    at 0): outer loops that differentiate through `step` get NaN without it;
+    1e-12 moves no update measurably. Its state is TrainState.opt_state's,
+    so a loop that trains a PPO state otherwise (DNO) continues it."""
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.scale_by_adam(eps=1e-5, eps_root=1e-12))
+
+
 def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, objective=ppo_clip,
          show_progress: bool = False, runs_per_device: int | None = None, extra_loss=None,
          rollout_reward=None, advantage_fn=None) -> base.Agent:
@@ -321,11 +331,7 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
     def optimizer(hparams):
         # Built per call from traced hparams; its state's structure does not
         # depend on them, so one compiled program serves a whole sweep.
-        # eps_root keeps sqrt(v) differentiable where a gradient entry is exactly
-        # zero (d sqrt/dv is inf at 0): outer loops that differentiate through
-        # `step` get NaN without it; 1e-12 moves no update measurably
-        return optax.chain(optax.clip_by_global_norm(hparams.max_grad_norm),
-                           optax.scale_by_adam(eps=1e-5, eps_root=1e-12))
+        return unscaled_adam(hparams.max_grad_norm)
 
     def norm_obs(stats, obs):
         return normalize.normalize(stats, obs) if config.normalize_obs else obs

@@ -332,10 +332,12 @@ def build(config: RewardModelConfig) -> Programs:
         reset_key, run_key = jax.random.split(key)
         return agent.reset_envs(ts.replace(key=run_key), reset_key, levels)
 
-    def data(ref_ts, key):
-        """The reference policy's rollouts (envs freshly reset), time second."""
-        _, rollout = data_agent.collect(fresh_envs(data_agent, ref_ts, key, config.data_envs), None, env_params,
-                                        config.data_steps)
+    def data(ts, key, update_obs_stats=True):
+        """The policy's rollouts (envs freshly reset) as Segments, time second:
+        the reference's preference data, or a learner's online (with its
+        observation statistics frozen: `update_obs_stats=False`)."""
+        _, rollout = data_agent.collect(fresh_envs(data_agent, ts, key, config.data_envs), None, env_params,
+                                        config.data_steps, update_obs_stats=update_obs_stats)
         raw = prefs.Segments(rollout.reward[..., :obs_dim], rollout.action, rollout.reward[..., obs_dim:],
                              rollout.env_reward, rollout.terminated)
         if config.gold == "random":
@@ -385,13 +387,7 @@ def build(config: RewardModelConfig) -> Programs:
         new pairs before training on them (how well the reward model knew
         the learner's behaviour)."""
         collect_key, pair_key, fit_key = jax.random.split(key, 3)
-        _, rollout = data_agent.collect(fresh_envs(data_agent, ts, collect_key, config.data_envs), None, env_params,
-                                        config.data_steps, update_obs_stats=False)
-        raw = prefs.Segments(rollout.reward[..., :obs_dim], rollout.action, rollout.reward[..., obs_dim:],
-                             rollout.env_reward, rollout.terminated)
-        if config.gold == "random":
-            raw = prefs.with_gold(raw, gold_fn, gold_params)
-        learner = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), raw)
+        learner = data(ts, collect_key, update_obs_stats=False)
         new = prefs.make_pairs(pair_key, learner, config.segment_len, config.online_pairs, config.temperature,
                                config.label_noise, config.oracle)
         known = rm.accuracy(ensemble, new, oracle=config.oracle).gold.mean()

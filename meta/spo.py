@@ -148,11 +148,26 @@ def segment_win_reward(gold, segment_len: int, oracle: str, temperature, label_n
     step, not at the segment's last: with PPO's short discount (Pendulum's
     gamma 0.9) a reward at the end would barely reach the segment's early
     actions, which the oracle judges as much."""
-    steps, envs = gold.shape
-    segments = gold.T.reshape(envs, steps // segment_len, segment_len)
-    scores = prefs.segment_scores(segments, oracle)                           # [envs, windows]
-    wins = jax.vmap(lambda window: win_rates(window, temperature, label_noise, oracle), in_axes=1, out_axes=1)(scores)
-    return jnp.broadcast_to(wins[:, :, None], segments.shape).reshape(envs, steps).T
+    return per_step(window_win_rates(gold, segment_len, oracle, temperature, label_noise).T, segment_len)
+
+
+def windows(x, segment_len: int):
+    """A time-major rollout field [T, N, ...] -> [N, T / segment_len, segment_len, ...]."""
+    steps, num_envs = x.shape[:2]
+    return jnp.swapaxes(x, 0, 1).reshape(num_envs, steps // segment_len, segment_len, *x.shape[2:])
+
+
+def per_step(values, segment_len: int):
+    """One value per env and window [N, W] -> on every step of its segment, time-major [T, N]."""
+    steps = jnp.broadcast_to(values[..., None], (*values.shape, segment_len))
+    return steps.reshape(values.shape[0], -1).T
+
+
+def window_win_rates(gold, segment_len: int, oracle: str, temperature, label_noise):
+    """Each segment's win rate against the other envs' segments of its time
+    window (`win_rates`), for a time-major rollout's gold rewards [T, N]: [W, N]."""
+    scores = prefs.segment_scores(windows(gold, segment_len), oracle)             # [N, W(, criteria)]
+    return jax.vmap(lambda window: win_rates(window, temperature, label_noise, oracle), in_axes=1)(scores)
 
 
 # A win rate among many segments is about uniform on [0, 1]: standard
@@ -185,12 +200,6 @@ def win_rate_against(scores, reference_scores, temperature, oracle: str = "bt"):
     return prefs.prefer(scores, reference_scores, oracle, temperature).mean()
 
 
-def windows(x, segment_len: int):
-    """A time-major rollout field [T, N, ...] -> [N, T / segment_len, segment_len, ...]."""
-    steps, num_envs = x.shape[:2]
-    return jnp.swapaxes(x, 0, 1).reshape(num_envs, steps // segment_len, segment_len, *x.shape[2:])
-
-
 def pairwise_advantage(gold, kl_reward, segment_len: int, oracle: str, temperature, label_noise, scale):
     """P3O's advantage for a time-major rollout ([T, N] gold rewards and
     per-step KL-penalty rewards): env 2i's segment in each time window is
@@ -205,9 +214,7 @@ def pairwise_advantage(gold, kl_reward, segment_len: int, oracle: str, temperatu
     p = noise + (1.0 - 2.0 * noise) * prefs.prefer(scores[0::2], scores[1::2], oracle, temperature)   # [N/2, W]
     kl = windows(kl_reward, segment_len).sum(axis=-1)                             # [N, W]
     first = scale * (2.0 * p - 1.0) + kl[0::2] - kl[1::2]
-    per_env = jnp.stack([first, -first], axis=1).reshape(kl.shape)                # envs 2i, 2i+1 interleaved
-    steps = jnp.broadcast_to(per_env[..., None], (*kl.shape, segment_len))
-    return steps.reshape(kl.shape[0], -1).T
+    return per_step(jnp.stack([first, -first], axis=1).reshape(kl.shape), segment_len)   # envs 2i, 2i+1 interleaved
 
 
 def nash_pairs(gold, segment_len: int, oracle: str, temperature, label_noise, margin):
@@ -216,8 +223,7 @@ def nash_pairs(gold, segment_len: int, oracle: str, temperature, label_noise, ma
     the k-th best is paired with the k-th worst (N/2 pairs per window).
     Returns (chosen, rejected) env indices [W, N/2] and a weight [W, N/2]:
     1 where the two win rates differ by at least `margin`, else 0."""
-    scores = prefs.segment_scores(windows(gold, segment_len), oracle)             # [N, W(, criteria)]
-    wins = jax.vmap(lambda window: win_rates(window, temperature, label_noise, oracle), in_axes=1)(scores)  # [W, N]
+    wins = window_win_rates(gold, segment_len, oracle, temperature, label_noise)   # [W, N]
     order = jnp.argsort(-wins, axis=1)
     half = wins.shape[1] // 2
     chosen, rejected = order[:, :half], order[:, ::-1][:, :half]
@@ -288,12 +294,9 @@ def build(config: SPOConfig) -> Programs:
 
     from agents import preference_losses as pl
     from jax.flatten_util import ravel_pytree
-    import optax
     dno_loss = pl.LOSSES[config.dno_loss]
-    # PPO's own optimiser (global-norm clip, Adam without its step size), so
-    # DNO continues the reference's Adam state in the train state
-    dno_tx = optax.chain(optax.clip_by_global_norm(rl_config.max_grad_norm),
-                         optax.scale_by_adam(eps=1e-5, eps_root=1e-12))
+    # PPO's own optimiser, so DNO continues the reference's Adam state in the train state
+    dno_tx = ppo.unscaled_adam(rl_config.max_grad_norm)
     length = float(config.segment_len)
 
     def dno_iteration(ts, params):

@@ -304,11 +304,10 @@ def test_the_online_command_writes_its_run_directory(runs, tmp_path):
     programs, cached by config value): curves, both plots, comparison.md."""
     import csv
 
-    import yaml
-
     from commands import prefopt
+    from src import config as cfg
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(json_ready(dataclasses.asdict(TINY))))
+    cfg.save_yaml(TINY, path)
     out = tmp_path / "run"
     assert prefopt.main(["--online", "--config", str(path), "--out", str(out), "--no-progress"]) == 0
     for name in ("curves.csv", "curves.png", "frontier.png", "comparison.md", "summary.json", "accuracy.json"):
@@ -317,12 +316,6 @@ def test_the_online_command_writes_its_run_directory(runs, tmp_path):
         assert {r["method"] for r in csv.DictReader(f)} == set(spo.METHODS)
     text = (out / "comparison.md").read_text()
     assert all(name in text for name in ("SPO", "P3O", "DNO", "reward model"))
-
-
-def json_ready(tree):
-    if isinstance(tree, dict):
-        return {k: json_ready(v) for k, v in tree.items()}
-    return [json_ready(v) for v in tree] if isinstance(tree, (list, tuple)) else tree
 
 
 @pytest.mark.parametrize("change, message", [
