@@ -30,7 +30,7 @@ from src import normalize, xla_cpu
 from src.config import ConfigError
 from src.gae import gae
 from src.networks import (MEMORY_CELLS, ActorCritic, RecurrentActorCritic, entropy, log_prob, mode,
-                          policy_without_dots, policy_without_dots_fits, reset_carry, sample)
+                          lstm_unroll, policy_without_dots, policy_without_dots_fits, reset_carry, sample)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -464,13 +464,15 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
         began): the encoder and heads on every step at once, the core step
         by step. Returns (policy parameters, values), [time, envs, ...]."""
         x = network.apply(params, obs, method=RecurrentActorCritic.encode)
+        if config.memory == "lstm":   # the same numbers, the gradient's loop written out (about 0.6 of the time)
+            h = lstm_unroll(params["params"]["cell"], core, x, starts)
+        else:
+            def core_step(core, inputs):
+                x_t, start = inputs
+                core = reset_carry(core, network.initial_carry(start.shape), start)
+                return network.apply(params, core, x_t, method=RecurrentActorCritic.core)
 
-        def core_step(core, inputs):
-            x_t, start = inputs
-            core = reset_carry(core, network.initial_carry(start.shape), start)
-            return network.apply(params, core, x_t, method=RecurrentActorCritic.core)
-
-        _, h = jax.lax.scan(core_step, core, (x, starts))
+            _, h = jax.lax.scan(core_step, core, (x, starts))
         return network.apply(params, h, method=RecurrentActorCritic.heads)
 
     def recurrent_loss_fn(flat_params, unravel, batch, hparams, objective_params, progress_frac):

@@ -194,6 +194,43 @@ def test_lstm_and_continuous_actions_trace_with_the_same_contract():
         assert returns.shape == (4,)
 
 
+def test_the_fused_lstm_unroll_matches_the_cell_stepped_by_scan():
+    """`lstm_unroll` (the update's LSTM: batched input projection, a hand-written
+    backward loop) against flax's cell stepped by `lax.scan` with the carry
+    reset where an episode began: the same hidden states, and the same
+    gradients for every cell parameter, the inputs and the first carry."""
+    import flax.linen as nn
+
+    from src.networks import lstm_unroll
+    time_steps, batch, features, units = 23, 3, 5, 4
+    keys = jax.random.split(jax.random.PRNGKey(0), 6)
+    normal = nn.initializers.normal(0.5)
+    cell = nn.OptimizedLSTMCell(units, kernel_init=normal, recurrent_kernel_init=normal, bias_init=normal)
+    x = jax.random.normal(keys[0], (time_steps, batch, features))
+    starts = jax.random.uniform(keys[1], (time_steps, batch)) < 0.15
+    starts = starts.at[0, 0].set(True).at[7, :].set(True)
+    carry = (jax.random.normal(keys[2], (batch, units)), jax.random.normal(keys[3], (batch, units)))
+    params = cell.init(keys[4], carry, x[0])["params"]
+    weights = jax.random.normal(keys[5], (time_steps, batch, units))
+
+    def stepped(params, x, carry):
+        def step(carry, inputs):
+            x_t, start = inputs
+            carry = reset_carry(carry, jax.tree.map(jnp.zeros_like, carry), start)
+            return cell.apply({"params": params}, carry, x_t)
+        return jax.lax.scan(step, carry, (x, starts))[1]
+
+    fused = lambda params, x, carry: lstm_unroll(params, carry, x, starts)  # noqa: E731
+    np.testing.assert_allclose(fused(params, x, carry), stepped(params, x, carry), atol=1e-6)
+    assert not np.allclose(fused(params, x, carry), lstm_unroll(params, carry, x, jnp.zeros_like(starts)))
+    grad = lambda unroll: jax.grad(lambda *a: jnp.sum(weights * unroll(*a) ** 2), argnums=(0, 1, 2))(  # noqa: E731
+        params, x, carry)
+    reference, ours = jax.tree.leaves(grad(stepped)), jax.tree.leaves(grad(fused))
+    assert len(reference) == len(ours) == 12 + 1 + 2
+    for r, o in zip(reference, ours):
+        np.testing.assert_allclose(o, r, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("changes, message", [
     (dict(num_minibatches=3), "num_envs \\(16\\) must be divisible by num_minibatches \\(3\\); set "
                               "num_minibatches to one of \\[1, 2, 4, 8, 16\\]"),
