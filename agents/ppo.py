@@ -464,7 +464,7 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
         began): the encoder and heads on every step at once, the core step
         by step. Returns (policy parameters, values), [time, envs, ...]."""
         x = network.apply(params, obs, method=RecurrentActorCritic.encode)
-        if config.memory == "lstm":   # the same numbers, the gradient's loop written out (about 0.6 of the time)
+        if config.memory == "lstm":   # the same numbers, the gradient's loop written out (about half the time)
             h = lstm_unroll(params["params"]["cell"], core, x, starts)
         else:
             def core_step(core, inputs):
