@@ -160,8 +160,6 @@ def main(argv):
     names, eps, threat, budgets = check_args(args)
     from agents import load_run, restore_members
     module, config, members = load_run(args.run_dir, need_checkpoint=True)
-    from agents import ppo
-    ppo.refuse_memory(config, "run.py robust", ppo.STATELESS_POLICY)    # before anything compiles
 
     import jax
 

@@ -19,7 +19,7 @@ from flax import struct
 from envs.core import Box, Environment
 from robustness import attacks
 from src.config import ConfigError
-from src.networks import MLP
+from src.networks import MLP, reset_carry
 
 
 @struct.dataclass
@@ -33,6 +33,7 @@ class AdversaryParams:
 class AdversaryState:
     env_state: object
     obs: jax.Array     # the victim's current (clean) observation
+    victim_carry: object = None   # a recurrent victim's carry (None without memory)
 
 
 class AdversaryEnv(Environment):
@@ -58,15 +59,26 @@ class AdversaryEnv(Environment):
 
     def reset(self, key, params):
         obs, state = self._env.reset(key, params.env)
-        return obs, AdversaryState(state, obs)
+        memory = self._victim.memory
+        return obs, AdversaryState(state, obs, None if memory is None else memory.initial())
 
     def step(self, key, state, action, params):
+        # A recurrent victim acts from its carry, which moves on the perturbed
+        # observations it saw. The adversary itself sees only the clean
+        # observation, not that carry (as in AttackedEnv, where the learner's
+        # carry is not the environment's to show).
         act_key, step_key = jax.random.split(key)
-        victim_action, _, _ = attacks.attacked_action(self._attack, self._threat, self._victim, params.victim,
-                                                      act_key, state.obs, params.eps, action)
+        memory = self._victim.memory
+        vparams = params.victim if memory is None else attacks.with_carry(params.victim, state.victim_carry)
+        victim_action, _, net_input = attacks.attacked_action(self._attack, self._threat, self._victim, vparams,
+                                                              act_key, state.obs, params.eps, action)
         obs, env_state, reward, terminated, truncated, info = self._env.step(step_key, state.env_state,
                                                                              victim_action, params.env)
-        return obs, AdversaryState(env_state, obs), -reward, terminated, truncated, info
+        carry = state.victim_carry
+        if memory is not None:   # the wrapped env has started a new episode where this one ended
+            carry = reset_carry(memory.advance(vparams, net_input), memory.initial(),
+                                jnp.logical_or(terminated, truncated))
+        return obs, AdversaryState(env_state, obs, carry), -reward, terminated, truncated, info
 
     def observation_space(self, params):
         return self._env.observation_space(params.env)

@@ -40,6 +40,14 @@ def ppo_victim(agent) -> attacks.Victim:
     def norm(vp, obs):
         return normalize.normalize(vp["obs_stats"], obs) if config.normalize_obs else obs
 
+    if config.recurrent:   # the episode loops put the carry in vp["carry"] step by step
+        def heads(vp, x):
+            return network.apply(vp["params"], vp["carry"], x)[1]
+
+        return attacks.Victim(
+            policy=lambda vp, x: heads(vp, x)[0], value=lambda vp, x: heads(vp, x)[1], normalize=norm,
+            discrete=discrete, memory=attacks.Memory(
+                initial=network.initial_carry, advance=lambda vp, x: network.apply(vp["params"], vp["carry"], x)[0]))
     return attacks.Victim(
         policy=lambda vp, x: network.apply(vp["params"], x, method=ActorCritic.policy),
         value=lambda vp, x: network.apply(vp["params"], x, method=ActorCritic.value),
@@ -181,7 +189,6 @@ def adversarial_training(victim_config: ppo.PPOConfig, eps: float, rounds: int,
     Returns (init(key) -> (victim_ts, adversary_ts), round(victim_ts,
     adversary_ts) -> (victim_ts, adversary_ts, metrics), victim agent). Each
     piece is pure: jit it, vmap it over seeds."""
-    ppo.refuse_memory(victim_config, "ATLA", ppo.STATELESS_POLICY)
     if victim_config.num_iterations % rounds:
         raise ConfigError(f"rounds ({rounds}) must divide the victim's iterations ({victim_config.num_iterations})")
     per_round = victim_config.num_iterations // rounds

@@ -157,12 +157,16 @@ def shift_table(agent, state, name, factors, *, episodes, seed):
     from envs import perturbations
     from envs.core import episode_limit
     from src.evaluate import evaluate as run_evaluation
+    from agents.base import evaluate_with_memory
 
     levels = perturbations.shifted_levels(agent.env_params, name, factors)
     key = jax.random.PRNGKey(seed)
     max_steps = episode_limit(agent.env, agent.env_params)   # static: the levels' own copy is traced
 
     def evaluate(ts, level):
+        if agent.initial_carry is not None:   # memory: each episode from a fresh carry
+            policy = lambda obs, k, c: agent.act(ts.params, obs, k, True, ts.obs_stats, carry=c)  # noqa: E731
+            return evaluate_with_memory(agent.env, level, policy, agent.initial_carry, key, episodes, max_steps)[0]
         policy = lambda obs, k: agent.act(ts.params, obs, k, True, ts.obs_stats)  # noqa: E731
         return run_evaluation(agent.env, level, policy, key, episodes, max_steps)[0]
 

@@ -64,18 +64,40 @@ class ThreatModel:
         return self
 
 
+class Memory(NamedTuple):
+    """How a recurrent victim's carry starts and moves. Its `policy` and
+    `value` read the carry from `vparams["carry"]`, which the episode loop
+    (`evaluate`, `envs.adversarial.AdversaryEnv`) sets step by step with
+    `with_carry`, so the attacks themselves never see it: each attacks the
+    current step's observation given the history the victim has seen, its
+    own perturbed observations included.
+
+    initial() -> the carry at an episode's start;
+    advance(vparams, net_input) -> the carry after acting on net_input."""
+    initial: Callable
+    advance: Callable
+
+
 class Victim(NamedTuple):
     """A trained policy, as static functions of its parameter pytree.
 
     policy(vparams, net_input) -> dist (logits, or (mean, log_std));
     value(vparams, net_input) -> V, or None for agents without a state-value critic;
     normalize(vparams, raw_obs) -> net_input (identity without observation normalisation);
-    action_map(action) -> the environment's action (e.g. SAC's tanh squashing), or None."""
+    action_map(action) -> the environment's action (e.g. SAC's tanh squashing), or None;
+    memory: a `Memory` for a policy with a carry, None without."""
     policy: Callable
     value: Optional[Callable]
     normalize: Callable
     discrete: bool
     action_map: Optional[Callable] = None
+    memory: Optional[Memory] = None
+
+
+def with_carry(vparams, carry):
+    """A recurrent victim's parameters with the carry it acts from now (a
+    dict of parameters, as `meta.adversary.ppo_vparams` builds)."""
+    return {**vparams, "carry": carry}
 
 
 def check_eps(eps_values):
@@ -334,32 +356,42 @@ def evaluate(env, env_params, victim, vparams, attack, threat, key, eps, num_epi
     reset_key, run_key = jax.random.split(key)
     obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(reset_key, num_episodes), env_params)
     per_episode = threat.budget == "episode"
+    memory = victim.memory
 
-    def one(key, obs, spent):
+    def one(key, obs, spent, memory_carry):
+        # a recurrent victim acts from its carry (the history it saw, attacks included)
+        vp = vparams if memory is None else with_carry(vparams, memory_carry)
         radius = jnp.sqrt(jnp.maximum(eps ** 2 - spent, 0.0)) if per_episode else eps
         if threat.target == "action":
             no_attack = lambda k, vp, x, e, a=None, r=None: jnp.zeros_like(x)  # noqa: E731
-            action, _, _ = attacked_action(no_attack, threat, victim, vparams, key, obs, 0.0, None, deterministic,
-                                           noise_sigma)
-            delta = attack(jax.random.fold_in(key, 1), vparams, action, radius, adv_params, obs)
+            action, _, net_input = attacked_action(no_attack, threat, victim, vp, key, obs, 0.0, None,
+                                                   deterministic, noise_sigma)
+            delta = attack(jax.random.fold_in(key, 1), vp, action, radius, adv_params, obs)
             action = action + delta
         else:
-            action, delta, _ = attacked_action(attack, threat, victim, vparams, key, obs, radius, adv_params,
-                                               deterministic, noise_sigma)
-        return action, jnp.sum(delta ** 2)
+            action, delta, net_input = attacked_action(attack, threat, victim, vp, key, obs, radius, adv_params,
+                                                       deterministic, noise_sigma)
+        if memory is not None:
+            memory_carry = memory.advance(vp, net_input)
+        return action, jnp.sum(delta ** 2), memory_carry
 
     def body(carry, key):
-        obs, state, returns, lengths, running, spent = carry
+        obs, state, returns, lengths, running, spent, memory_carry = carry
         act_key, step_key = jax.random.split(key)
-        action, used = jax.vmap(one)(jax.random.split(act_key, num_episodes), obs, spent)
+        action, used, memory_carry = jax.vmap(one)(jax.random.split(act_key, num_episodes), obs, spent,
+                                                   memory_carry)
         obs, state, reward, terminated, truncated, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
             jax.random.split(step_key, num_episodes), state, action, env_params)
         returns = returns + reward * running
         lengths = lengths + running.astype(jnp.int32)
+        # one episode per index: what follows its end is not counted, so the carry needs no reset
         running = jnp.logical_and(running, jnp.logical_not(jnp.logical_or(terminated, truncated)))
-        return (obs, state, returns, lengths, running, spent + used), None
+        return (obs, state, returns, lengths, running, spent + used, memory_carry), None
 
     zeros = jnp.zeros(num_episodes, jnp.float32)
-    init = (obs, state, zeros, jnp.zeros(num_episodes, jnp.int32), jnp.ones(num_episodes, bool), zeros)
-    (_, _, returns, lengths, _, spent), _ = jax.lax.scan(body, init, jax.random.split(run_key, max_steps))
+    memory_carry = None if memory is None else jax.tree.map(
+        lambda c: jnp.broadcast_to(c, (num_episodes, *c.shape)), memory.initial())
+    init = (obs, state, zeros, jnp.zeros(num_episodes, jnp.int32), jnp.ones(num_episodes, bool), zeros,
+            memory_carry)
+    (_, _, returns, lengths, _, spent, _), _ = jax.lax.scan(body, init, jax.random.split(run_key, max_steps))
     return (returns, lengths, spent) if with_spent else (returns, lengths)

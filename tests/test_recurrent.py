@@ -180,6 +180,66 @@ def test_act_takes_and_returns_the_carry_and_stateless_callers_are_refused(memor
     assert ppo.make(dataclasses.replace(MEMORY, memory="none")).initial_carry is None
 
 
+def test_attacks_on_a_recurrent_victim_thread_its_carry_through_the_attacked_episode(memory_runs):
+    """`run.py robust`'s episode loop with a recurrent victim: at radius 0 it
+    returns exactly what the agent's own evaluation does (same keys); a
+    victim whose carry never moves (the loop dropping it) falls to chance on
+    the memory chain; and PGD at a large radius, attacking each step given
+    the history the victim saw, takes most of the clean return."""
+    from meta import adversary as adv
+    from robustness import attacks
+    agent, trained = memory_runs["agent"], memory_runs["trained"]
+    victim, to_vparams = adv.victim_of(agent)
+    assert victim.memory is not None
+    forgetful = victim._replace(memory=victim.memory._replace(advance=lambda vp, x: vp["carry"]))
+    threat = attacks.ThreatModel()
+    key = jax.random.PRNGKey(5)
+
+    def returns(trained):
+        vp = to_vparams(trained)
+
+        def run(victim, name, eps):
+            attack = attacks.make_attack(name, threat, victim, steps=10)
+            return attacks.evaluate(agent.env, agent.env_params, victim, vp, attack, threat, key, eps,
+                                    EVAL_EPISODES, 6)[0]
+        return (run(victim, "random", 0.0), agent.evaluate(trained, key, EVAL_EPISODES)[0],
+                run(forgetful, "random", 0.0), run(victim, "pgd", 2.0))
+
+    clean, evaluated, forgot, pgd = (np.asarray(r).mean(-1) for r in jax.jit(jax.vmap(returns))(trained))
+    print(f"memory chain: clean {clean}, agent.evaluate {evaluated}, carry never moved {forgot}, pgd eps 2 {pgd}")
+    np.testing.assert_array_equal(clean, evaluated)
+    assert (clean >= SOLVED).all()
+    assert (np.abs(forgot) <= 0.5).all(), forgot
+    assert (pgd <= clean - 1.0).all(), pgd
+
+
+def test_the_learned_adversarys_env_carries_a_recurrent_victims_carry_and_resets_it(memory_runs):
+    """`AdversaryEnv` (the learned attack's and ATLA's adversary environment)
+    with a recurrent victim: with a zero perturbation the victim's carry
+    follows `agent.act` on the same observations step by step, starts afresh
+    when the episode ends, and the victim solves the chain (the adversary is
+    paid -1)."""
+    from meta import adversary as adv
+    agent = memory_runs["agent"]
+    trained = jax.tree.map(lambda x: x[0], memory_runs["trained"])
+    victim, to_vparams = adv.victim_of(agent)
+    env = adv.AdversaryEnv(agent.env, agent.env_params, victim, to_vparams(trained), eps=0.5)
+    params = env.default_params
+    obs, state = env.reset(jax.random.PRNGKey(3), params)
+    carry = agent.initial_carry()
+    zero = jnp.zeros(env.action_space(params).shape)
+    rewards = []
+    for t in range(6):   # one whole episode of the chain
+        _, carry = agent.act(trained.params, obs, jax.random.PRNGKey(0), True, trained.obs_stats, carry=carry)
+        obs, state, reward, terminated, truncated, _ = env.step(jax.random.PRNGKey(10 + t), state, zero, params)
+        rewards.append(float(reward))
+        if t < 5:
+            assert not bool(terminated | truncated)
+            np.testing.assert_allclose(state.victim_carry, carry, atol=1e-6)
+    assert bool(terminated | truncated) and rewards[-1] == -1.0
+    assert bits_equal(state.victim_carry, agent.initial_carry())
+
+
 def test_lstm_and_continuous_actions_trace_with_the_same_contract():
     """Shapes only (traced, not compiled): an LSTM's carry is a (c, h) pair,
     and a Gaussian head works behind the core too."""
@@ -302,3 +362,52 @@ def test_population_loops_train_a_recurrent_learner(loop, tmp_path):
         config = lpo.LPOConfig(inner={"memory": "gru"}).validate()
         inner = lpo.inner_config(config, config.envs[0])
         assert inner.recurrent and isinstance(ppo.make(inner).network, RecurrentActorCritic)
+
+
+def test_robust_cli_attacks_certifies_and_shifts_a_recurrent_run(tmp_path):
+    """`run.py robust` on a run trained with memory (a GRU on CartPole):
+    every attack kind (the learned adversary's environment carries the
+    victim's carry), the certificate and a dynamics shift run from the
+    checkpoint, and at eps 0 every attack leaves the clean return."""
+    import json
+
+    import run as cli
+    out = str(tmp_path / "run")
+    cli.main(["train", "--total-steps", "2048", "--seeds", "2", "--no-progress", "--out", out,
+              "--set", "num_steps=64", "--set", "hidden=[16]", "--set", "memory=gru", "--set", "memory_size=8"])
+    names = ["random", "fgsm", "pgd", "critic", "mad", "learned"]
+    stored = cli.main(["robust", out, "--attacks", ",".join(names), "--eps", "0,0.5", "--episodes", "4",
+                       "--pgd-steps", "2", "--adversary-steps", "512", "--no-progress"])
+    for name in names:
+        per_member = np.asarray(stored["table"][name]["per_member"])
+        assert per_member.shape == (2, 2) and np.isfinite(per_member).all()
+        np.testing.assert_allclose(per_member[:, 0], np.asarray(stored["table"]["random"]["per_member"])[:, 0])
+    with open(tmp_path / "run" / "robust" / "robust.json") as f:
+        assert set(json.load(f)["table"]) == {*names, "min_over_attacks"}
+    cert = cli.main(["robust", out, "--certify", "--sigma", "0.05", "--budget", "0,0.05", "--episodes", "4",
+                     "--pgd-steps", "1", "--no-progress"])
+    assert np.asarray(cert["certified"]).shape == (2, 2)
+    shifted = cli.main(["robust", out, "--shift", "length=0.5,2", "--episodes", "2", "--no-progress"])
+    assert np.asarray(shifted["per_member"]).shape == (2, 2)
+
+
+@pytest.mark.slow   # the ATLA pair's two programs, about 20 s on 2 cores
+def test_alternating_adversarial_training_of_a_recurrent_victim():
+    """ATLA with a victim that has memory: the victim learns on observations
+    the adversary perturbs, the adversary against the frozen recurrent victim
+    (its carry in the adversary's environment); two rounds give finite numbers
+    and the victim's state keeps its carry."""
+    from meta import adversary as adv
+    config = ppo.PPOConfig(total_steps=4 * 32 * 4, num_envs=4, num_steps=32, hidden=(16,), memory="gru",
+                           memory_size=8, num_minibatches=2)
+    small_adv = dataclasses.replace(adv.ADVERSARY_CONFIG, num_envs=4, num_steps=32, hidden=(16,))
+    init, one_round, plain = adv.adversarial_training(config, eps=0.1, rounds=2, adversary_config=small_adv)
+    step = jax.jit(one_round)
+    v, a = jax.jit(init)(jax.random.PRNGKey(0))
+    for _ in range(2):
+        v, a, metrics = step(v, a)
+        assert all(np.isfinite(np.asarray(m)).all() for m in metrics.values())
+    assert int(v.iteration) == config.num_iterations
+    assert [c.shape for c in jax.tree.leaves(v.carry)] == [(4, 8)]
+    returns, _ = jax.jit(lambda ts: plain.evaluate(ts, jax.random.PRNGKey(1), 4))(v)
+    assert np.isfinite(np.asarray(returns)).all()
