@@ -30,7 +30,7 @@ from src import normalize, xla_cpu
 from src.config import ConfigError
 from src.gae import gae
 from src.networks import (MEMORY_CELLS, ActorCritic, RecurrentActorCritic, entropy, log_prob, mode,
-                          lstm_unroll, policy_without_dots, policy_without_dots_fits, reset_carry, sample)
+                          policy_without_dots, policy_without_dots_fits, reset_carry, sample, unroll)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -458,28 +458,11 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
             aux.update(extra_aux)
         return total, aux
 
-    def unroll(params, core, obs, starts):
-        """The network over sequences [time, envs, ...] from the carry `core`
-        the first step acted with, the carry reset where `starts` (an episode
-        began): the encoder and heads on every step at once, the core step
-        by step. Returns (policy parameters, values), [time, envs, ...]."""
-        x = network.apply(params, obs, method=RecurrentActorCritic.encode)
-        if config.memory == "lstm":   # the same numbers, the gradient's loop written out (about half the time)
-            h = lstm_unroll(params["params"]["cell"], core, x, starts)
-        else:
-            def core_step(core, inputs):
-                x_t, start = inputs
-                core = reset_carry(core, network.initial_carry(start.shape), start)
-                return network.apply(params, core, x_t, method=RecurrentActorCritic.core)
-
-            _, h = jax.lax.scan(core_step, core, (x, starts))
-        return network.apply(params, h, method=RecurrentActorCritic.heads)
-
     def recurrent_loss_fn(flat_params, unravel, batch, hparams, objective_params, progress_frac):
         """PPO's loss on a minibatch of whole env sequences, by backpropagation
         through time from the carries the rollout started with."""
         core, obs, starts, action, old_log_prob, old_value, advantage, target = batch
-        dist, value = unroll(unravel(flat_params), core, obs, starts)
+        dist, value = unroll(network, unravel(flat_params), core, obs, starts)
         return ppo_losses(objective, objective_params, log_prob(dist, action, discrete), old_log_prob, value,
                           old_value, advantage, target, entropy(dist, discrete), hparams, progress_frac)
 

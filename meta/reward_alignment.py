@@ -65,7 +65,7 @@ from src import config as cfg
 from src import progress
 from src.config import ConfigError
 from src.gae import gae
-from src.networks import ActorCritic, entropy, log_prob
+from src.networks import ActorCritic, entropy, log_prob, unroll
 
 METHODS = ("barfi", "naive", "pbrs", "primary")
 ESTIMATORS = ("implicit", "unrolled", "es")
@@ -171,7 +171,6 @@ class AlignmentConfig:
         if self.ppo_config().normalize_obs:   # an unknown or doubly set `ppo:` key fails here too
             raise ConfigError("ppo.normalize_obs is not supported here: the learned reward and the heuristics "
                               "read raw observations; drop ppo.normalize_obs")
-        ppo.refuse_memory(self.ppo_config(), "meta reward-alignment", ppo.STATELESS_POLICY)
         return self
 
     def ppo_config(self) -> "ppo.PPOConfig":
@@ -242,6 +241,7 @@ class Batch(NamedTuple):
     done: jax.Array
     value: jax.Array
     next_value: jax.Array
+    carry: object = None        # memory: the carry each env's first step acted with; None without
 
 
 def discounted_returns(rewards, done, gamma):
@@ -286,6 +286,7 @@ class Aligner(NamedTuple):
     estimators: dict            # all three estimators by name (`estimate` is config.estimator's), for tests
     es_fitness: Callable        # (ts, reward_params, key) -> the ES estimator's fitness of one member
     run: Callable               # (state, num_blocks) -> (state, metrics): a chunk of `train`, for checkpoints
+    policy_terms: Callable      # (params, batch) -> (log pi, entropy) of the batch's actions (memory: given history)
 
 
 def make(config: AlignmentConfig, show_progress: bool = False) -> Aligner:
@@ -328,7 +329,8 @@ def make(config: AlignmentConfig, show_progress: bool = False) -> Aligner:
         into the data (PPO never normalises observations here: validate)."""
         transition = Transition(rollout.obs, rollout.action, rollout.next_obs, rollout.env_reward,
                                 rollout.terminated, {})
-        return jax.lax.stop_gradient(Batch(transition, rollout.done, rollout.value, rollout.next_value))
+        carry = jax.tree.map(lambda c: c[0], rollout.carry)   # None (no leaves) without memory
+        return jax.lax.stop_gradient(Batch(transition, rollout.done, rollout.value, rollout.next_value, carry))
 
     def collect(ts, key, length=T):
         """`length` steps of the current policy in the inner learner's own envs
@@ -352,7 +354,14 @@ def make(config: AlignmentConfig, show_progress: bool = False) -> Aligner:
         return collect(ts, key)
 
     def policy_terms(params, batch):
-        dist = network.apply(params, batch.transition.obs, method=ActorCritic.policy)
+        if pconfig.recurrent:
+            # each env's whole window from the carry it started with, reset where
+            # an episode began; flax's cell, as the implicit estimator's
+            # Hessian-vector products take jax.jvp through it
+            starts = jnp.concatenate([jnp.zeros_like(batch.done[:1]), batch.done[:-1]])
+            dist, _ = unroll(network, params, batch.carry, batch.transition.obs, starts, forward_mode=True)
+        else:
+            dist = network.apply(params, batch.transition.obs, method=ActorCritic.policy)
         return log_prob(dist, batch.transition.action, discrete), entropy(dist, discrete)
 
     def primary_surrogate(params, batch):
@@ -463,7 +472,7 @@ def make(config: AlignmentConfig, show_progress: bool = False) -> Aligner:
         return run(init(key), config.num_blocks)
 
     return Aligner(config, agent, heuristic, init, block, train, estimate, collect, collect_inner, inner_loss,
-                   env_steps_per_block, estimators, es_fitness, run)
+                   env_steps_per_block, estimators, es_fitness, run, policy_terms)
 
 
 def summarize(metrics, final_frac: float = 0.1):

@@ -361,6 +361,29 @@ def reset_carry(carry, initial, reset):
                         carry, initial)
 
 
+def unroll(network: RecurrentActorCritic, params, carry, obs, starts, forward_mode: bool = False):
+    """The recurrent network over sequences [time, envs, ...] from the carry
+    the first step acted with, the carry reset where `starts` (an episode
+    began): the encoder and heads on every step at once, the core step by
+    step. Returns (policy parameters, values), [time, envs, ...].
+
+    An LSTM runs through `lstm_unroll` (its backward pass written out, about
+    half the time), which supports reverse-mode differentiation only;
+    `forward_mode=True` steps flax's cell instead, for callers that take
+    `jax.jvp` through it (BARFI's Hessian-vector products)."""
+    x = network.apply(params, obs, method=RecurrentActorCritic.encode)
+    if network.memory == "lstm" and not forward_mode:
+        h = lstm_unroll(params["params"]["cell"], carry, x, starts)
+    else:
+        def core_step(carry, inputs):
+            x_t, start = inputs
+            carry = reset_carry(carry, network.initial_carry(start.shape), start)
+            return network.apply(params, carry, x_t, method=RecurrentActorCritic.core)
+
+        _, h = jax.lax.scan(core_step, carry, (x, starts))
+    return network.apply(params, h, method=RecurrentActorCritic.heads)
+
+
 # ----------------------------------------------------------------------------- a whole LSTM sequence at once
 
 def lstm_unroll(cell_params, carry, x, starts):

@@ -322,12 +322,11 @@ def test_loops_that_cannot_run_memory_refuse_it_by_name():
         ppo.refuse_memory(MEMORY, "meta reward-model", ppo.SINGLE_TRANSITION_LOG_PROB)
 
 
-@pytest.mark.parametrize("loop", ["reward-model", "reward-alignment", "orpo"])   # meta ued runs memory: test_env_design
+@pytest.mark.parametrize("loop", ["reward-model", "orpo"])   # meta ued runs memory: test_env_design
 def test_loops_that_cannot_run_memory_refuse_it_before_compiling(loop):
-    from meta import orpo, reward_alignment
+    from meta import orpo
     from meta import reward_model as rmod
     build = {"reward-model": lambda: rmod.RewardModelConfig(ppo={"memory": "gru"}),
-             "reward-alignment": lambda: reward_alignment.AlignmentConfig(ppo={"memory": "gru"}),
              "orpo": lambda: orpo.ORPOConfig(ppo={"memory": "gru"})}[loop]
     with pytest.raises(ConfigError, match="does not support memory=.*set memory: none"):
         config = build().validate()
@@ -411,3 +410,36 @@ def test_alternating_adversarial_training_of_a_recurrent_victim():
     assert [c.shape for c in jax.tree.leaves(v.carry)] == [(4, 8)]
     returns, _ = jax.jit(lambda ts: plain.evaluate(ts, jax.random.PRNGKey(1), 4))(v)
     assert np.isfinite(np.asarray(returns)).all()
+
+
+@pytest.mark.parametrize("memory, estimator", [("lstm", "implicit"), ("lstm", "unrolled"),
+                                               pytest.param("gru", "es", marks=pytest.mark.slow)])
+def test_reward_alignment_trains_a_recurrent_learner_with_each_estimator(memory, estimator):
+    """BARFI with a learner that has memory: its policy-gradient terms unroll
+    each env's window from the carry it started with (the log-probabilities
+    equal those the learner acted with), and two blocks with an outer step
+    each give a finite, non-zero outer gradient: through Hessian-vector
+    products (jax.jvp), through a PPO iteration (reverse over reverse) or by
+    ES."""
+    from meta import reward_alignment as ra
+    config = ra.AlignmentConfig(env="gridworld/barfi", env_kwargs={"size": 3}, heuristic="gridworld-bad", seeds=1,
+                                total_steps=4 * 128, num_envs=8, num_steps=16, num_epochs=1, num_minibatches=2,
+                                hidden=(8,), gamma=0.9, lr=3e-2, anneal_lr=False, estimator=estimator, unroll=1,
+                                outer_every=2, warmup=0, es_pairs=4, es_sigma=0.5,
+                                ppo={"memory": memory, "memory_size": 8})
+    aligner = ra.make(config)
+    assert type(aligner.agent.network) is RecurrentActorCritic
+    state = jax.jit(aligner.init)(jax.random.PRNGKey(0))
+
+    def on_policy(ts, reward_params):
+        _, rollout = aligner.agent.collect(ts, reward_params)
+        _, batch = aligner.collect_inner(ts)
+        return aligner.policy_terms(ts.params, batch)[0], rollout.log_prob
+
+    block = jax.jit(aligner.block)
+    for _ in range(2):
+        state, metrics = block(state)
+        norms = np.asarray(metrics["outer_grad_norm"])
+        assert np.isfinite(norms).all() and (norms > 0).all(), norms
+    ours, acted = jax.jit(on_policy)(state.ts, state.reward_params)
+    np.testing.assert_allclose(ours, acted, atol=1e-5)
