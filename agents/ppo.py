@@ -213,6 +213,34 @@ def refuse_memory(config, loop: str, why: str):
         raise ConfigError(f"{loop} does not support memory={memory}: {why}; set memory: none")
 
 
+def with_reference_log_prob(ref_agent, env, env_params):
+    """For a learner penalised against a recurrent PPO reference (`ref_agent`
+    with memory): (env, env_params shaped like the ones it takes). The env is
+    `envs.wrappers.ReferenceLogProb`, whose state carries the reference's
+    carry through each episode and whose info has "reference_log_prob",
+    log pi_ref(a_t | history). Its params are
+    `envs.wrappers.ReferenceParams(env_params, reference)`, a reference being
+    {"params", "obs_stats"} (`meta.reward_model.policy_of`), traced."""
+    from envs.wrappers import ReferenceLogProb, ReferenceParams
+    config, network = ref_agent.config, ref_agent.network
+
+    def reference_step(reference, carry, obs, action):
+        x = normalize.normalize(reference["obs_stats"], obs) if config.normalize_obs else obs
+        carry, (dist, _) = network.apply(reference["params"], carry, x)
+        return log_prob(dist, action, network.discrete), carry
+
+    like = jax.eval_shape(ref_agent.init, jax.random.PRNGKey(0), hparams_from(config))
+    like = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), {"params": like.params, "obs_stats": like.obs_stats})
+    return ReferenceLogProb(env, reference_step, ref_agent.initial_carry), ReferenceParams(env_params, like)
+
+
+def start_with_reference(ts):
+    """A learner's first state when it begins as its recurrent reference
+    (`with_reference_log_prob`'s env): the reference's envs and carry."""
+    from envs.wrappers import ReferenceState
+    return ts.replace(env_state=ReferenceState(ts.env_state, ts.obs, ts.carry))
+
+
 def ppo_clip(clip_eps, ratio, advantage, progress):
     """The default objective: per-sample clipped surrogate loss (to minimise)."""
     clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)

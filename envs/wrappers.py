@@ -77,3 +77,63 @@ class ClipAction(Wrapper):
         space = self._env.action_space(params)
         action = jnp.clip(action, space.low, space.high)
         return self._env.step(key, state, action, params)
+
+
+@struct.dataclass
+class ReferenceParams:
+    env: object          # the wrapped environment's params
+    reference: object    # the reference policy's parameters, as `log_prob_step` takes them
+
+    @property
+    def max_steps_in_episode(self):   # envs.core.episode_limit reads it
+        return getattr(self.env, "max_steps_in_episode", None)
+
+
+@struct.dataclass
+class ReferenceState:
+    env_state: object
+    obs: jax.Array       # the observation the next action is taken on
+    carry: object        # the reference's carry, having seen this episode up to before `obs`
+
+    @property
+    def last_return(self):   # PPO's metrics read it from the outermost state
+        return self.env_state.last_return
+
+
+class ReferenceLogProb(Wrapper):
+    """Adds info["reference_log_prob"]: log pi_ref(a_t | o_1..o_t) of the
+    action taken, under a reference policy with memory that follows the
+    same episode (its carry lives in this wrapper's state and restarts
+    where an episode ends). A KL penalty to a recurrent reference needs
+    it: the reference's probability of an action depends on the history,
+    which a reward function of one transition does not see.
+
+    log_prob_step(reference, carry, obs, action) -> (log prob, next carry);
+    initial_carry() -> the carry at an episode's start. The reference's
+    parameters are `ReferenceParams.reference`: traced, one per run."""
+
+    def __init__(self, env, log_prob_step, initial_carry):
+        super().__init__(env)
+        self._log_prob_step, self._initial_carry = log_prob_step, initial_carry
+
+    @property
+    def default_params(self):
+        raise TypeError("ReferenceLogProb has no default params: pass ReferenceParams(env_params, reference)")
+
+    def reset(self, key, params):
+        obs, state = self._env.reset(key, params.env)
+        return obs, ReferenceState(state, obs, self._initial_carry())
+
+    def step(self, key, state, action, params):
+        log_prob, carry = self._log_prob_step(params.reference, state.carry, state.obs, action)
+        obs, env_state, reward, terminated, truncated, info = self._env.step(key, state.env_state, action, params.env)
+        done = jnp.logical_or(terminated, truncated)   # the wrapped env has begun a new episode
+        carry = jax.tree.map(lambda c, i: jnp.where(done, i, c), carry, self._initial_carry())
+        return obs, ReferenceState(env_state, obs, carry), reward, terminated, truncated, \
+            {**info, "reference_log_prob": log_prob}
+
+    def observation_space(self, params):
+        return self._env.observation_space(params.env)
+
+    def action_space(self, params):
+        return self._env.action_space(params.env)

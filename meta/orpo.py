@@ -98,6 +98,7 @@ from agents import ppo
 from envs.core import episode_limit
 from envs.rewards import env_reward
 from envs.tomato import tomato_proxy
+from envs.wrappers import ReferenceParams
 from src import config as cfg
 from src.config import ConfigError
 
@@ -206,8 +207,12 @@ def om_kl_term(num_actions: int, discrete: bool = True, clip: float = 5.0):
 
 def action_kl_term(policy_log_prob):
     """log pi(a|s) - log pi_ref(a|s) on the action taken (RLHF's KL penalty);
-    `policy_log_prob(ref_params, obs, action)` is the reference's log-prob."""
+    `policy_log_prob(ref_params, obs, action)` is the reference's log-prob,
+    or, for a reference with memory, the environment reports it given the
+    history (info["reference_log_prob"], `ppo.with_reference_log_prob`)."""
     def term(reward_params, transition):
+        if "reference_log_prob" in transition.info:   # static: which environment the learner runs in
+            return transition.info["log_prob"] - transition.info["reference_log_prob"]
         return transition.info["log_prob"] - policy_log_prob(reward_params["ref"], transition.obs, transition.action)
     return term
 
@@ -282,9 +287,7 @@ class ORPOConfig:
         """The reference's PPO continued on the penalised proxy, without a
         learning-rate schedule (it starts mid-way, from the reference's state)."""
         total = self.rounds * self.ppo_per_round * self.reference_config().batch_size
-        config = dataclasses.replace(self.reference_config(), total_steps=total, anneal_lr=False).validate()
-        ppo.refuse_memory(config, "ORPO", ppo.SINGLE_TRANSITION_LOG_PROB)
-        return config
+        return dataclasses.replace(self.reference_config(), total_steps=total, anneal_lr=False).validate()
 
     def validate(self):
         envs.check_name(self.env)
@@ -339,22 +342,31 @@ def build(config: ORPOConfig) -> Programs:
     ref_agent = ppo.make(ref_config, env, env_params)              # gold: the environment's reward
     terms = {"action_kl": action_kl_term(ref_agent.log_prob), "chi2": chi2_term(num_actions, discrete, clip),
              "om_kl": om_kl_term(num_actions, discrete, clip)}
-    rl_agent = ppo.make(rl_config, env, env_params, reward_fn=penalised_reward(proxy, terms))
+    memory = ref_config.recurrent
+    # a recurrent reference's log pi_ref(a_t | history) follows each episode in
+    # the environment's state; the learner begins as the reference, in its envs
+    rl_env, rl_env_params = ppo.with_reference_log_prob(ref_agent, env, env_params) if memory else (env, env_params)
+
+    def rl_params(ref_ts):
+        return ReferenceParams(env_params, {"params": ref_ts.params, "obs_stats": ref_ts.obs_stats}) if memory \
+            else env_params
+
+    rl_agent = ppo.make(rl_config, rl_env, rl_env_params, reward_fn=penalised_reward(proxy, terms))
 
     def scores(reward_params, transition):
         """What an episode records per step: the proxy and log pi - log pi_ref."""
         return jnp.stack([proxy(reward_params.get("proxy"), transition), terms["action_kl"](reward_params, transition)])
 
-    scorer = ppo.make(dataclasses.replace(rl_config, num_envs=config.episodes, num_minibatches=1), env, env_params,
-                      reward_fn=scores)
-    levels = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.episodes, *jnp.shape(x))), env_params)
+    scorer = ppo.make(dataclasses.replace(rl_config, num_envs=config.episodes, num_minibatches=1), rl_env,
+                      rl_env_params, reward_fn=scores)
+    levels = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.episodes, *jnp.shape(x))), rl_env_params)
     ref_hparams, rl_hparams = ppo.hparams_from(ref_config), ppo.hparams_from(rl_config)
     tx = discriminator_optimizer(config.disc_lr)
 
     def reference(key):
         return ref_agent.train(key, ref_hparams)[0]
 
-    def episodes(ts, reward_params, key):
+    def episodes(ts, reward_params, key, env_params):
         """`episodes` fresh episodes of ts's policy (envs reset, run for the
         episode limit): per-episode sums of gold, proxy and the log-ratio to
         the reference over each env's first episode, and every step's
@@ -379,15 +391,19 @@ def build(config: ORPOConfig) -> Programs:
         disc_key, run_key, loop_key = jax.random.split(key, 3)
         disc = init_discriminator(disc_key, in_dim, tuple(config.disc_hidden))
         params = {"beta": beta, "weights": weights, "ref": ref_ts.params, "disc": disc, "proxy": None}
+        learner_env = rl_params(ref_ts)
+        if memory:   # the reference's state in the learner's environment (its episodes' carries)
+            ref_ts = ppo.start_with_reference(ref_ts)
 
         def round_(carry, k):
             ts, disc, opt_state = carry
             episode_key, disc_key = jax.random.split(k)
             p = {**params, "disc": disc}
-            ts, metrics = rl_agent.run(ts, rl_hparams, p, None, env_params, num_iterations=config.ppo_per_round)
+            ts, metrics = rl_agent.run(ts, rl_hparams, p, None, learner_env, num_iterations=config.ppo_per_round)
             both = jax.tree.map(lambda a, b: jnp.stack([a, b]), ts, ref_ts)
             # one collect program for both policies (lax.map compiles its body once; a vmap would batch it)
-            sums, x = jax.lax.map(lambda a: episodes(a[0], p, a[1]), (both, jax.random.split(episode_key, 2)))
+            sums, x = jax.lax.map(lambda a: episodes(a[0], p, a[1], learner_env),
+                                  (both, jax.random.split(episode_key, 2)))
             disc, opt_state, losses = train_discriminator(disc, opt_state, disc_key, x[0], x[1], config.disc_steps,
                                                           config.disc_batch, config.disc_lr)
             logit_pi, logit_ref = discriminator_logit(disc, x[0]), discriminator_logit(disc, x[1])

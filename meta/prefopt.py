@@ -68,6 +68,7 @@ class PrefOptConfig(rmod.PreferenceData):
             self.data_config().validate()
         except ConfigError as e:
             raise ConfigError(str(e)) from None
+        ppo.refuse_memory(self.data_config().reference_config(), "meta prefopt", ppo.SINGLE_TRANSITION_LOG_PROB)
         if not self.losses or not self.beta:
             raise ConfigError("losses and beta each need at least one value")
         for name in self.losses:

@@ -49,6 +49,7 @@ from envs import preferences as prefs
 from envs import reward_models as rm
 from envs.core import episode_limit
 from envs.rewards import env_reward
+from envs.wrappers import ReferenceParams
 from src import config as cfg
 from src.config import ConfigError
 
@@ -154,7 +155,6 @@ class RewardModelConfig(PreferenceData):
         """The reference's PPO, continued on the proxy: no learning-rate
         schedule (the run starts from the reference's state, mid-way)."""
         ref = self.reference_config()
-        ppo.refuse_memory(ref, "meta reward-model, meta prefopt and SPO", ppo.SINGLE_TRANSITION_LOG_PROB)
         return dataclasses.replace(ref, total_steps=self.rl_steps, anneal_lr=False).validate()
 
     def rl_iterations(self) -> int:
@@ -233,6 +233,7 @@ class Programs(NamedTuple):
     rl_agent: object
     aggregation_weights: dict
     gold: tuple                # (reward_fn, reward_params) of the gold reward (envs.rewards.env_reward for "env")
+    rl_start: object           # reference TrainStates -> the learner's first TrainStates (memory: + the env wrapper)
 
 
 _PROGRAMS = {}
@@ -263,6 +264,28 @@ def build(config: RewardModelConfig) -> Programs:
         """log pi(a|s) of a policy {"params", "obs_stats"} on raw observations."""
         return ref_agent.log_prob(policy["params"], obs, action, policy["obs_stats"])
 
+    memory = ref_config.recurrent
+    rl_env, rl_env_params = env, env_params
+    if memory:
+        # a recurrent reference's log pi_ref(a_t | history) follows each episode
+        # in the environment's state; the learner begins as the reference, in its envs
+        rl_env, rl_env_params = ppo.with_reference_log_prob(ref_agent, env, env_params)
+
+    def reference_log_prob(params, transition):
+        if memory:
+            return transition.info["reference_log_prob"]
+        return policy_log_prob(params["ref"], transition.obs, transition.action)
+
+    def rl_params(params):
+        """The environment params the learner's programs take."""
+        return ReferenceParams(env_params, params["ref"]) if memory else env_params
+
+    def rl_start(ref_ts):
+        """The learner's first state: the reference's (its envs and carry)."""
+        if not memory:
+            return ref_ts
+        return ppo.start_with_reference(ref_ts)
+
     def aggregated(params, transition):
         """[mean, member minimum, mean - lambda * variance, first member] of the
         ensemble's rewards (the order of AGGREGATIONS)."""
@@ -280,7 +303,7 @@ def build(config: RewardModelConfig) -> Programs:
         pays for reaching the states it rates worst (-(1 - gamma) V(s') > 0
         where V < 0) until the critic catches up."""
         proxy = params["gold_mean"] + params["gold_std"] * jnp.dot(params["weights"], aggregated(params, transition))
-        log_ratio = transition.info["log_prob"] - policy_log_prob(params["ref"], transition.obs, transition.action)
+        log_ratio = transition.info["log_prob"] - reference_log_prob(params, transition)
         return proxy - params["beta"] * log_ratio
 
     if config.gold == "random":
@@ -297,18 +320,18 @@ def build(config: RewardModelConfig) -> Programs:
     def scores(params, transition):
         """What an evaluation records per step: every aggregation, the
         log-ratio to the reference and the gold reward."""
-        log_ratio = transition.info["log_prob"] - policy_log_prob(params["ref"], transition.obs, transition.action)
+        log_ratio = transition.info["log_prob"] - reference_log_prob(params, transition)
         return jnp.concatenate([aggregated(params, transition), log_ratio[None], gold_of(transition)[None]])
 
     rl_config = config.rl_config()
-    rl_agent = ppo.make(rl_config, env, env_params, reward_fn=penalised_proxy)
+    rl_agent = ppo.make(rl_config, rl_env, rl_env_params, reward_fn=penalised_proxy)
     rl_hparams = ppo.hparams_from(rl_config)
 
     def scorer(episodes):
         # it only collects, never trains: one iteration's worth of total_steps keeps its config valid
         # however many episodes best-of-n ranks
         return ppo.make(dataclasses.replace(rl_config, num_envs=episodes, num_minibatches=1,
-                                            total_steps=episodes * rl_config.num_steps), env, env_params,
+                                            total_steps=episodes * rl_config.num_steps), rl_env, rl_env_params,
                         reward_fn=scores)
 
     scorers = {n: scorer(n) for n in {config.eval_episodes, config.bon_episodes}}
@@ -327,7 +350,7 @@ def build(config: RewardModelConfig) -> Programs:
             states = agents.restore_members(config.reference_run, module, ref_agent, run_config, members)
             return take(states, list(range(config.seeds))), None
 
-    def fresh_envs(agent, ts, key, num):
+    def fresh_envs(agent, ts, key, num, env_params=env_params):
         levels = jax.tree.map(lambda x: jnp.broadcast_to(x, (num, *jnp.shape(x))), env_params)
         reset_key, run_key = jax.random.split(key)
         return agent.reset_envs(ts.replace(key=run_key), reset_key, levels)
@@ -367,14 +390,14 @@ def build(config: RewardModelConfig) -> Programs:
         agent = scorers[episodes]
         # the policy's observation statistics frozen: it is then exactly the
         # trained policy (the reference scores KL 0 against itself)
-        _, rollout = agent.collect(fresh_envs(agent, ts, key, episodes), params, env_params, horizon,
-                                   update_obs_stats=False)
+        _, rollout = agent.collect(fresh_envs(agent, ts, key, episodes, rl_params(params)), params,
+                                   rl_params(params), horizon, update_obs_stats=False)
         per_step = first_episode_totals(rollout)                                  # [E, 6]
         return {"gold": per_step[:, 5], "log_ratio": per_step[:, 4],
                 **{f"proxy_{kind}": per_step[:, i] for i, kind in enumerate(AGGREGATIONS)}}
 
     def rlhf_chunk(ts, params):
-        return rl_agent.run(ts, rl_hparams, params, None, env_params, num_iterations=config.eval_every)
+        return rl_agent.run(ts, rl_hparams, params, None, rl_params(params), num_iterations=config.eval_every)
 
     def online_update(ts, ensemble, buffer, count, reference_rollouts, key):
         """One run's online step: `online_pairs` pairs of the learner's fresh
@@ -409,7 +432,7 @@ def build(config: RewardModelConfig) -> Programs:
                     jax.jit(jax.vmap(lambda t, p, k: score(t, p, k, config.bon_episodes))),
                     jax.jit(jax.vmap(lambda t, p, k: score(t, p, k, config.eval_episodes))),
                     jax.jit(jax.vmap(rlhf_chunk)), jax.jit(jax.vmap(online_update)), rl_agent, weights,
-                    (gold_fn, gold_params))
+                    (gold_fn, gold_params), rl_start)
 
 
 def preference_pairs(config, rollouts, key, num_pairs: int):
@@ -595,7 +618,7 @@ def sweep(config: RewardModelConfig, show_progress: bool = True, log=print, rest
     # the optimisation: every (pair count, aggregation, beta, seed) in one program
     runs = grid(c)
     params = stacked([scoring_params(c.pairs.index(r["pairs"]), r["seed"], r["aggregate"], r["beta"]) for r in runs])
-    ts = take(ref_ts, [r["seed"] for r in runs])
+    ts = programs.rl_start(take(ref_ts, [r["seed"] for r in runs]))
     eval_key = eval_keys[np.asarray([r["seed"] for r in runs])]
     chunk, evaluate = programs.rlhf_chunk, programs.score_eval
     kinds = np.asarray([AGGREGATIONS.index(r["aggregate"]) for r in runs])

@@ -95,6 +95,7 @@ class SPOConfig(rmod.PreferenceData):
         if self.gold != "env":
             raise ConfigError(f"SPO scores segments by the environment's own reward: set gold=env (got {self.gold!r})")
         rl = rm_config.rl_config()
+        ppo.refuse_memory(rl, "meta prefopt --online (SPO, P3O, DNO)", ppo.SINGLE_TRANSITION_LOG_PROB)
         if rl.num_steps % self.segment_len:
             fits = [d for d in range(1, rl.num_steps + 1) if rl.num_steps % d == 0]
             near = min(fits, key=lambda d: abs(d - self.segment_len))

@@ -322,16 +322,13 @@ def test_loops_that_cannot_run_memory_refuse_it_by_name():
         ppo.refuse_memory(MEMORY, "meta reward-model", ppo.SINGLE_TRANSITION_LOG_PROB)
 
 
-@pytest.mark.parametrize("loop", ["reward-model", "orpo"])   # meta ued runs memory: test_env_design
+@pytest.mark.parametrize("loop", ["prefopt", "spo"])
 def test_loops_that_cannot_run_memory_refuse_it_before_compiling(loop):
-    from meta import orpo
-    from meta import reward_model as rmod
-    build = {"reward-model": lambda: rmod.RewardModelConfig(ppo={"memory": "gru"}),
-             "orpo": lambda: orpo.ORPOConfig(ppo={"memory": "gru"})}[loop]
+    from meta import prefopt, spo
+    build = {"prefopt": lambda: prefopt.PrefOptConfig(ppo={"memory": "gru"}),
+             "spo": lambda: spo.SPOConfig(ppo={"memory": "gru"})}[loop]
     with pytest.raises(ConfigError, match="does not support memory=.*set memory: none"):
-        config = build().validate()
-        if loop == "orpo":
-            config.rl_config()
+        build().validate()
 
 
 @pytest.mark.parametrize("loop", ["pbt", "lpo"])
@@ -443,3 +440,57 @@ def test_reward_alignment_trains_a_recurrent_learner_with_each_estimator(memory,
         assert np.isfinite(norms).all() and (norms > 0).all(), norms
     ours, acted = jax.jit(on_policy)(state.ts, state.reward_params)
     np.testing.assert_allclose(ours, acted, atol=1e-5)
+
+
+def test_the_reward_model_loop_penalises_a_recurrent_learner_against_its_recurrent_reference():
+    """`meta reward-model` with memory: the KL penalty's log pi_ref(a_t |
+    history) follows each episode in the environment's state
+    (`envs.wrappers.ReferenceLogProb`), so the learner, which starts as the
+    reference, has log-ratio 0 on every step before optimising; beta then
+    changes where it goes."""
+    from meta import reward_model as rmod
+    config = rmod.RewardModelConfig(
+        env="gridworld/barfi", env_kwargs={"size": 3}, seeds=2, reference_steps=2048,
+        ppo={"num_envs": 8, "num_steps": 32, "hidden": [16], "num_minibatches": 2, "num_epochs": 2,
+             "memory": "gru", "memory_size": 8},
+        data_envs=8, data_steps=64, pairs=(40,), held_out_pairs=50, segment_len=8, rm_steps=100, rm_hidden=(16,),
+        rm_batch=16, ensemble=1, aggregate=("single",), beta=(0.0, 1.0), rl_steps=2048, eval_every=4,
+        eval_episodes=8, bon=(1, 4), bon_episodes=16)
+    result = rmod.sweep(config, show_progress=False, log=lambda *a: None)
+    assert type(rmod.make(config).rl_agent.network) is RecurrentActorCritic
+    rows = result["rl"]
+    start = [r for r in rows if r["iteration"] == 0]
+    assert len(start) == 4 and all(r["kl"] < 1e-6 for r in start), [r["kl"] for r in start]
+    end = {(r["beta"], r["seed"]): r for r in rows if r["iteration"] == config.rl_iterations()}
+    assert all(np.isfinite(r["gold"]) and r["kl"] >= 0 for r in end.values())
+    assert any(end[(0.0, s)]["kl"] != end[(1.0, s)]["kl"] for s in range(2))
+
+
+def test_orpo_regularises_a_recurrent_learner_towards_its_recurrent_reference():
+    """ORPO with memory: the action-KL regulariser reads the reference's
+    log pi_ref(a_t | history) from the environment (as the reward-model
+    loop's penalty does), the occupancy regularisers work unchanged, and
+    every run gives finite numbers with beta reaching the learner."""
+    from jax.flatten_util import ravel_pytree
+
+    from meta import orpo
+    config = orpo.ORPOConfig(
+        seeds=1, reference_steps=320, ppo={"num_envs": 4, "num_steps": 40, "num_minibatches": 2, "num_epochs": 1,
+                                           "hidden": (8,), "lr": 1e-3, "memory": "gru", "memory_size": 8},
+        betas={"action_kl": (1.0,), "chi2": (0.1,)}, rounds=2, ppo_per_round=2, episodes=4, disc_steps=5,
+        disc_batch=16, disc_hidden=(8,))
+    programs = orpo.build(config)
+    assert type(programs.rl_agent.network) is RecurrentActorCritic
+    runs = orpo.members(config)
+    refs = jax.jit(jax.vmap(programs.ref_agent.init, in_axes=(0, None)))(
+        jax.random.split(jax.random.PRNGKey(0), len(runs)), ppo.hparams_from(config.reference_config()))
+    refs = jax.tree.map(lambda x: jnp.broadcast_to(x[:1], x.shape), refs)   # one reference for every run
+    weights = jnp.stack([orpo.weights_for(r["regulariser"]) for r in runs])
+    betas = jnp.asarray([r["beta"] for r in runs], jnp.float32)
+    keys = jnp.broadcast_to(jax.random.PRNGKey(1), (len(runs), 2))
+    ts, history = jax.jit(jax.vmap(programs.member))(refs, keys, betas, weights)
+    history = jax.tree.map(np.asarray, history)
+    assert all(np.isfinite(v).all() for v in history.values())
+    assert [(r["regulariser"], r["beta"]) for r in runs] == [("none", 0.0), ("action_kl", 1.0), ("chi2", 0.1)]
+    flat = np.asarray(jax.vmap(lambda p: ravel_pytree(p)[0])(ts.params))
+    assert not np.allclose(flat[0], flat[1]) and not np.allclose(flat[0], flat[2])
