@@ -47,8 +47,10 @@ import envs
 from agents import ppo
 from envs import preferences as prefs
 from envs.core import episode_limit
+from envs.wrappers import ReferenceParams
 from meta import reward_model as rmod
 from src.config import ConfigError
+from src.networks import ActorCritic, RecurrentActorCritic, log_prob, unroll
 
 METHODS = ("spo", "p3o", "dno", "rlhf")
 
@@ -95,7 +97,6 @@ class SPOConfig(rmod.PreferenceData):
         if self.gold != "env":
             raise ConfigError(f"SPO scores segments by the environment's own reward: set gold=env (got {self.gold!r})")
         rl = rm_config.rl_config()
-        ppo.refuse_memory(rl, "meta prefopt --online (SPO, P3O, DNO)", ppo.SINGLE_TRANSITION_LOG_PROB)
         if rl.num_steps % self.segment_len:
             fits = [d for d in range(1, rl.num_steps + 1) if rl.num_steps % d == 0]
             near = min(fits, key=lambda d: abs(d - self.segment_len))
@@ -232,6 +233,20 @@ def nash_pairs(gold, segment_len: int, oracle: str, temperature, label_noise, ma
     return chosen, rejected, (gap >= margin).astype(jnp.float32)
 
 
+def segment_log_probs(network, params, rollout, segment_len: int, discrete: bool):
+    """Each segment's summed log pi(a_t | .) under `params`, [N, W], for a
+    PPO rollout [T, N]: on the network inputs the rollout acted on (already
+    normalised: `Rollout.obs`), and, for a recurrent network, over the whole
+    rollout unrolled from its first carry, as PPO's update does. At the
+    parameters that collected it, the rollout's own log-probabilities."""
+    if isinstance(network, RecurrentActorCritic):
+        starts = jnp.concatenate([jnp.zeros_like(rollout.done[:1]), rollout.done[:-1]])
+        dist, _ = unroll(network, params, jax.tree.map(lambda c: c[0], rollout.carry), rollout.obs, starts)
+    else:
+        dist = network.apply(params, rollout.obs, method=ActorCritic.policy)
+    return windows(log_prob(dist, rollout.action, discrete), segment_len).sum(axis=-1)
+
+
 # ----------------------------------------------------------------------------- programs
 
 class Programs(NamedTuple):
@@ -240,6 +255,7 @@ class Programs(NamedTuple):
     chunks: dict               # method -> (TrainStates, params) -> TrainStates after eval_every iterations
     evaluate: object           # (TrainStates, reference policies, keys) -> (gold [E, H], log-ratio [E])
     reset_paired: object       # (TrainStates, keys) -> the same with every pair of envs reset in step
+    start: object              # reference TrainStates -> the learners' first (memory: in the reference's envs)
 
 
 _PROGRAMS = {}
@@ -266,8 +282,20 @@ def build(config: SPOConfig) -> Programs:
     # the preference methods' own PPO (rlhf runs the reward-model loop's)
     pref_config = dataclasses.replace(rl_config, paired_envs=config.paired_starts)
     ref_agent = ppo.make(rm_config.reference_config(), env, env_params)
+    memory = rl_config.recurrent
+    learner_env, learner_env_params = env, env_params
+    if memory:
+        # a recurrent reference's log pi_ref(a_t | history) follows each episode in
+        # the environment's state; the learners begin as the reference, in its envs
+        learner_env, learner_env_params = ppo.with_reference_log_prob(ref_agent, env, env_params)
+
+    def env_params_for(reference):
+        """The environment params the learners' programs take."""
+        return ReferenceParams(env_params, reference) if memory else env_params
 
     def log_ratio(params, transition):
+        if memory:
+            return transition.info["log_prob"] - transition.info["reference_log_prob"]
         ref = params["ref"]
         return transition.info["log_prob"] - ref_agent.log_prob(ref["params"], transition.obs, transition.action,
                                                                  ref["obs_stats"])
@@ -285,12 +313,15 @@ def build(config: SPOConfig) -> Programs:
         return pairwise_advantage(rollout.env_reward, rollout.reward, config.segment_len, config.oracle,
                                   params["temperature"], params["label_noise"], scale)
 
-    spo_agent = ppo.make(pref_config, env, env_params, reward_fn=kl_penalty, rollout_reward=self_play)
-    p3o_agent = ppo.make(pref_config, env, env_params, reward_fn=kl_penalty, advantage_fn=p3o_advantage)
+    spo_agent = ppo.make(pref_config, learner_env, learner_env_params, reward_fn=kl_penalty,
+                         rollout_reward=self_play)
+    p3o_agent = ppo.make(pref_config, learner_env, learner_env_params, reward_fn=kl_penalty,
+                         advantage_fn=p3o_advantage)
     hparams = ppo.hparams_from(rl_config)
+    network, discrete = spo_agent.network, envs.is_discrete(env, env_params)
 
     def ppo_chunk(agent):
-        return lambda ts, params: agent.run(ts, hparams, params, None, env_params,
+        return lambda ts, params: agent.run(ts, hparams, params, None, env_params_for(params["ref"]),
                                             num_iterations=config.eval_every)[0]
 
     from agents import preference_losses as pl
@@ -304,18 +335,16 @@ def build(config: SPOConfig) -> Programs:
         """One DNO iteration: a rollout of the current policy (observation
         statistics frozen), its pairs (`nash_pairs`), then dno_steps Adam
         steps of the preference loss with the rollout's policy as reference."""
-        ts, rollout = spo_agent.collect(ts, params, env_params, update_obs_stats=False)
+        ts, rollout = spo_agent.collect(ts, params, env_params_for(params["ref"]), update_obs_stats=False)
         chosen, rejected, weight = nash_pairs(rollout.env_reward, config.segment_len, config.oracle,
                                               params["temperature"], params["label_noise"], config.dno_margin)
-        obs, action = windows(rollout.obs, config.segment_len), windows(rollout.action, config.segment_len)
         old = windows(rollout.log_prob, config.segment_len).sum(axis=-1)               # [N, W]
         w = jnp.arange(chosen.shape[0])[:, None]
         pick = lambda x, env: x[env, w]                                                 # noqa: E731
         flat, unravel = ravel_pytree(ts.params)
 
         def segment_logp(flat_params, env):
-            return ref_agent.log_prob(unravel(flat_params), pick(obs, env), pick(action, env),
-                                      ts.obs_stats).sum(axis=-1)
+            return pick(segment_log_probs(network, unravel(flat_params), rollout, config.segment_len, discrete), env)
 
         def loss_fn(flat_params):
             batch = pl.PairBatch(segment_logp(flat_params, chosen).ravel(), segment_logp(flat_params, rejected).ravel(),
@@ -338,24 +367,31 @@ def build(config: SPOConfig) -> Programs:
     chunks = {"spo": ppo_chunk(spo_agent), "p3o": ppo_chunk(p3o_agent), "dno": dno_chunk}
 
     # the scorer's "reward" records [gold, log-ratio] per step
-    scorer = ppo.make(dataclasses.replace(rl_config, num_envs=config.eval_episodes, num_minibatches=1), env,
-                      env_params, reward_fn=lambda p, tr: jnp.stack([tr.reward, log_ratio(p, tr)]))
+    scorer = ppo.make(dataclasses.replace(rl_config, num_envs=config.eval_episodes, num_minibatches=1), learner_env,
+                      learner_env_params, reward_fn=lambda p, tr: jnp.stack([tr.reward, log_ratio(p, tr)]))
 
     def evaluate(ts, reference, key):
-        levels = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.eval_episodes, *jnp.shape(x))), env_params)
+        levels = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.eval_episodes, *jnp.shape(x))),
+                              env_params_for(reference))
         reset_key, run_key = jax.random.split(key)
         fresh = scorer.reset_envs(ts.replace(key=run_key), reset_key, levels)
-        _, rollout = scorer.collect(fresh, {"ref": reference}, env_params, horizon, update_obs_stats=False)
+        _, rollout = scorer.collect(fresh, {"ref": reference}, env_params_for(reference), horizon,
+                                    update_obs_stats=False)
         per_step = jnp.swapaxes(rollout.reward, 0, 1)                        # [E, H, 2]
         return per_step[..., 0], per_step[..., 1].sum(axis=1)
 
-    train_levels = jax.tree.map(lambda x: jnp.broadcast_to(x, (rl_config.num_envs, *jnp.shape(x))), env_params)
+    train_levels = jax.tree.map(lambda x: jnp.broadcast_to(x, (rl_config.num_envs, *jnp.shape(x))),
+                                learner_env_params)
 
     def reset_paired(ts, key):
         return spo_agent.reset_envs(ts, key, train_levels)
 
+    def start(ref_ts):
+        """The learners' first state: the reference's (with memory, its envs and carry)."""
+        return ppo.start_with_reference(ref_ts) if memory else ref_ts
+
     return Programs(config, programs, {m: jax.jit(jax.vmap(chunks[m])) for m in config.methods if m in chunks},
-                    jax.jit(jax.vmap(evaluate)), jax.jit(jax.vmap(reset_paired)))
+                    jax.jit(jax.vmap(evaluate)), jax.jit(jax.vmap(reset_paired)), start)
 
 
 def run(config: SPOConfig, show_progress: bool = True, log=print, restore=None, on_chunk=None,
@@ -385,7 +421,7 @@ def run(config: SPOConfig, show_progress: bool = True, log=print, restore=None, 
     chunks = {m: (lambda ts, chunk=chunk: chunk(ts, spo_params)) for m, chunk in programs.chunks.items()}
     chunks["rlhf"] = lambda ts: programs.rm.rlhf_chunk(ts, rlhf_params)[0]
 
-    ref_gold, _ = jax.tree.map(np.asarray, programs.evaluate(ref_ts, reference, eval_keys))
+    ref_gold, _ = jax.tree.map(np.asarray, programs.evaluate(programs.start(ref_ts), reference, eval_keys))
     ref_scores = np.asarray(episode_segment_scores(jnp.asarray(ref_gold), c.segment_len, c.oracle))
     rows = []
 
@@ -402,9 +438,10 @@ def run(config: SPOConfig, show_progress: bool = True, log=print, restore=None, 
                              "oracle_metric": float(scores[s].mean()), "gold": float(gold[s].sum(axis=1).mean()),
                              "kl": kl, "d": math.sqrt(kl)})
 
-    states = {m: ref_ts for m in c.methods}
+    states = {m: programs.start(ref_ts) for m in c.methods}
     if c.paired_starts:   # every pair of envs in step from the first rollout
-        paired = programs.reset_paired(ref_ts, jax.vmap(lambda k: jax.random.fold_in(k, 1 << 21))(eval_keys))
+        paired = programs.reset_paired(programs.start(ref_ts),
+                                       jax.vmap(lambda k: jax.random.fold_in(k, 1 << 21))(eval_keys))
         states.update({m: paired for m in c.methods if m != "rlhf"})
     start = time.time()
     total = c.rm_config().rl_iterations()

@@ -322,13 +322,12 @@ def test_loops_that_cannot_run_memory_refuse_it_by_name():
         ppo.refuse_memory(MEMORY, "meta reward-model", ppo.SINGLE_TRANSITION_LOG_PROB)
 
 
-@pytest.mark.parametrize("loop", ["prefopt", "spo"])
-def test_loops_that_cannot_run_memory_refuse_it_before_compiling(loop):
+def test_offline_preference_optimisation_refuses_memory_before_compiling():
     from meta import prefopt, spo
-    build = {"prefopt": lambda: prefopt.PrefOptConfig(ppo={"memory": "gru"}),
-             "spo": lambda: spo.SPOConfig(ppo={"memory": "gru"})}[loop]
-    with pytest.raises(ConfigError, match="does not support memory=.*set memory: none"):
-        build().validate()
+    with pytest.raises(ConfigError, match="meta prefopt does not support memory=gru: it compares policies by "
+                                          "log pi\\(a\\|s\\) of single transitions.*set memory: none"):
+        prefopt.PrefOptConfig(ppo={"memory": "gru"}).validate()
+    spo.SPOConfig(ppo={"memory": "gru"}, segment_len=32).validate()   # online: supported
 
 
 @pytest.mark.parametrize("loop", ["pbt", "lpo"])
@@ -494,3 +493,45 @@ def test_orpo_regularises_a_recurrent_learner_towards_its_recurrent_reference():
     assert [(r["regulariser"], r["beta"]) for r in runs] == [("none", 0.0), ("action_kl", 1.0), ("chi2", 0.1)]
     flat = np.asarray(jax.vmap(lambda p: ravel_pytree(p)[0])(ts.params))
     assert not np.allclose(flat[0], flat[1]) and not np.allclose(flat[0], flat[2])
+
+
+@pytest.mark.parametrize("memory", ["none", "gru"])
+def test_dno_scores_segments_on_the_inputs_the_rollout_acted_on(memory):
+    """DNO's segment log-probabilities at the parameters that collected the
+    rollout are the rollout's own, with observation normalisation on (the
+    rollout stores normalised inputs: normalising them again was a bug) and
+    with memory (the whole rollout unrolled from its first carry)."""
+    from meta import spo
+    config = ppo.PPOConfig(env="Pendulum-v1", num_envs=4, num_steps=32, hidden=(16,), normalize_obs=True,
+                           memory=memory, memory_size=8, num_minibatches=2)
+    agent = ppo.make(config)
+
+    def logps(key):
+        ts = agent.init(key, ppo.hparams_from(config))
+        ts, _ = agent.collect(ts)            # observation statistics away from their start
+        _, rollout = agent.collect(ts, update_obs_stats=False)
+        ours = spo.segment_log_probs(agent.network, ts.params, rollout, 8, False)
+        return ours, spo.windows(rollout.log_prob, 8).sum(axis=-1)
+
+    ours, acted = jax.jit(logps)(jax.random.PRNGKey(0))
+    assert ours.shape == (4, 4)
+    np.testing.assert_allclose(ours, acted, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.slow   # four methods' programs, about a minute on 2 cores
+def test_online_preference_methods_train_a_recurrent_learner():
+    """SPO, P3O, DNO and reward model + PPO online with memory: before any
+    update each learner is the reference (win rate one half, KL 0 through
+    the environment's reference log-probs), and every row is finite."""
+    from meta import spo
+    config = spo.SPOConfig(
+        env="gridworld/barfi", env_kwargs={"size": 3}, seeds=2, reference_steps=1024, oracle="bt",
+        ppo={"num_envs": 8, "num_steps": 32, "hidden": [16], "num_minibatches": 2, "num_epochs": 2,
+             "memory": "gru", "memory_size": 8},
+        data_envs=8, data_steps=64, pairs=60, held_out_pairs=40, segment_len=8, rm_hidden=(16,), rm_steps=50,
+        rl_steps=8 * 32 * 4, eval_every=2, eval_episodes=8)
+    rows = spo.run(config, show_progress=False, log=lambda *a: None)["rows"]
+    assert {r["method"] for r in rows} == set(spo.METHODS)
+    start = [r for r in rows if r["iteration"] == 0]
+    assert all(r["win_rate"] == pytest.approx(0.5) and r["kl"] == pytest.approx(0.0, abs=1e-5) for r in start)
+    assert all(0.0 <= r["win_rate"] <= 1.0 and np.isfinite(r["gold"]) and r["kl"] >= 0.0 for r in rows)
