@@ -197,22 +197,6 @@ class Rollout(NamedTuple):
     carry: object = None    # memory: the carry each step acted with (after resets); None (no leaves) without
 
 
-# Why a loop cannot run a policy with memory, for `refuse_memory`.
-STATELESS_POLICY = ("it runs the policy on single observations without a carry (attacks, level scoring by "
-                    "stateless episodes, BARFI's policy gradient)")
-SINGLE_TRANSITION_LOG_PROB = ("it compares policies by log pi(a|s) of single transitions (KL penalties, preference "
-                              "losses), which a recurrent policy defines only given the history")
-
-
-def refuse_memory(config, loop: str, why: str):
-    """For an outer loop that cannot run a recurrent policy: stop with a
-    ConfigError naming the loop and the reason, before anything compiles.
-    A memory-free config passes (and any config without a `memory` key)."""
-    memory = getattr(config, "memory", "none")
-    if memory != "none":
-        raise ConfigError(f"{loop} does not support memory={memory}: {why}; set memory: none")
-
-
 def with_reference_log_prob(ref_agent, env, env_params):
     """For a learner penalised against a recurrent PPO reference (`ref_agent`
     with memory): (env, env_params shaped like the ones it takes). The env is

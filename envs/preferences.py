@@ -149,16 +149,26 @@ def cut_segments(key, trajectories: Segments, segment_len: int, num: int) -> Seg
                          f"set segment_len <= {horizon}, or collect longer rollouts")
     if num < 1:
         raise ValueError(f"num={num}: ask for at least one segment")
+    traj, start = segment_starts(key, num_traj, horizon, segment_len, num)
+    return jax.tree.map(lambda x: windows_at(x, traj, start, segment_len), trajectories)
+
+
+def segment_starts(key, num_traj: int, horizon: int, segment_len: int, num: int):
+    """The (trajectory, start) of each of `cut_segments`' windows, for the same key."""
     draws = jax.random.randint(key, (2, num), 0, jnp.array([[num_traj], [horizon - segment_len + 1]]))
-    traj, start = draws[0], draws[1]
+    return draws[0], draws[1]
 
-    def window(x):
-        def one(i, s):
-            row = x[i]
-            return jax.lax.dynamic_slice_in_dim(row, s, segment_len, axis=0)
-        return jax.vmap(one)(traj, start)
 
-    return jax.tree.map(window, trajectories)
+def windows_at(x, traj, start, segment_len: int):
+    """x [num_traj, T, ...] -> the windows x[traj, start:start + segment_len] [num, segment_len, ...]."""
+    return jax.vmap(lambda i, s: jax.lax.dynamic_slice_in_dim(x[i], s, segment_len, axis=0))(traj, start)
+
+
+def pair_starts(key, num_traj: int, horizon: int, segment_len: int, num_pairs: int):
+    """Where `make_pairs(key, ...)` cut each pair's segments: ((trajectory,
+    start) of the first segments, the same of the second), each [num_pairs]."""
+    traj, start = segment_starts(jax.random.split(key)[0], num_traj, horizon, segment_len, 2 * num_pairs)
+    return (traj[:num_pairs], start[:num_pairs]), (traj[num_pairs:], start[num_pairs:])
 
 
 def segment_returns(gold):

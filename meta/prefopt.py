@@ -29,12 +29,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import envs
 from agents import ppo
 from agents import preference_losses as pl
 from envs import overoptimisation as oo
+from envs import preferences as prefs
 from envs.core import episode_limit
+from envs.wrappers import ReferenceParams
 from meta import reward_model as rmod
+from src import normalize
 from src.config import ConfigError
+from src.networks import log_prob, unroll
 
 # the data settings shared with meta/reward_model.py (same names, same meaning)
 DATA_FIELDS = rmod.DATA_FIELDS
@@ -68,7 +73,6 @@ class PrefOptConfig(rmod.PreferenceData):
             self.data_config().validate()
         except ConfigError as e:
             raise ConfigError(str(e)) from None
-        ppo.refuse_memory(self.data_config().reference_config(), "meta prefopt", ppo.SINGLE_TRANSITION_LOG_PROB)
         if not self.losses or not self.beta:
             raise ConfigError("losses and beta each need at least one value")
         for name in self.losses:
@@ -100,7 +104,7 @@ class Programs(NamedTuple):
     config: PrefOptConfig
     data: object               # rmod.Programs of the data settings (reference, rollouts)
     pairs: object              # (rollouts, keys) -> training pairs per seed
-    reference_logps: object    # (reference policies, pairs) -> (first, second) summed log pi_ref per pair
+    reference_logps: object    # (reference policies, pairs, rollouts) -> (first, second) summed log pi_ref per pair
     opt_init: object           # policy params -> Adam's state
     chunk: object              # (policy, opt state, key, member) -> the same after eval_every steps, mean loss
     evaluate: object           # (policy, reference, key) -> {"gold", "log_ratio"} per episode
@@ -117,28 +121,63 @@ def build(config: PrefOptConfig) -> Programs:
     data_config = config.data_config()
     data = rmod.make(data_config)
     ref_config = data_config.reference_config()
-    env, env_params = data.rl_agent.env, data.rl_agent.env_params
+    env, env_params = envs.make(data_config.env, **data_config.env_kwargs)
     ref_agent = ppo.make(ref_config, env, env_params)
     horizon = episode_limit(env, env_params)
     gold_fn, gold_params = data.gold
     losses = [pl.LOSSES[name] for name in config.losses]
     optimiser = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.adam(config.lr))
+    memory = ref_config.recurrent
+    L = config.segment_len
 
     def segment_logp(params, obs_stats, segments):
         """Summed log pi(a_t | s_t) over each segment's steps: [P]."""
         return ref_agent.log_prob(params, segments.obs, segments.action, obs_stats).sum(axis=-1)
 
-    def pairs_of(rollouts, key):
-        return rmod.preference_pairs(data_config, rollouts, key, config.pairs)[0]
+    def trajectory_log_probs(params, obs_stats, rollouts):
+        """With memory: log pi(a_t | o_1..o_t) at every step of the reference's
+        rollouts [E, T] (collected from fresh resets, so each env's history
+        starts at its first step), the carry restarted after each episode's
+        end: terminated, or the episode limit reached."""
+        def episode_ends(count, terminated):
+            done = jnp.logical_or(terminated, count + 1 >= horizon)
+            return jnp.where(done, 0, count + 1), done
 
-    def reference_logps(reference, pairs):
+        terminated = jnp.swapaxes(rollouts.terminated, 0, 1)                            # [T, E]
+        _, done = jax.lax.scan(episode_ends, jnp.zeros(terminated.shape[1], jnp.int32), terminated)
+        starts = jnp.concatenate([jnp.zeros_like(done[:1]), done[:-1]])
+        obs = jnp.swapaxes(rollouts.obs, 0, 1)
+        x = normalize.normalize(obs_stats, obs) if ref_config.normalize_obs else obs
+        dist, _ = unroll(ref_agent.network, params, ref_agent.initial_carry((obs.shape[1],)), x, starts)
+        return jnp.swapaxes(log_prob(dist, jnp.swapaxes(rollouts.action, 0, 1), ref_agent.network.discrete), 0, 1)
+
+    def pair_logps(params, obs_stats, rollouts, starts):
+        """With memory: each pair's (first, second) summed log-probs given their
+        histories, from the segments' places in the rollouts."""
+        logp = trajectory_log_probs(params, obs_stats, rollouts)
+        return tuple(prefs.windows_at(logp, traj, start, L).sum(axis=-1) for traj, start in starts)
+
+    def pairs_of(rollouts, key):
+        pairs = rmod.preference_pairs(data_config, rollouts, key, config.pairs)[0]
+        if not memory:
+            return pairs
+        # where the training pairs' segments were cut (the key preference_pairs gives make_pairs)
+        num_traj, steps = rollouts.gold.shape[:2]
+        return pairs, prefs.pair_starts(jax.random.split(key, 3)[0], num_traj, steps, L, config.pairs)
+
+    def reference_logps(reference, pairs, rollouts):
+        if memory:
+            return pair_logps(reference["params"], reference["obs_stats"], rollouts, pairs[1])
         return (segment_logp(reference["params"], reference["obs_stats"], pairs.first),
                 segment_logp(reference["params"], reference["obs_stats"], pairs.second))
 
     def chunk(params, opt_state, key, member):
         """eval_every Adam steps; member: loss_index, loss params, pairs, the
-        reference's log-probs of them and its observation statistics."""
+        reference's log-probs of them and its observation statistics (and,
+        with memory, the pairs' places and the rollouts they were cut from)."""
         pairs, (ref_first, ref_second) = member["pairs"], member["ref_logps"]
+        if memory:
+            pairs, starts = pairs
         length = jnp.full((config.batch,), float(config.segment_len), jnp.float32)
 
         def step(carry, step_key):
@@ -147,9 +186,14 @@ def build(config: PrefOptConfig) -> Programs:
             batch = jax.tree.map(lambda x: x[index], pairs)
 
             def loss_fn(p):
-                b = pl.pairs_from_label(batch.label, segment_logp(p, member["obs_stats"], batch.first),
-                                        segment_logp(p, member["obs_stats"], batch.second), ref_first[index],
-                                        ref_second[index], length, length)
+                if memory:   # every step of the rollouts under p, then the batch's segments
+                    first, second = pair_logps(p, member["obs_stats"], member["rollouts"], starts)
+                    first, second = first[index], second[index]
+                else:
+                    first = segment_logp(p, member["obs_stats"], batch.first)
+                    second = segment_logp(p, member["obs_stats"], batch.second)
+                b = pl.pairs_from_label(batch.label, first, second, ref_first[index], ref_second[index], length,
+                                        length)
                 return jax.lax.switch(member["loss_index"], losses, b, member["loss_params"])
 
             loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -161,21 +205,27 @@ def build(config: PrefOptConfig) -> Programs:
 
     def scores(reference, transition):
         """Per step: log pi - log pi_ref of the action taken, and the gold reward."""
-        log_ratio = transition.info["log_prob"] - ref_agent.log_prob(reference["params"], transition.obs,
-                                                                     transition.action, reference["obs_stats"])
-        return jnp.stack([log_ratio, gold_fn(gold_params, transition)])
+        if memory:   # the reference's, given the episode so far, from the environment
+            ref_logp = transition.info["reference_log_prob"]
+        else:
+            ref_logp = ref_agent.log_prob(reference["params"], transition.obs, transition.action,
+                                          reference["obs_stats"])
+        return jnp.stack([transition.info["log_prob"] - ref_logp, gold_fn(gold_params, transition)])
 
-    scorer = ppo.make(dataclasses.replace(ref_config, num_envs=config.eval_episodes, num_minibatches=1), env,
-                      env_params, reward_fn=scores)
-    levels = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.eval_episodes, *jnp.shape(x))), env_params)
+    scorer_env, scorer_params = (ppo.with_reference_log_prob(ref_agent, env, env_params) if memory
+                                 else (env, env_params))
+    scorer = ppo.make(dataclasses.replace(ref_config, num_envs=config.eval_episodes, num_minibatches=1),
+                      scorer_env, scorer_params, reward_fn=scores)
 
     def evaluate(ts, reference, key):
         """`eval_episodes` fresh episodes of the policy in `ts` (its params and
         observation statistics): per episode, gold return and sum of log-ratios."""
+        params = ReferenceParams(env_params, reference) if memory else env_params
+        levels = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.eval_episodes, *jnp.shape(x))), params)
         reset_key, run_key = jax.random.split(key)
         ts = scorer.reset_envs(ts.replace(key=run_key), reset_key, levels)
         # the statistics fixed: the policy scored is exactly the trained one
-        _, rollout = scorer.collect(ts, reference, env_params, horizon, update_obs_stats=False)
+        _, rollout = scorer.collect(ts, reference, params, horizon, update_obs_stats=False)
         totals = rmod.first_episode_totals(rollout)                              # [E, 2]
         return {"log_ratio": totals[:, 0], "gold": totals[:, 1]}
 
@@ -217,7 +267,7 @@ def sweep(config: PrefOptConfig, log=print, restore=None, on_chunk=None, stop_at
     rmod.check_gold_varies(rollouts.gold, c.env)
     pairs = programs.pairs(rollouts, rm_keys)
     reference = rmod.policy_of(ref_ts)
-    ref_logps = programs.reference_logps(reference, pairs)
+    ref_logps = programs.reference_logps(reference, pairs, rollouts)
     timing["reference_and_pairs_s"] = time.time() - start
     source = c.reference_run or f"{c.reference_steps} steps"
     log(f"reference policy ({source}) and {c.pairs} pairs per seed: "
@@ -230,7 +280,9 @@ def sweep(config: PrefOptConfig, log=print, restore=None, on_chunk=None, stop_at
                                                                c.noise_rate))(
                   jnp.asarray([r["beta"] for r in members], jnp.float32)),
               "pairs": rmod.take(pairs, seeds), "ref_logps": rmod.take(ref_logps, seeds),
-              "obs_stats": rmod.take(ref_ts.obs_stats, seeds)}
+              "obs_stats": rmod.take(ref_ts.obs_stats, seeds),
+              # with memory, each step scores its pairs from their places in the rollouts
+              "rollouts": rmod.take(rollouts, seeds) if c.data_config().reference_config().recurrent else None}
     ref_of_member = rmod.take(reference, seeds)
     ts = rmod.take(ref_ts, seeds)                 # the policy: the reference's params and statistics to start
     eval_key = eval_keys[np.asarray(seeds)]

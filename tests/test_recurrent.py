@@ -315,21 +315,6 @@ def test_the_memory_free_network_is_untouched_by_the_option():
     assert type(ppo.make(MEMORY).network) is RecurrentActorCritic
 
 
-def test_loops_that_cannot_run_memory_refuse_it_by_name():
-    ppo.refuse_memory(dataclasses.replace(MEMORY, memory="none"), "meta reward-model", ppo.SINGLE_TRANSITION_LOG_PROB)
-    with pytest.raises(ConfigError, match="meta reward-model does not support memory=gru: it compares policies by "
-                                          "log pi\\(a\\|s\\) of single transitions.*set memory: none"):
-        ppo.refuse_memory(MEMORY, "meta reward-model", ppo.SINGLE_TRANSITION_LOG_PROB)
-
-
-def test_offline_preference_optimisation_refuses_memory_before_compiling():
-    from meta import prefopt, spo
-    with pytest.raises(ConfigError, match="meta prefopt does not support memory=gru: it compares policies by "
-                                          "log pi\\(a\\|s\\) of single transitions.*set memory: none"):
-        prefopt.PrefOptConfig(ppo={"memory": "gru"}).validate()
-    spo.SPOConfig(ppo={"memory": "gru"}, segment_len=32).validate()   # online: supported
-
-
 @pytest.mark.parametrize("loop", ["pbt", "lpo"])
 def test_population_loops_train_a_recurrent_learner(loop, tmp_path):
     """`meta pbt` and `meta lpo` with `inner.memory=gru`: the learner they
@@ -535,3 +520,36 @@ def test_online_preference_methods_train_a_recurrent_learner():
     start = [r for r in rows if r["iteration"] == 0]
     assert all(r["win_rate"] == pytest.approx(0.5) and r["kl"] == pytest.approx(0.0, abs=1e-5) for r in start)
     assert all(0.0 <= r["win_rate"] <= 1.0 and np.isfinite(r["gold"]) and r["kl"] >= 0.0 for r in rows)
+
+
+def test_offline_preference_optimisation_of_a_recurrent_policy():
+    """`meta prefopt` with memory: each pair keeps its segments' places in the
+    reference's rollouts (the segments there are the pairs'), every loss step
+    scores them by unrolling the policy over the whole rollouts from their
+    fresh starts, the reference is the policy before training (KL 0 through
+    the environment's reference log-probs) and DPO then moves it."""
+    from envs import preferences as prefs
+    from meta import prefopt as po
+    from meta import reward_model as rmod
+    config = po.PrefOptConfig(
+        env="gridworld/barfi", env_kwargs={"size": 3}, seeds=2, reference_steps=2048,
+        ppo={"num_envs": 8, "num_steps": 32, "hidden": [16], "num_minibatches": 2, "num_epochs": 2,
+             "memory": "gru", "memory_size": 8},
+        data_envs=8, data_steps=64, pairs=80, held_out_pairs=50, segment_len=8, losses=("dpo",),
+        beta=(0.1,), steps=40, batch=16, lr=1e-2, eval_every=20, eval_episodes=8)
+    result = po.sweep(config, show_progress=False, log=lambda *a: None)
+    rows = result["rows"]
+    start = [r for r in rows if r["step"] == 0]
+    assert all(r["kl"] == pytest.approx(0.0, abs=1e-5) for r in start)
+    final = [r for r in rows if r["step"] == config.steps]
+    assert all(np.isfinite(r["gold"]) for r in rows) and all(r["kl"] > 1e-3 for r in final), final
+
+    programs = po.make(config)
+    ref_keys, data_keys, rm_keys, _, _ = rmod.stage_keys(programs.data.config)
+    ref_ts, _ = programs.data.reference(ref_keys)
+    rollouts = programs.data.data(ref_ts, data_keys)
+    pairs, ((t1, s1), (t2, s2)) = programs.pairs(rollouts, rm_keys)
+    for seed in range(2):
+        for segments, traj, where in ((pairs.first, t1, s1), (pairs.second, t2, s2)):
+            cut = prefs.windows_at(rollouts.obs[seed], traj[seed], where[seed], config.segment_len)
+            np.testing.assert_array_equal(cut, segments.obs[seed])
