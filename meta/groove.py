@@ -27,6 +27,7 @@ from agents import ppo
 from meta import env_design as ed
 from meta import es as es_lib
 from agents import objectives as lo
+from src import config as cfg
 from src.config import ConfigError
 
 
@@ -61,6 +62,8 @@ class GrooveConfig:
     sigma: float = 0.03
     es_lr: float = 0.01
     drift_hidden: int = 32
+    # any other PPOConfig key of the learner and the reference (e.g. memory: lstm)
+    ppo: dict = dataclasses.field(default_factory=dict)
 
     def validate(self):
         from envs.levels import SPACES
@@ -82,11 +85,11 @@ class GrooveConfig:
         return self
 
     def ppo_config(self):
-        return ppo.PPOConfig(
+        return cfg.inner_config(ppo.PPOConfig, dict(
             env=self.env, total_steps=self.lifetime_iterations * self.num_envs * self.num_steps,
             num_envs=self.num_envs, num_steps=self.num_steps, num_epochs=self.num_epochs,
             num_minibatches=self.num_minibatches, hidden=tuple(self.hidden), lr=self.lr, gamma=self.gamma,
-            ent_coef=self.ent_coef)
+            ent_coef=self.ent_coef), self.ppo, "ppo")
 
     @property
     def num_iterations(self):

@@ -553,3 +553,22 @@ def test_offline_preference_optimisation_of_a_recurrent_policy():
         for segments, traj, where in ((pairs.first, t1, s1), (pairs.second, t2, s2)):
             cut = prefs.windows_at(rollouts.obs[seed], traj[seed], where[seed], config.segment_len)
             np.testing.assert_array_equal(cut, segments.obs[seed])
+
+
+@pytest.mark.slow   # GROOVE's programs, about 30 s on 2 cores
+def test_groove_meta_learns_an_objective_for_a_recurrent_learner():
+    """`meta ued --method groove` takes `ppo:` keys like the other UED methods:
+    with memory its learner and reference are recurrent, and a generation of
+    ES over the learned objective gives finite fitness and regret."""
+    from meta import groove
+    from src import config as cfg
+    config = cfg.override(groove.GrooveConfig(
+        seeds=1, generations=1, eval_every=1, levels_per_generation=2, capacity=4, lifetime_iterations=4,
+        num_envs=4, num_steps=16, pop=4, drift_hidden=8), ["ppo.memory=gru", "ppo.memory_size=8"]).validate()
+    assert config.ppo_config().recurrent
+    g = groove.make(config)
+    state = jax.jit(g.init)(jax.random.key(0))
+    state, metrics = jax.jit(g.generation)(state, jax.random.key(1))
+    assert all(np.isfinite(np.asarray(v)).all() for v in metrics.values())
+    with pytest.raises(ConfigError, match="num_envs \\(4\\) must be divisible by num_minibatches \\(3\\)"):
+        cfg.override(config, ["num_minibatches=3"]).validate()
