@@ -15,7 +15,7 @@ sizes in `PPOConfig` are static. Metrics are reduced per iteration.
 """
 import dataclasses
 import functools
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +26,7 @@ from jax.flatten_util import ravel_pytree
 import envs
 from agents import base
 from envs.rewards import Transition, env_reward
+from envs.wrappers import ReferenceLogProb, ReferenceParams, ReferenceState
 from src import normalize, xla_cpu
 from src.config import ConfigError
 from src.gae import gae
@@ -197,16 +198,31 @@ class Rollout(NamedTuple):
     carry: object = None    # memory: the carry each step acted with (after resets); None (no leaves) without
 
 
-def with_reference_log_prob(ref_agent, env, env_params):
-    """For a learner penalised against a recurrent PPO reference (`ref_agent`
-    with memory): (env, env_params shaped like the ones it takes). The env is
-    `envs.wrappers.ReferenceLogProb`, whose state carries the reference's
-    carry through each episode and whose info has "reference_log_prob",
-    log pi_ref(a_t | history). Its params are
-    `envs.wrappers.ReferenceParams(env_params, reference)`, a reference being
-    {"params", "obs_stats"} (`meta.reward_model.policy_of`), traced."""
-    from envs.wrappers import ReferenceLogProb, ReferenceParams
+class PenalisedEnv(NamedTuple):
+    """Where a learner penalised against a frozen PPO reference runs.
+    env, env_params: what to build its agents with; params(reference) -> the
+    env params its programs take, a reference being {"params", "obs_stats"}
+    (`meta.reward_model.policy_of`), traced; start(reference TrainState) ->
+    its first TrainState, as the reference. For a memory-free reference these
+    are the plain env, its params and the identity; `reference_log_prob`
+    then scores the transition on its own."""
+    env: object
+    env_params: object
+    params: Callable
+    start: Callable
+    memory: bool
+
+
+def penalised_env(ref_agent, env, env_params) -> PenalisedEnv:
+    """For a KL penalty to a recurrent reference, which needs log pi_ref(a_t |
+    history): the env is `envs.wrappers.ReferenceLogProb`, whose state
+    carries the reference's carry through each episode and whose info has
+    "reference_log_prob"; the learner starts in the reference's envs with
+    the reference's carry, so its log-ratio is 0 on every step before any
+    update."""
     config, network = ref_agent.config, ref_agent.network
+    if not config.recurrent:
+        return PenalisedEnv(env, env_params, lambda reference: env_params, lambda ts: ts, False)
 
     def reference_step(reference, carry, obs, action):
         x = normalize.normalize(reference["obs_stats"], obs) if config.normalize_obs else obs
@@ -215,14 +231,17 @@ def with_reference_log_prob(ref_agent, env, env_params):
 
     like = jax.eval_shape(ref_agent.init, jax.random.PRNGKey(0), hparams_from(config))
     like = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), {"params": like.params, "obs_stats": like.obs_stats})
-    return ReferenceLogProb(env, reference_step, ref_agent.initial_carry), ReferenceParams(env_params, like)
+    return PenalisedEnv(ReferenceLogProb(env, reference_step, ref_agent.initial_carry),
+                        ReferenceParams(env_params, like), lambda reference: ReferenceParams(env_params, reference),
+                        lambda ts: ts.replace(env_state=ReferenceState(ts.env_state, ts.obs, ts.carry)), True)
 
 
-def start_with_reference(ts):
-    """A learner's first state when it begins as its recurrent reference
-    (`with_reference_log_prob`'s env): the reference's envs and carry."""
-    from envs.wrappers import ReferenceState
-    return ts.replace(env_state=ReferenceState(ts.env_state, ts.obs, ts.carry))
+def reference_log_prob(ref_agent, reference, transition):
+    """log pi_ref(a|.) of a transition's action: from the environment for a
+    recurrent reference (`penalised_env`), else on the transition itself."""
+    if "reference_log_prob" in transition.info:   # static: which environment the learner runs in
+        return transition.info["reference_log_prob"]
+    return ref_agent.log_prob(reference["params"], transition.obs, transition.action, reference["obs_stats"])
 
 
 def ppo_clip(clip_eps, ratio, advantage, progress):
@@ -569,8 +588,7 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
         if carry is None:
             raise ConfigError(f"this policy has memory ({config.memory}): act needs carry= (start from "
                               "agent.initial_carry(batch_shape), reset it where an episode ended) and returns "
-                              "(action, carry); a loop that acts on single observations does not support memory "
-                              "(set memory: none)")
+                              "(action, carry)")
         if config.normalize_obs:
             obs = normalize.normalize(obs_stats, obs)
         carry, (dist, _) = network.apply(params, carry, obs)
@@ -579,9 +597,9 @@ def make(config: PPOConfig, env=None, env_params=None, reward_fn=env_reward, obj
     def policy_log_prob(params, obs, action, obs_stats=None):
         if config.recurrent:
             raise ConfigError(f"this policy has memory ({config.memory}): log pi(a|s) of a single transition is "
-                              "not defined without its history, so loops that compare policies transition by "
-                              "transition (KL penalties to a reference, preference losses) do not support memory "
-                              "(set memory: none)")
+                              "not defined without its history; unroll the network over the trajectory "
+                              "(networks.unroll), or for a KL penalty to a recurrent reference run the learner in "
+                              "ppo.penalised_env's environment")
         return log_prob(policy_on_raw(params, obs, obs_stats), action, discrete)
 
     return base.assemble(config, env, env_params, network, init, step, act, reset_envs, num_iterations,

@@ -98,7 +98,6 @@ from agents import ppo
 from envs.core import episode_limit
 from envs.rewards import env_reward
 from envs.tomato import tomato_proxy
-from envs.wrappers import ReferenceParams
 from src import config as cfg
 from src.config import ConfigError
 
@@ -209,7 +208,7 @@ def action_kl_term(policy_log_prob):
     """log pi(a|s) - log pi_ref(a|s) on the action taken (RLHF's KL penalty);
     `policy_log_prob(ref_params, obs, action)` is the reference's log-prob,
     or, for a reference with memory, the environment reports it given the
-    history (info["reference_log_prob"], `ppo.with_reference_log_prob`)."""
+    history (info["reference_log_prob"], `ppo.penalised_env`)."""
     def term(reward_params, transition):
         if "reference_log_prob" in transition.info:   # static: which environment the learner runs in
             return transition.info["log_prob"] - transition.info["reference_log_prob"]
@@ -342,24 +341,18 @@ def build(config: ORPOConfig) -> Programs:
     ref_agent = ppo.make(ref_config, env, env_params)              # gold: the environment's reward
     terms = {"action_kl": action_kl_term(ref_agent.log_prob), "chi2": chi2_term(num_actions, discrete, clip),
              "om_kl": om_kl_term(num_actions, discrete, clip)}
-    memory = ref_config.recurrent
-    # a recurrent reference's log pi_ref(a_t | history) follows each episode in
-    # the environment's state; the learner begins as the reference, in its envs
-    rl_env, rl_env_params = ppo.with_reference_log_prob(ref_agent, env, env_params) if memory else (env, env_params)
-
-    def rl_params(ref_ts):
-        return ReferenceParams(env_params, {"params": ref_ts.params, "obs_stats": ref_ts.obs_stats}) if memory \
-            else env_params
-
-    rl_agent = ppo.make(rl_config, rl_env, rl_env_params, reward_fn=penalised_reward(proxy, terms))
+    # where the learner runs: with a recurrent reference, an env that follows
+    # log pi_ref(a_t | history) through each episode (`ppo.penalised_env`)
+    learner = ppo.penalised_env(ref_agent, env, env_params)
+    rl_agent = ppo.make(rl_config, learner.env, learner.env_params, reward_fn=penalised_reward(proxy, terms))
 
     def scores(reward_params, transition):
         """What an episode records per step: the proxy and log pi - log pi_ref."""
         return jnp.stack([proxy(reward_params.get("proxy"), transition), terms["action_kl"](reward_params, transition)])
 
-    scorer = ppo.make(dataclasses.replace(rl_config, num_envs=config.episodes, num_minibatches=1), rl_env,
-                      rl_env_params, reward_fn=scores)
-    levels = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.episodes, *jnp.shape(x))), rl_env_params)
+    scorer = ppo.make(dataclasses.replace(rl_config, num_envs=config.episodes, num_minibatches=1), learner.env,
+                      learner.env_params, reward_fn=scores)
+    levels = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.episodes, *jnp.shape(x))), learner.env_params)
     ref_hparams, rl_hparams = ppo.hparams_from(ref_config), ppo.hparams_from(rl_config)
     tx = discriminator_optimizer(config.disc_lr)
 
@@ -391,9 +384,8 @@ def build(config: ORPOConfig) -> Programs:
         disc_key, run_key, loop_key = jax.random.split(key, 3)
         disc = init_discriminator(disc_key, in_dim, tuple(config.disc_hidden))
         params = {"beta": beta, "weights": weights, "ref": ref_ts.params, "disc": disc, "proxy": None}
-        learner_env = rl_params(ref_ts)
-        if memory:   # the reference's state in the learner's environment (its episodes' carries)
-            ref_ts = ppo.start_with_reference(ref_ts)
+        learner_env = learner.params({"params": ref_ts.params, "obs_stats": ref_ts.obs_stats})
+        ref_ts = learner.start(ref_ts)   # the reference's state in the learner's environment
 
         def round_(carry, k):
             ts, disc, opt_state = carry

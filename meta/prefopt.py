@@ -35,7 +35,6 @@ from agents import preference_losses as pl
 from envs import overoptimisation as oo
 from envs import preferences as prefs
 from envs.core import episode_limit
-from envs.wrappers import ReferenceParams
 from meta import reward_model as rmod
 from src import normalize
 from src.config import ConfigError
@@ -205,22 +204,18 @@ def build(config: PrefOptConfig) -> Programs:
 
     def scores(reference, transition):
         """Per step: log pi - log pi_ref of the action taken, and the gold reward."""
-        if memory:   # the reference's, given the episode so far, from the environment
-            ref_logp = transition.info["reference_log_prob"]
-        else:
-            ref_logp = ref_agent.log_prob(reference["params"], transition.obs, transition.action,
-                                          reference["obs_stats"])
-        return jnp.stack([transition.info["log_prob"] - ref_logp, gold_fn(gold_params, transition)])
+        return jnp.stack([transition.info["log_prob"] - ppo.reference_log_prob(ref_agent, reference, transition),
+                          gold_fn(gold_params, transition)])
 
-    scorer_env, scorer_params = (ppo.with_reference_log_prob(ref_agent, env, env_params) if memory
-                                 else (env, env_params))
+    # with a recurrent reference, an env that follows log pi_ref(a_t | history)
+    learner = ppo.penalised_env(ref_agent, env, env_params)
     scorer = ppo.make(dataclasses.replace(ref_config, num_envs=config.eval_episodes, num_minibatches=1),
-                      scorer_env, scorer_params, reward_fn=scores)
+                      learner.env, learner.env_params, reward_fn=scores)
 
     def evaluate(ts, reference, key):
         """`eval_episodes` fresh episodes of the policy in `ts` (its params and
         observation statistics): per episode, gold return and sum of log-ratios."""
-        params = ReferenceParams(env_params, reference) if memory else env_params
+        params = learner.params(reference)
         levels = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.eval_episodes, *jnp.shape(x))), params)
         reset_key, run_key = jax.random.split(key)
         ts = scorer.reset_envs(ts.replace(key=run_key), reset_key, levels)

@@ -49,7 +49,6 @@ from envs import preferences as prefs
 from envs import reward_models as rm
 from envs.core import episode_limit
 from envs.rewards import env_reward
-from envs.wrappers import ReferenceParams
 from src import config as cfg
 from src.config import ConfigError
 
@@ -260,31 +259,13 @@ def build(config: RewardModelConfig) -> Programs:
     ref_agent = ppo.make(ref_config, env, env_params)
     ref_hparams = ppo.hparams_from(ref_config)
 
-    def policy_log_prob(policy, obs, action):
-        """log pi(a|s) of a policy {"params", "obs_stats"} on raw observations."""
-        return ref_agent.log_prob(policy["params"], obs, action, policy["obs_stats"])
-
-    memory = ref_config.recurrent
-    rl_env, rl_env_params = env, env_params
-    if memory:
-        # a recurrent reference's log pi_ref(a_t | history) follows each episode
-        # in the environment's state; the learner begins as the reference, in its envs
-        rl_env, rl_env_params = ppo.with_reference_log_prob(ref_agent, env, env_params)
-
-    def reference_log_prob(params, transition):
-        if memory:
-            return transition.info["reference_log_prob"]
-        return policy_log_prob(params["ref"], transition.obs, transition.action)
+    # where the learner runs: with a recurrent reference, an env that follows
+    # log pi_ref(a_t | history) through each episode (`ppo.penalised_env`)
+    learner = ppo.penalised_env(ref_agent, env, env_params)
 
     def rl_params(params):
         """The environment params the learner's programs take."""
-        return ReferenceParams(env_params, params["ref"]) if memory else env_params
-
-    def rl_start(ref_ts):
-        """The learner's first state: the reference's (its envs and carry)."""
-        if not memory:
-            return ref_ts
-        return ppo.start_with_reference(ref_ts)
+        return learner.params(params["ref"])
 
     def aggregated(params, transition):
         """[mean, member minimum, mean - lambda * variance, first member] of the
@@ -303,7 +284,7 @@ def build(config: RewardModelConfig) -> Programs:
         pays for reaching the states it rates worst (-(1 - gamma) V(s') > 0
         where V < 0) until the critic catches up."""
         proxy = params["gold_mean"] + params["gold_std"] * jnp.dot(params["weights"], aggregated(params, transition))
-        log_ratio = transition.info["log_prob"] - reference_log_prob(params, transition)
+        log_ratio = transition.info["log_prob"] - ppo.reference_log_prob(ref_agent, params["ref"], transition)
         return proxy - params["beta"] * log_ratio
 
     if config.gold == "random":
@@ -320,19 +301,19 @@ def build(config: RewardModelConfig) -> Programs:
     def scores(params, transition):
         """What an evaluation records per step: every aggregation, the
         log-ratio to the reference and the gold reward."""
-        log_ratio = transition.info["log_prob"] - reference_log_prob(params, transition)
+        log_ratio = transition.info["log_prob"] - ppo.reference_log_prob(ref_agent, params["ref"], transition)
         return jnp.concatenate([aggregated(params, transition), log_ratio[None], gold_of(transition)[None]])
 
     rl_config = config.rl_config()
-    rl_agent = ppo.make(rl_config, rl_env, rl_env_params, reward_fn=penalised_proxy)
+    rl_agent = ppo.make(rl_config, learner.env, learner.env_params, reward_fn=penalised_proxy)
     rl_hparams = ppo.hparams_from(rl_config)
 
     def scorer(episodes):
         # it only collects, never trains: one iteration's worth of total_steps keeps its config valid
         # however many episodes best-of-n ranks
         return ppo.make(dataclasses.replace(rl_config, num_envs=episodes, num_minibatches=1,
-                                            total_steps=episodes * rl_config.num_steps), rl_env, rl_env_params,
-                        reward_fn=scores)
+                                            total_steps=episodes * rl_config.num_steps), learner.env,
+                        learner.env_params, reward_fn=scores)
 
     scorers = {n: scorer(n) for n in {config.eval_episodes, config.bon_episodes}}
     # its "reward" records the raw observations (the rollout keeps the policy's normalised input)
@@ -432,7 +413,7 @@ def build(config: RewardModelConfig) -> Programs:
                     jax.jit(jax.vmap(lambda t, p, k: score(t, p, k, config.bon_episodes))),
                     jax.jit(jax.vmap(lambda t, p, k: score(t, p, k, config.eval_episodes))),
                     jax.jit(jax.vmap(rlhf_chunk)), jax.jit(jax.vmap(online_update)), rl_agent, weights,
-                    (gold_fn, gold_params), rl_start)
+                    (gold_fn, gold_params), learner.start)
 
 
 def preference_pairs(config, rollouts, key, num_pairs: int):

@@ -47,7 +47,6 @@ import envs
 from agents import ppo
 from envs import preferences as prefs
 from envs.core import episode_limit
-from envs.wrappers import ReferenceParams
 from meta import reward_model as rmod
 from src.config import ConfigError
 from src.networks import ActorCritic, RecurrentActorCritic, log_prob, unroll
@@ -282,23 +281,12 @@ def build(config: SPOConfig) -> Programs:
     # the preference methods' own PPO (rlhf runs the reward-model loop's)
     pref_config = dataclasses.replace(rl_config, paired_envs=config.paired_starts)
     ref_agent = ppo.make(rm_config.reference_config(), env, env_params)
-    memory = rl_config.recurrent
-    learner_env, learner_env_params = env, env_params
-    if memory:
-        # a recurrent reference's log pi_ref(a_t | history) follows each episode in
-        # the environment's state; the learners begin as the reference, in its envs
-        learner_env, learner_env_params = ppo.with_reference_log_prob(ref_agent, env, env_params)
-
-    def env_params_for(reference):
-        """The environment params the learners' programs take."""
-        return ReferenceParams(env_params, reference) if memory else env_params
+    # where the learners run: with a recurrent reference, an env that follows
+    # log pi_ref(a_t | history) through each episode (`ppo.penalised_env`)
+    learner = ppo.penalised_env(ref_agent, env, env_params)
 
     def log_ratio(params, transition):
-        if memory:
-            return transition.info["log_prob"] - transition.info["reference_log_prob"]
-        ref = params["ref"]
-        return transition.info["log_prob"] - ref_agent.log_prob(ref["params"], transition.obs, transition.action,
-                                                                 ref["obs_stats"])
+        return transition.info["log_prob"] - ppo.reference_log_prob(ref_agent, params["ref"], transition)
 
     def kl_penalty(params, transition):
         return -params["beta"] * log_ratio(params, transition)
@@ -313,15 +301,15 @@ def build(config: SPOConfig) -> Programs:
         return pairwise_advantage(rollout.env_reward, rollout.reward, config.segment_len, config.oracle,
                                   params["temperature"], params["label_noise"], scale)
 
-    spo_agent = ppo.make(pref_config, learner_env, learner_env_params, reward_fn=kl_penalty,
+    spo_agent = ppo.make(pref_config, learner.env, learner.env_params, reward_fn=kl_penalty,
                          rollout_reward=self_play)
-    p3o_agent = ppo.make(pref_config, learner_env, learner_env_params, reward_fn=kl_penalty,
+    p3o_agent = ppo.make(pref_config, learner.env, learner.env_params, reward_fn=kl_penalty,
                          advantage_fn=p3o_advantage)
     hparams = ppo.hparams_from(rl_config)
     network, discrete = spo_agent.network, envs.is_discrete(env, env_params)
 
     def ppo_chunk(agent):
-        return lambda ts, params: agent.run(ts, hparams, params, None, env_params_for(params["ref"]),
+        return lambda ts, params: agent.run(ts, hparams, params, None, learner.params(params["ref"]),
                                             num_iterations=config.eval_every)[0]
 
     from agents import preference_losses as pl
@@ -335,7 +323,7 @@ def build(config: SPOConfig) -> Programs:
         """One DNO iteration: a rollout of the current policy (observation
         statistics frozen), its pairs (`nash_pairs`), then dno_steps Adam
         steps of the preference loss with the rollout's policy as reference."""
-        ts, rollout = spo_agent.collect(ts, params, env_params_for(params["ref"]), update_obs_stats=False)
+        ts, rollout = spo_agent.collect(ts, params, learner.params(params["ref"]), update_obs_stats=False)
         chosen, rejected, weight = nash_pairs(rollout.env_reward, config.segment_len, config.oracle,
                                               params["temperature"], params["label_noise"], config.dno_margin)
         old = windows(rollout.log_prob, config.segment_len).sum(axis=-1)               # [N, W]
@@ -367,31 +355,27 @@ def build(config: SPOConfig) -> Programs:
     chunks = {"spo": ppo_chunk(spo_agent), "p3o": ppo_chunk(p3o_agent), "dno": dno_chunk}
 
     # the scorer's "reward" records [gold, log-ratio] per step
-    scorer = ppo.make(dataclasses.replace(rl_config, num_envs=config.eval_episodes, num_minibatches=1), learner_env,
-                      learner_env_params, reward_fn=lambda p, tr: jnp.stack([tr.reward, log_ratio(p, tr)]))
+    scorer = ppo.make(dataclasses.replace(rl_config, num_envs=config.eval_episodes, num_minibatches=1), learner.env,
+                      learner.env_params, reward_fn=lambda p, tr: jnp.stack([tr.reward, log_ratio(p, tr)]))
 
     def evaluate(ts, reference, key):
         levels = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.eval_episodes, *jnp.shape(x))),
-                              env_params_for(reference))
+                              learner.params(reference))
         reset_key, run_key = jax.random.split(key)
         fresh = scorer.reset_envs(ts.replace(key=run_key), reset_key, levels)
-        _, rollout = scorer.collect(fresh, {"ref": reference}, env_params_for(reference), horizon,
+        _, rollout = scorer.collect(fresh, {"ref": reference}, learner.params(reference), horizon,
                                     update_obs_stats=False)
         per_step = jnp.swapaxes(rollout.reward, 0, 1)                        # [E, H, 2]
         return per_step[..., 0], per_step[..., 1].sum(axis=1)
 
     train_levels = jax.tree.map(lambda x: jnp.broadcast_to(x, (rl_config.num_envs, *jnp.shape(x))),
-                                learner_env_params)
+                                learner.env_params)
 
     def reset_paired(ts, key):
         return spo_agent.reset_envs(ts, key, train_levels)
 
-    def start(ref_ts):
-        """The learners' first state: the reference's (with memory, its envs and carry)."""
-        return ppo.start_with_reference(ref_ts) if memory else ref_ts
-
     return Programs(config, programs, {m: jax.jit(jax.vmap(chunks[m])) for m in config.methods if m in chunks},
-                    jax.jit(jax.vmap(evaluate)), jax.jit(jax.vmap(reset_paired)), start)
+                    jax.jit(jax.vmap(evaluate)), jax.jit(jax.vmap(reset_paired)), learner.start)
 
 
 def run(config: SPOConfig, show_progress: bool = True, log=print, restore=None, on_chunk=None,

@@ -349,8 +349,8 @@ class RecurrentActorCritic(nn.Module):
     @property
     def actor(self):
         raise ConfigError(f"this policy has memory ({self.memory}): it acts on a history through a carry, not on "
-                        "single observations; loops that call the policy transition by transition (attacks, "
-                        "BARFI's policy gradient) do not support `memory` (set memory: none)")
+                        "single observations; call it with its carry (`__call__(carry, obs)`) or over a sequence "
+                        "(`unroll`)")
 
     critic = actor
 
