@@ -160,9 +160,9 @@ def build(config: PrefOptConfig) -> Programs:
         pairs = rmod.preference_pairs(data_config, rollouts, key, config.pairs)[0]
         if not memory:
             return pairs
-        # where the training pairs' segments were cut (the key preference_pairs gives make_pairs)
+        # where the training pairs' segments were cut
         num_traj, steps = rollouts.gold.shape[:2]
-        return pairs, prefs.pair_starts(jax.random.split(key, 3)[0], num_traj, steps, L, config.pairs)
+        return pairs, prefs.pair_starts(rmod.preference_keys(key)[0], num_traj, steps, L, config.pairs)
 
     def reference_logps(reference, pairs, rollouts):
         if memory:

@@ -416,12 +416,20 @@ def build(config: RewardModelConfig) -> Programs:
                     (gold_fn, gold_params), learner.start)
 
 
+def preference_keys(key):
+    """(training pairs', held-out pairs', reward models') keys of one seed's
+    reward-model stage key: `preference_pairs` draws with them, and
+    `envs.preferences.pair_starts(first key, ...)` finds the training pairs'
+    places in the rollouts."""
+    return jax.random.split(key, 3)
+
+
 def preference_pairs(config, rollouts, key, num_pairs: int):
     """The training pairs, the held-out pairs and the reward models' key drawn
     from one seed's reward-model stage key: the pairs a reward-model run
     trains on are the pairs `meta/prefopt.py` optimises a policy on, for the
     same data settings and seed."""
-    pair_key, held_key, rm_key = jax.random.split(key, 3)
+    pair_key, held_key, rm_key = preference_keys(key)
     pairs = prefs.make_pairs(pair_key, rollouts, config.segment_len, num_pairs, config.temperature,
                              config.label_noise, config.oracle)
     held = prefs.make_pairs(held_key, rollouts, config.segment_len, config.held_out_pairs, config.temperature,
